@@ -1,0 +1,112 @@
+//! idshift: enter and shift the uid/gid mappings of unprivileged Linux containers.
+//!
+//! - [`idmap`]: the mapping model and one parser per source of maps;
+//! - [`userns`]: `exec`, running a command in a new user namespace;
+//! - [`sys`]: the only place with `unsafe` and raw `libc` calls.
+//!
+//! The binary is a thin layer: [`cli`] defines the arguments, [`run`] turns them into domain
+//! values once and maps errors to exit statuses.
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod error;
+pub mod idmap;
+pub mod sys;
+pub mod userns;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use cli::{Cli, Command, ExecArgs, MapSource};
+use error::{Error, Result};
+use idmap::lxc::{default_lxcpath, LxcConfig};
+use idmap::subid::{SubIdFiles, User};
+use idmap::{IdKind, IdMap};
+use userns::{ExecSpec, Mapper};
+
+/// Exit statuses of idshift itself.
+pub mod exit {
+    /// Done, except the listed failures.
+    pub const FAILED: u8 = 1;
+    /// A usage error: bad arguments, a malformed map, an unknown container.
+    pub const USAGE: u8 = 2;
+    /// `exec`: idshift failed and the command did not run.
+    pub const EXEC_FAILED: u8 = 125;
+    /// `exec`: the command was found but could not be executed.
+    pub const EXEC_CANNOT_RUN: u8 = 126;
+    /// `exec`: the command was not found.
+    pub const EXEC_NOT_FOUND: u8 = 127;
+}
+
+/// Runs a parsed command line and returns the process exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Exec(args) => match exec(args) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(err) => {
+                eprintln!("idshift: {err}");
+                ExitCode::from(match err {
+                    Error::Exec {
+                        errno: nix::errno::Errno::ENOENT,
+                        ..
+                    } => exit::EXEC_NOT_FOUND,
+                    Error::Exec { .. } => exit::EXEC_CANNOT_RUN,
+                    _ => exit::EXEC_FAILED,
+                })
+            }
+        },
+    }
+}
+
+impl MapSource {
+    /// The map the options name; with none, the caller's delegated ranges.
+    pub fn resolve(&self) -> Result<IdMap> {
+        if let Some(name) = &self.container {
+            let lxcpath = self.lxcpath.clone().unwrap_or_else(default_lxcpath);
+            return LxcConfig::for_container(&lxcpath, name)?.map();
+        }
+        if let Some(path) = &self.lxc_config {
+            return LxcConfig::read(path)?.map();
+        }
+        if let Some(path) = &self.oci_config {
+            return idmap::oci::read(path);
+        }
+        if !self.map.is_empty() {
+            return Ok(IdMap::from_specs(&self.map)?);
+        }
+        SubIdFiles::default().default_map(&User::current())
+    }
+}
+
+fn exec(args: ExecArgs) -> Result<i32> {
+    let mut map = args.source.resolve()?;
+    if args.map_self {
+        map = map.with_host_id(IdKind::Uid, nix::unistd::geteuid().as_raw())?;
+        map = map.with_host_id(IdKind::Gid, nix::unistd::getegid().as_raw())?;
+    }
+    let target = |kind: IdKind, asked: Option<u32>| -> Result<Option<u32>> {
+        match (map.has(kind), asked) {
+            (true, asked) => Ok(Some(asked.unwrap_or(0))),
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(Error::Usage(format!(
+                "--{} needs a map with {} entries",
+                kind.name(),
+                kind.name()
+            ))),
+        }
+    };
+    let command = if args.command.is_empty() {
+        vec![std::env::var_os("SHELL")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| OsString::from("/bin/sh"))]
+    } else {
+        args.command
+    };
+    let spec = ExecSpec {
+        uid: target(IdKind::Uid, args.uid)?,
+        gid: target(IdKind::Gid, args.gid)?,
+        map,
+        command,
+    };
+    userns::run(&spec, &Mapper::default())
+}

@@ -1,0 +1,21 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    match idshift::cli::Cli::try_parse() {
+        Ok(cli) => idshift::run(cli),
+        Err(err) => {
+            let _ = err.print();
+            if !err.use_stderr() {
+                return ExitCode::SUCCESS; // --help, --version
+            }
+            let exec = std::env::args_os().nth(1).is_some_and(|a| a == "exec");
+            ExitCode::from(if exec {
+                idshift::exit::EXEC_FAILED
+            } else {
+                idshift::exit::USAGE
+            })
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! `idshift exec`, driven as a binary: as root (maps written directly) and as the unprivileged
+//! test user (maps written by newuidmap/newgidmap).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn uid_map_inside(cmd: &mut Command) -> (ProcMap, ProcMap) {
+    let out = run(cmd);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let (u, g) = text.split_once("--\n").expect("separator");
+    (parse_proc_map(u), parse_proc_map(g))
+}
+
+const SHOW_MAPS: [&str; 4] = [
+    "--",
+    "sh",
+    "-c",
+    "cat /proc/self/uid_map; echo --; cat /proc/self/gid_map",
+];
+
+fn with_maps<'a>(head: &[&'a str]) -> Vec<&'a str> {
+    let mut args = head.to_vec();
+    args.extend(SHOW_MAPS);
+    args
+}
+
+#[test]
+fn root_map_inside_equals_the_requested_map() {
+    let Some(_) = require!(Root) else { return };
+    let (u, g) = uid_map_inside(&mut idshift(&with_maps(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "-m",
+        "u:65536:300000:10",
+    ])));
+    assert_eq!(u, vec![(0, 100000, 65536), (65536, 300000, 10)]);
+    assert_eq!(g, vec![(0, 100000, 65536)]);
+}
+
+#[test]
+fn root_runs_as_uid_and_gid_0_without_supplementary_groups() {
+    let Some(_) = require!(Root) else { return };
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; grep -E '^(Uid|Gid|Groups)' /proc/self/status",
+    ]));
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..3], ["0", "0", "0"], "{text}");
+    let groups = text.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert_eq!(
+        groups["Groups:".len()..].trim(),
+        "",
+        "supplementary groups left: {text}"
+    );
+}
+
+#[test]
+fn uid_and_gid_options_pick_other_ids() {
+    let Some(_) = require!(Root) else { return };
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--uid",
+        "1000",
+        "--gid",
+        "100",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g",
+    ]));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "1000\n100\n");
+}
+
+#[test]
+fn a_uid_only_or_gid_only_map_works() {
+    let Some(_) = require!(Root) else { return };
+    let (u, g) = uid_map_inside(&mut idshift(&with_maps(&["exec", "-m", "u:0:100000:10"])));
+    assert_eq!((u, g), (vec![(0, 100000, 10)], vec![]));
+    let (u, g) = uid_map_inside(&mut idshift(&with_maps(&["exec", "-m", "g:0:100000:10"])));
+    assert_eq!((u, g), (vec![], vec![(0, 100000, 10)]));
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "u:0:100000:10",
+        "--",
+        "id",
+        "-u",
+    ]));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "0\n");
+}
+
+#[test]
+fn exit_status_is_the_commands_own() {
+    let Some(_) = require!(Root) else { return };
+    fn with<'a>(cmd: &[&'a str]) -> Vec<&'a str> {
+        [&["exec", "-m", "b:0:100000:65536", "--"][..], cmd].concat()
+    }
+    assert_code(&run(&mut idshift(&with(&["true"]))), 0);
+    assert_code(&run(&mut idshift(&with(&["sh", "-c", "exit 7"]))), 7);
+    // Killed by a signal: 128+N (lxc-usernsexec says 0).
+    assert_code(
+        &run(&mut idshift(&with(&["sh", "-c", "kill -TERM $$"]))),
+        143,
+    );
+    assert_code(
+        &run(&mut idshift(&with(&["sh", "-c", "kill -KILL $$"]))),
+        137,
+    );
+}
+
+#[test]
+fn not_found_is_127_and_not_executable_is_126() {
+    let Some(_) = require!(Root) else { return };
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--",
+        "no-such-command-x",
+    ]));
+    assert_code(&out, 127);
+    assert!(
+        stderr(&out).contains("cannot run 'no-such-command-x'"),
+        "{}",
+        stderr(&out)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--",
+        script.to_str().unwrap(),
+    ]));
+    assert_code(&out, 126);
+    assert_eq!(stdout(&out), "");
+}
+
+/// Failures of idshift itself: one line on stderr, exit 125, and the command never ran.
+#[test]
+fn bad_maps_fail_with_125_before_the_command_runs() {
+    let Some(_) = require!(Root) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let cases: &[&[&str]] = &[
+        &["-m", "b:0:100000:65536x"],
+        &["-m", "b:0:100000:-1"],
+        &["-m", "b:0:100000:65536", "-m", "u:10:200000:1"],
+        &["-m", "b:1:100000:65536"],
+        &["-m", "u:0:100000:10", "--gid", "0"],
+        &["--container", "no-such-container", "-P", "/nonexistent"],
+        &["--lxc-config", "/nonexistent/config"],
+    ];
+    for case in cases {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(case);
+        args.extend(["--", "sh", "-c", &touch]);
+        let out = run(&mut idshift(&args));
+        assert_code(&out, 125);
+        let err = stderr(&out);
+        assert!(!err.trim().is_empty(), "{case:?}: no message");
+        assert!(err.lines().next().unwrap().len() > 10, "{case:?}: {err}");
+        assert!(!marker.exists(), "{case:?}: the command ran");
+    }
+}
+
+#[test]
+fn maps_from_lxc_and_oci_configs() {
+    let Some(_) = require!(Root) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c1 = dir.path().join("c1");
+    std::fs::create_dir(&c1).unwrap();
+    std::fs::write(
+        c1.join("config"),
+        "lxc.include = /usr/share/lxc/config/userns.conf\n\
+         lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 200000 65536\n",
+    )
+    .unwrap();
+    let lxcpath = dir.path().to_str().unwrap();
+    let (u, g) = uid_map_inside(&mut idshift(&with_maps(&[
+        "exec",
+        "--container",
+        "c1",
+        "-P",
+        lxcpath,
+    ])));
+    assert_eq!((u, g), (vec![(0, 100000, 65536)], vec![(0, 200000, 65536)]));
+    let config = c1.join("config");
+    let (u, _) = uid_map_inside(&mut idshift(&with_maps(&[
+        "exec",
+        "--lxc-config",
+        config.to_str().unwrap(),
+    ])));
+    assert_eq!(u, vec![(0, 100000, 65536)]);
+    let oci = dir.path().join("config.json");
+    std::fs::write(
+        &oci,
+        r#"{"linux": {"uidMappings": [{"containerID": 0, "hostID": 400000, "size": 1000}],
+                      "gidMappings": [{"containerID": 0, "hostID": 500000, "size": 1000}]}}"#,
+    )
+    .unwrap();
+    let (u, g) = uid_map_inside(&mut idshift(&with_maps(&[
+        "exec",
+        "--oci-config",
+        oci.to_str().unwrap(),
+    ])));
+    assert_eq!((u, g), (vec![(0, 400000, 1000)], vec![(0, 500000, 1000)]));
+}
+
+#[test]
+fn default_command_is_shell() {
+    let Some(_) = require!(Root) else { return };
+    let out = run(idshift(&["exec", "-m", "b:0:100000:65536"])
+        .env("SHELL", "/usr/bin/id")
+        .stdin(Stdio::null()));
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).starts_with("uid=0(root) gid=0(root)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+fn spawn_with_ready_line(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut child = idshift(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (child, out, line)
+}
+
+#[test]
+fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
+    let Some(_) = require!(Root) else { return };
+    for (sig, name) in [
+        (nix::sys::signal::SIGTERM, "TERM"),
+        (nix::sys::signal::SIGUSR1, "USR1"),
+    ] {
+        let script = format!(
+            "trap 'echo got {name}; exit 3' {name}; echo ready; while :; do sleep 0.05; done"
+        );
+        let (mut child, mut out, line) =
+            spawn_with_ready_line(&["exec", "-m", "b:0:100000:65536", "--", "sh", "-c", &script]);
+        assert_eq!(line, "ready\n");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(rest, format!("got {name}\n"));
+        assert_eq!(status.code(), Some(3));
+    }
+}
+
+#[test]
+fn the_command_dies_when_idshift_dies() {
+    let Some(_) = require!(Root) else { return };
+    let (mut child, _out, line) = spawn_with_ready_line(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--",
+        "sh",
+        "-c",
+        "echo $$; exec sleep 60",
+    ]);
+    let inner: i32 = line.trim().parse().unwrap();
+    // The pid printed is the namespace's view; the host sees the same pid (no pid namespace).
+    assert!(std::path::Path::new(&format!("/proc/{inner}")).exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{inner}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for init to reap it.
+        if stat.is_empty() || stat.contains(") Z ") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the command {inner} outlived idshift");
+}
+
+/// An interactive shell on a terminal: Ctrl-C reaches the shell's job (not idshift), Ctrl-Z
+/// stops a job and the shell keeps control, and the shell's exit status comes back.
+#[test]
+fn interactive_shell_on_a_terminal_has_job_control() {
+    let Some(_) = require!(Root) else { return };
+    if !on_path("script") || !on_path("bash") {
+        eprintln!("skipped: needs script(1) and bash");
+        return;
+    }
+    let cmd = format!(
+        "{} exec -m b:0:100000:65536 -- bash --norc --noprofile -i",
+        bin().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env("PS1", "$ ")
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let steps: &[(&str, u64)] = &[
+        ("sleep 30\n", 600),
+        ("\x03", 400),
+        ("echo alive-$?\n", 300),
+        ("sleep 31\n", 600),
+        ("\x1a", 400),
+        ("jobs\n", 300),
+        ("kill -9 %1\n", 300),
+        ("exit 5\n", 0),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    for (keys, pause) in steps {
+        stdin.write_all(keys.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(*pause));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        text.contains("alive-130"),
+        "Ctrl-C did not reach the job:\n{text}"
+    );
+    assert!(
+        text.contains("Stopped"),
+        "Ctrl-Z did not stop the job:\n{text}"
+    );
+    assert_eq!(out.status.code(), Some(5), "{text}");
+}
+
+#[test]
+fn unprivileged_default_map_spans_every_range_including_numeric_lines() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    // .ci/setup-test-env delegates NAME:200000:65536 and UID:300000:65536.
+    let (u, g) = uid_map_inside(&mut idshift_as(env.user(), &with_maps(&["exec"])));
+    let want = vec![(0, 200000, 65536), (65536, 300000, 65536)];
+    assert_eq!(u, want);
+    assert_eq!(g, want);
+    let out = run(&mut idshift_as(env.user(), &["exec", "--", "id", "-u"]));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "0\n");
+}
+
+#[test]
+fn unprivileged_explicit_map_through_the_helpers() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let (u, g) = uid_map_inside(&mut idshift_as(
+        env.user(),
+        &with_maps(&["exec", "-m", "b:0:300000:65536", "-m", "u:65536:200000:1"]),
+    ));
+    assert_eq!(u, vec![(0, 300000, 65536), (65536, 200000, 1)]);
+    assert_eq!(g, vec![(0, 300000, 65536)]);
+}
+
+#[test]
+fn unprivileged_own_id_and_map_self() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let me = env.user();
+    let own = format!("b:0:{}:1", me.uid);
+    let out = run(&mut idshift_as(me, &["exec", "-m", &own, "--", "id", "-u"]));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "0\n");
+    let (u, _) = uid_map_inside(&mut idshift_as(
+        me,
+        &with_maps(&["exec", "-s", "-m", "b:0:200000:65536"]),
+    ));
+    assert_eq!(u, vec![(0, 200000, 65536), (65536, me.uid, 1)]);
+}
+
+#[test]
+fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let out = run(&mut idshift_as(
+        env.user(),
+        &["exec", "-m", "b:0:100000:65536", "--", "sh", "-c", &touch],
+    ));
+    assert_code(&out, 125);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("idshift: newuidmap refused the map"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not allowed"),
+        "the helper's own message is passed on: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!marker.exists(), "the command ran");
+}

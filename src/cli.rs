@@ -34,6 +34,132 @@ pub enum Command {
                       idshift exec -m b:0:1000:1 -m b:1:190000:1 -- chown 1:1 FILE"
     )]
     Exec(ExecArgs),
+
+    /// Remap the ownership of a whole tree from one id mapping to another, in one pass.
+    ///
+    /// `idshift shift DIR MAP...` maps a tree in the host view into MAP (as fuidshift does); -r
+    /// maps it back. `--from MAP... --to MAP...` (or --from-container/--to-container) moves it
+    /// from one container mapping to another in one pass. Owners, groups, POSIX ACL entries and
+    /// the root id of file capabilities are remapped; setuid/setgid bits, capabilities, other
+    /// xattrs and times are kept. Ids the FROM map does not cover are left and listed.
+    ///
+    /// A killed shift is finished by running the same command again; a different shift on a
+    /// half-shifted tree is refused. Exit status: 0 done; 1 done except the listed inodes;
+    /// 2 usage error; 3 refused (another shift pending, another map recorded, outliers under
+    /// --strict).
+    #[command(
+        after_help = "Examples:\n  idshift shift rootfs b:0:100000:65536          # host view -> container\n  \
+                      idshift shift -r rootfs b:0:100000:65536       # and back\n  \
+                      idshift shift rootfs --from b:0:100000:65536 --to b:0:200000:65536\n  \
+                      idshift shift rootfs --from-container c1 --to b:0:200000:65536 -n -v"
+    )]
+    Shift(ShiftArgs),
+
+    /// Scan a tree (read-only): inode counts, ids by 65536-block, the map it appears to use,
+    /// setuid/setgid files, file capabilities, ACLs, and any unfinished shift.
+    Status(StatusArgs),
+}
+
+/// How much progress to show.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ProgressArg {
+    /// A progress bar when stderr is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct ShiftArgs {
+    /// The tree to shift (a real directory: a symlink in its last component is refused).
+    pub dir: PathBuf,
+
+    /// Map the tree from the host view into these KIND:NSID:HOSTID:COUNT entries.
+    #[arg(value_name = "MAP", value_parser = MapSpec::from_str)]
+    pub map: Vec<MapSpec>,
+
+    /// Map from MAP back to the host view.
+    #[arg(short = 'r', long, requires = "map")]
+    pub reverse: bool,
+
+    /// The map the tree is in now (entries KIND:NSID:HOSTID:COUNT).
+    #[arg(long, num_args = 1.., value_name = "MAP", value_parser = MapSpec::from_str,
+          conflicts_with_all = ["map", "from_container"])]
+    pub from: Vec<MapSpec>,
+
+    /// The map to move the tree to.
+    #[arg(long, num_args = 1.., value_name = "MAP", value_parser = MapSpec::from_str,
+          conflicts_with_all = ["map", "to_container"])]
+    pub to: Vec<MapSpec>,
+
+    /// Take the FROM map from this LXC container's config.
+    #[arg(long, value_name = "NAME", conflicts_with = "map")]
+    pub from_container: Option<String>,
+
+    /// Take the TO map from this LXC container's config.
+    #[arg(long, value_name = "NAME", conflicts_with = "map")]
+    pub to_container: Option<String>,
+
+    /// The LXC path of --from-container/--to-container [default: ~/.local/share/lxc, /var/lib/lxc for root].
+    #[arg(short = 'P', long = "lxcpath", value_name = "DIR")]
+    pub lxcpath: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub common: ShiftCommon,
+}
+
+/// Options shared by `shift` and the commands built on it.
+#[derive(Debug, Args)]
+pub struct ShiftCommon {
+    /// Read only: write nothing anywhere, report what would change.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Also shift filesystems mounted inside the tree (left alone by default).
+    #[arg(long)]
+    pub cross_mounts: bool,
+
+    /// Refuse, before changing anything, if any id lies outside the FROM map.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// A progress bar with inodes/s (and an ETA when the size is known).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressArg,
+
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print each change.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The tree to scan.
+    pub dir: PathBuf,
+
+    /// Count the inodes whose ids these KIND:NSID:HOSTID:COUNT entries do not cover (host side).
+    #[arg(short = 'm', long = "map", value_name = "SPEC", value_parser = MapSpec::from_str)]
+    pub map: Vec<MapSpec>,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Also scan filesystems mounted inside the tree.
+    #[arg(long)]
+    pub cross_mounts: bool,
 }
 
 /// Where a map comes from: `-m` specs, an LXC container, an LXC config file or an OCI config.

@@ -32,6 +32,10 @@ pub enum Error {
     /// `execvp` of the command failed: exit 127 when it was not found, 126 otherwise.
     #[error("cannot run '{program}': {errno}")]
     Exec { program: String, errno: Errno },
+    /// The tree may not be shifted as asked: another shift is pending, it records another map,
+    /// or `--strict` found outliers. Exit 3; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else that stopped the run, already phrased for the user.
     #[error("{0}")]
     Failed(String),

@@ -11,13 +11,15 @@
 pub mod cli;
 pub mod error;
 pub mod idmap;
+pub mod shift;
+pub mod status;
 pub mod sys;
 pub mod userns;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use cli::{Cli, Command, ExecArgs, MapSource};
+use cli::{Cli, Command, ExecArgs, MapSource, ProgressArg, ShiftArgs, StatusArgs};
 use error::{Error, Result};
 use idmap::lxc::{default_lxcpath, LxcConfig};
 use idmap::subid::{SubIdFiles, User};
@@ -26,10 +28,12 @@ use userns::{ExecSpec, Mapper};
 
 /// Exit statuses of idshift itself.
 pub mod exit {
-    /// Done, except the listed failures.
+    /// Done, except the listed failures; or a failure of the system.
     pub const FAILED: u8 = 1;
     /// A usage error: bad arguments, a malformed map, an unknown container.
     pub const USAGE: u8 = 2;
+    /// `shift`: refused (another shift pending, another map recorded, outliers under --strict).
+    pub const REFUSED: u8 = 3;
     /// `exec`: idshift failed and the command did not run.
     pub const EXEC_FAILED: u8 = 125;
     /// `exec`: the command was found but could not be executed.
@@ -38,9 +42,32 @@ pub mod exit {
     pub const EXEC_NOT_FOUND: u8 = 127;
 }
 
+/// The exit status of an error outside `exec`.
+fn error_status(err: &Error) -> u8 {
+    match err {
+        Error::Refused(_) => exit::REFUSED,
+        e if e.is_usage() => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
+/// Prints an error as one line and returns its exit status.
+fn report(err: Error) -> ExitCode {
+    eprintln!("idshift: {err}");
+    ExitCode::from(error_status(&err))
+}
+
 /// Runs a parsed command line and returns the process exit status.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Shift(args) => match shift(args) {
+            Ok(code) => code,
+            Err(err) => report(err),
+        },
+        Command::Status(args) => match status(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => report(err),
+        },
         Command::Exec(args) => match exec(args) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(err) => {
@@ -109,4 +136,104 @@ fn exec(args: ExecArgs) -> Result<i32> {
         command,
     };
     userns::run(&spec, &Mapper::default())
+}
+
+fn threads(asked: Option<u16>) -> usize {
+    asked.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+fn container_map(lxcpath: &Option<std::path::PathBuf>, name: &str) -> Result<IdMap> {
+    let lxcpath = lxcpath.clone().unwrap_or_else(default_lxcpath);
+    LxcConfig::for_container(&lxcpath, name)?.map()
+}
+
+impl ShiftArgs {
+    /// The FROM and TO views the arguments name.
+    pub fn views(&self) -> Result<(shift::View, shift::View)> {
+        use shift::View;
+        if !self.map.is_empty() {
+            let map = View::Map(IdMap::from_specs(&self.map)?);
+            return Ok(if self.reverse {
+                (map, View::Host)
+            } else {
+                (View::Host, map)
+            });
+        }
+        let side =
+            |specs: &[idmap::MapSpec], container: &Option<String>, which: &str| -> Result<View> {
+                match (specs.is_empty(), container) {
+                    (false, _) => Ok(View::Map(IdMap::from_specs(specs)?)),
+                    (true, Some(name)) => Ok(View::Map(container_map(&self.lxcpath, name)?)),
+                    (true, None) => Err(Error::Usage(format!(
+                        "give a MAP (host view -> MAP), or both --from and --to (missing {which})"
+                    ))),
+                }
+            };
+        Ok((
+            side(&self.from, &self.from_container, "--from")?,
+            side(&self.to, &self.to_container, "--to")?,
+        ))
+    }
+}
+
+fn shift(args: ShiftArgs) -> Result<ExitCode> {
+    let (from, to) = args.views()?;
+    let c = &args.common;
+    let opts = shift::ShiftOptions {
+        dir: args.dir.clone(),
+        from,
+        to,
+        dry_run: c.dry_run,
+        threads: threads(c.threads),
+        cross_mounts: c.cross_mounts,
+        strict: c.strict,
+        verbose: c.verbose,
+        progress: match c.progress {
+            ProgressArg::Auto => shift::Progress::Auto,
+            ProgressArg::Always => shift::Progress::Always,
+            ProgressArg::Never => shift::Progress::Never,
+        },
+    };
+    let summary = shift::run(&opts)?;
+    for w in &summary.warnings {
+        eprintln!("idshift: warning: {w}");
+    }
+    if c.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("serializable")
+        );
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(if summary.error_count > 0 {
+        ExitCode::from(exit::FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let map = (!args.map.is_empty())
+        .then(|| IdMap::from_specs(&args.map))
+        .transpose()?;
+    let s = status::scan(
+        &args.dir,
+        map.as_ref(),
+        threads(args.threads),
+        args.cross_mounts,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("serializable")
+        );
+    } else {
+        print!("{}", s.render());
+    }
+    Ok(())
 }

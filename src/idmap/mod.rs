@@ -323,6 +323,25 @@ impl IdMap {
             .collect()
     }
 
+    /// The map read the other way: host ids become namespace ids.
+    pub fn inverse(&self) -> IdMap {
+        IdMap::new(self.all_entries().map(|e| IdMapEntry {
+            ns_start: e.host_start,
+            host_start: e.ns_start,
+            ..*e
+        }))
+        .expect("the inverse of a valid map is valid")
+    }
+
+    /// Parses the text `Display` writes: specs separated by spaces.
+    pub fn parse_list(text: &str) -> Result<IdMap, MapError> {
+        let specs: Vec<MapSpec> = text
+            .split_ascii_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        IdMap::from_specs(&specs)
+    }
+
     /// Adds a one-id entry for host id `host` unless the map already maps it: at the same id
     /// inside when that is free, else just above the highest mapped namespace id.
     pub fn with_host_id(&self, kind: IdKind, host: u32) -> Result<IdMap, MapError> {
@@ -576,6 +595,16 @@ mod tests {
         assert_eq!(already, map);
         let gid = map.with_host_id(IdKind::Gid, 1000).unwrap();
         assert_eq!(gid.to_ns(IdKind::Gid, 1000), Some(1000));
+    }
+
+    #[test]
+    fn inverse_and_text_round_trip() {
+        let map = IdMap::new([e(IdKind::Uid, 0, 100000, 10), e(IdKind::Gid, 5, 7, 1)]).unwrap();
+        let inv = map.inverse();
+        assert_eq!(inv.to_host(IdKind::Uid, 100003), Some(3));
+        assert_eq!(inv.to_host(IdKind::Gid, 7), Some(5));
+        assert_eq!(IdMap::parse_list(&map.to_string()).unwrap(), map);
+        assert!(IdMap::parse_list("u:0:1:1 bogus").is_err());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Everything here is a thin, documented wrapper; callers outside `sys` stay safe Rust.
 #![allow(unsafe_code)]
 
+pub mod fs;
+pub mod xattr;
+
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, Signal};
 use nix::unistd::ForkResult;

@@ -1,0 +1,326 @@
+//! `idshift status`: a read-only scan of a tree's ownership.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::idmap::{IdKind, IdMap};
+use crate::shift::walk::{self, At, Visitor};
+use crate::shift::{caps, open_root, state};
+use crate::sys::fs::Stat;
+use crate::sys::xattr;
+
+/// The ids are bucketed in blocks of this many.
+pub const BLOCK: u32 = 65536;
+
+/// What `status` reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub dir: PathBuf,
+    pub inodes: u64,
+    pub directories: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    pub other: u64,
+    pub root_uid: u32,
+    pub root_gid: u32,
+    /// Inode counts by block start (`uid / 65536 * 65536`).
+    pub uid_blocks: BTreeMap<u32, u64>,
+    pub gid_blocks: BTreeMap<u32, u64>,
+    pub lowest_uid: Option<u32>,
+    pub highest_uid: Option<u32>,
+    pub lowest_gid: Option<u32>,
+    pub highest_gid: Option<u32>,
+    /// The map the tree appears to use, from the owner of its root and the ids seen.
+    pub apparent_map: String,
+    pub setuid_files: u64,
+    pub setgid_files: u64,
+    pub caps_v2: u64,
+    pub caps_v3: u64,
+    /// v3 capability rootids and how many files carry each.
+    pub caps_rootids: BTreeMap<u32, u64>,
+    pub acl_access: u64,
+    pub acl_default: u64,
+    /// With `--map`: inodes whose uid or gid the map's host side does not cover.
+    pub outlier_inodes: Option<u64>,
+    pub outlier_ids: Vec<String>,
+    pub recorded_map: Option<String>,
+    pub pending_shift: Option<String>,
+    pub mounts_skipped: Vec<PathBuf>,
+    pub errors: u64,
+}
+
+#[derive(Clone, Copy)]
+pub struct Facts {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    caps_rootid: Option<(bool, u32)>,
+    acl_access: bool,
+    acl_default: bool,
+}
+
+struct Scan<'a> {
+    map: Option<&'a IdMap>,
+    acc: Mutex<Status>,
+    outliers: Mutex<BTreeMap<(IdKind, u32), u64>>,
+}
+
+impl Scan<'_> {
+    fn facts(&self, at: At<'_>, st: &Stat) -> Result<Facts, (&'static str, Errno)> {
+        let mut f = Facts {
+            uid: st.uid,
+            gid: st.gid,
+            mode: st.mode,
+            caps_rootid: None,
+            acl_access: false,
+            acl_default: false,
+        };
+        if st.is_symlink() {
+            return Ok(f);
+        }
+        let names = xattr::list(at.dir, at.name).map_err(|e| ("list xattrs", e))?;
+        for name in names.split(|&b| b == 0) {
+            match name {
+                b"system.posix_acl_access" => f.acl_access = true,
+                b"system.posix_acl_default" => f.acl_default = true,
+                b"security.capability" => {
+                    f.caps_rootid = match xattr::get(at.dir, at.name, caps::NAME) {
+                        Ok(Some(v)) => caps::decode(&v)
+                            .ok()
+                            .map(|c| (c.revision == caps::REVISION_3, c.rootid)),
+                        Ok(None) => None,
+                        Err(Errno::EOVERFLOW) => Some((true, u32::MAX)),
+                        Err(e) => return Err(("read capability", e)),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(f)
+    }
+}
+
+impl Visitor for Scan<'_> {
+    type Item = Facts;
+
+    fn visit(&self, at: At<'_>, st: &Stat, batch: &mut Vec<Facts>) {
+        match self.facts(at, st) {
+            Ok(f) => batch.push(f),
+            Err((op, e)) => self.error(at.path(), op, e),
+        }
+    }
+
+    fn finish(&self, _dir: BorrowedFd<'_>, _path: &Path, batch: Vec<Facts>) {
+        let mut acc = self.acc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outliers = Vec::new();
+        for f in &batch {
+            acc.inodes += 1;
+            match f.mode & libc::S_IFMT {
+                libc::S_IFDIR => acc.directories += 1,
+                libc::S_IFREG => acc.files += 1,
+                libc::S_IFLNK => acc.symlinks += 1,
+                _ => acc.other += 1,
+            }
+            *acc.uid_blocks.entry(f.uid / BLOCK * BLOCK).or_default() += 1;
+            *acc.gid_blocks.entry(f.gid / BLOCK * BLOCK).or_default() += 1;
+            acc.lowest_uid = Some(acc.lowest_uid.map_or(f.uid, |x| x.min(f.uid)));
+            acc.highest_uid = Some(acc.highest_uid.map_or(f.uid, |x| x.max(f.uid)));
+            acc.lowest_gid = Some(acc.lowest_gid.map_or(f.gid, |x| x.min(f.gid)));
+            acc.highest_gid = Some(acc.highest_gid.map_or(f.gid, |x| x.max(f.gid)));
+            let special = f.mode & libc::S_IFMT == libc::S_IFREG;
+            acc.setuid_files += (special && f.mode & 0o4000 != 0) as u64;
+            acc.setgid_files += (special && f.mode & 0o2000 != 0) as u64;
+            match f.caps_rootid {
+                Some((true, root)) => {
+                    acc.caps_v3 += 1;
+                    *acc.caps_rootids.entry(root).or_default() += 1;
+                }
+                Some((false, _)) => acc.caps_v2 += 1,
+                None => {}
+            }
+            acc.acl_access += f.acl_access as u64;
+            acc.acl_default += f.acl_default as u64;
+            if let Some(map) = self.map {
+                let mut out = false;
+                for (kind, id) in [(IdKind::Uid, f.uid), (IdKind::Gid, f.gid)] {
+                    if map.to_ns(kind, id).is_none() {
+                        outliers.push((kind, id));
+                        out = true;
+                    }
+                }
+                *acc.outlier_inodes.get_or_insert(0) += out as u64;
+            }
+        }
+        drop(acc);
+        if !outliers.is_empty() {
+            let mut map = self.outliers.lock().unwrap_or_else(|e| e.into_inner());
+            for o in outliers {
+                *map.entry(o).or_default() += 1;
+            }
+        }
+    }
+
+    fn error(&self, path: PathBuf, op: &'static str, errno: Errno) {
+        eprintln!("idshift: {}: {op}: {}", path.display(), errno.desc());
+        self.acc.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
+    }
+
+    fn mount_skipped(&self, path: PathBuf) {
+        self.acc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mounts_skipped
+            .push(path);
+    }
+}
+
+/// Scans DIR; `map`, when given, is the map the tree should be in (host side), for outliers.
+pub fn scan(dir: &Path, map: Option<&IdMap>, threads: usize, cross_mounts: bool) -> Result<Status> {
+    let root = open_root(dir)?;
+    let st = crate::sys::fs::statx(root.as_fd(), None)
+        .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
+    let pending = state::find_pending(root.as_fd(), dir)?;
+    let recorded = state::recorded(root.as_fd());
+    let scan = Scan {
+        map,
+        acc: Mutex::new(Status {
+            dir: dir.to_path_buf(),
+            root_uid: st.uid,
+            root_gid: st.gid,
+            outlier_inodes: map.map(|_| 0),
+            recorded_map: recorded.map(|v| v.to_string()),
+            pending_shift: pending.map(|(p, _)| format!("{p} (journal {})", p.journal.display())),
+            ..Status::default()
+        }),
+        outliers: Mutex::new(BTreeMap::new()),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Failed(format!("cannot start {threads} threads: {e}")))?;
+    walk::walk(&pool, root, dir, cross_mounts, &scan)
+        .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
+    let mut status = scan.acc.into_inner().unwrap_or_else(|e| e.into_inner());
+    status.outlier_ids = scan
+        .outliers
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|((kind, id), n)| format!("{} {id} ({n})", kind.name()))
+        .collect();
+    status.apparent_map = apparent_map(&status);
+    Ok(status)
+}
+
+/// The map a tree seems to be in: a container whose root owns the tree, covering what is seen.
+fn apparent_map(s: &Status) -> String {
+    if s.root_uid == 0 && s.root_gid == 0 {
+        return "host view (the tree's root is owned by 0:0)".into();
+    }
+    let fits = |lo: Option<u32>, hi: Option<u32>, base: u32| {
+        lo.is_some_and(|l| l >= base) && hi.is_some_and(|h| h - base < BLOCK)
+    };
+    let spec = if s.root_uid == s.root_gid {
+        format!("b:0:{}:{BLOCK}", s.root_uid)
+    } else {
+        format!("u:0:{}:{BLOCK} g:0:{}:{BLOCK}", s.root_uid, s.root_gid)
+    };
+    let within = fits(s.lowest_uid, s.highest_uid, s.root_uid)
+        && fits(s.lowest_gid, s.highest_gid, s.root_gid);
+    if within {
+        format!("{spec} (every id lies within it)")
+    } else {
+        format!("{spec} (root's owner; some ids lie outside it: see the blocks)")
+    }
+}
+
+fn blocks(b: &BTreeMap<u32, u64>) -> String {
+    b.iter()
+        .map(|(start, n)| format!("{start}-{}: {n}", start + (BLOCK - 1)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{}: {} inodes ({} directories, {} files, {} symlinks, {} other)\n",
+            self.dir.display(),
+            self.inodes,
+            self.directories,
+            self.files,
+            self.symlinks,
+            self.other
+        );
+        out += &format!("  root owned by:   {}:{}\n", self.root_uid, self.root_gid);
+        out += &format!("  appears to use:  {}\n", self.apparent_map);
+        out += &format!(
+            "  recorded map:    {}\n",
+            self.recorded_map.as_deref().unwrap_or("none")
+        );
+        out += &format!(
+            "  unfinished shift: {}\n",
+            self.pending_shift.as_deref().unwrap_or("none")
+        );
+        out += &format!("  uids by block:   {}\n", blocks(&self.uid_blocks));
+        out += &format!("  gids by block:   {}\n", blocks(&self.gid_blocks));
+        out += &format!(
+            "  setuid files: {}, setgid files: {}\n",
+            self.setuid_files, self.setgid_files
+        );
+        let roots: Vec<String> = self
+            .caps_rootids
+            .iter()
+            .map(|(r, n)| {
+                if *r == u32::MAX {
+                    format!("unmapped here ×{n}")
+                } else {
+                    format!("{r} ×{n}")
+                }
+            })
+            .collect();
+        out += &format!(
+            "  file capabilities: {} v2 (rootid 0), {} v3{}\n",
+            self.caps_v2,
+            self.caps_v3,
+            if roots.is_empty() {
+                String::new()
+            } else {
+                format!(" (rootids: {})", roots.join(", "))
+            }
+        );
+        out += &format!(
+            "  ACLs: {} access, {} default\n",
+            self.acl_access, self.acl_default
+        );
+        if let Some(n) = self.outlier_inodes {
+            out += &format!("  outside the map: {n} inodes");
+            if !self.outlier_ids.is_empty() {
+                let shown: Vec<&str> = self
+                    .outlier_ids
+                    .iter()
+                    .take(20)
+                    .map(String::as_str)
+                    .collect();
+                out += &format!(" — {}", shown.join(", "));
+            }
+            out += "\n";
+        }
+        for m in &self.mounts_skipped {
+            out += &format!("  mount point not scanned: {}\n", m.display());
+        }
+        if self.errors > 0 {
+            out += &format!(
+                "  {} inodes could not be read (listed above)\n",
+                self.errors
+            );
+        }
+        out
+    }
+}

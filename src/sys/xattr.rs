@@ -1,0 +1,301 @@
+//! Extended attributes of an inode named by a directory fd and one component, never followed:
+//! `listxattrat`/`getxattrat`/`setxattrat` (Linux ≥ 6.13), else an `O_PATH` handle and its
+//! `/proc/self/fd` magic link, which resolves to the inode itself.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+
+use super::fs::proc_fd_path;
+
+// x86_64, aarch64 and every other architecture with the unified syscall table (Linux 6.13).
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// `struct xattr_args` of `getxattrat`/`setxattrat`.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Cleared the first time the kernel answers ENOSYS to an `*xattrat` call.
+static HAVE_AT: AtomicBool = AtomicBool::new(true);
+
+fn at_flags(name: Option<&CStr>) -> libc::c_uint {
+    (libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_none() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        }) as _
+}
+
+/// The fallback's path for the target: `/proc/self/fd/N` of the dir or of an `O_PATH` handle.
+fn fallback_path(
+    dir: BorrowedFd,
+    name: Option<&CStr>,
+) -> Result<(Option<OwnedFd>, CString), Errno> {
+    match name {
+        None => Ok((None, proc_fd_path(&dir))),
+        Some(name) => {
+            let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: valid fd and C string.
+            let fd = Errno::result(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+            // SAFETY: openat returned a new, open fd that we alone own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let path = proc_fd_path(&fd);
+            Ok((Some(fd), path))
+        }
+    }
+}
+
+/// Runs `at` unless the kernel lacks the `*xattrat` calls, then `fallback` on the magic link.
+fn with_target<T>(
+    dir: BorrowedFd,
+    name: Option<&CStr>,
+    at: impl FnOnce() -> Result<T, Errno>,
+    fallback: impl FnOnce(&CStr) -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    if HAVE_AT.load(Ordering::Relaxed) {
+        match at() {
+            Err(Errno::ENOSYS) => HAVE_AT.store(false, Ordering::Relaxed),
+            other => return other,
+        }
+    }
+    let (_handle, path) = fallback_path(dir, name)?;
+    fallback(&path)
+}
+
+/// Calls `read(buf)` with a growing buffer until the value fits.
+fn read_sized(
+    mut read: impl FnMut(&mut [u8]) -> Result<usize, Errno>,
+    first: usize,
+) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; first];
+    loop {
+        match read(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) => {
+                let size = read(&mut [])?;
+                buf = vec![0u8; size.max(buf.len() * 2)];
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)`—The NUL-separated names of the inode's xattrs.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/listxattr.2.html)
+pub fn list(dir: BorrowedFd, name: Option<&CStr>) -> Result<Vec<u8>, Errno> {
+    let path = name.unwrap_or(c"");
+    with_target(
+        dir,
+        name,
+        || {
+            read_sized(
+                |buf| {
+                    // SAFETY: valid fd and C string; `buf` is writable for its length.
+                    let r = unsafe {
+                        libc::syscall(
+                            SYS_LISTXATTRAT,
+                            dir.as_raw_fd(),
+                            path.as_ptr(),
+                            at_flags(name),
+                            buf.as_mut_ptr(),
+                            buf.len(),
+                        )
+                    };
+                    Errno::result(r).map(|n| n as usize)
+                },
+                256,
+            )
+        },
+        |link| {
+            read_sized(
+                |buf| {
+                    // SAFETY: valid C string; `buf` is writable for its length.
+                    let r = unsafe {
+                        libc::listxattr(link.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                    };
+                    Errno::result(r).map(|n| n as usize)
+                },
+                256,
+            )
+        },
+    )
+}
+
+/// `getxattrat(dir, name, attr)`—The value of one xattr, `None` if the inode has none of that name.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/getxattr.2.html)
+pub fn get(dir: BorrowedFd, name: Option<&CStr>, attr: &CStr) -> Result<Option<Vec<u8>>, Errno> {
+    let path = name.unwrap_or(c"");
+    let got = with_target(
+        dir,
+        name,
+        || {
+            read_sized(
+                |buf| {
+                    let mut args = XattrArgs {
+                        value: buf.as_mut_ptr() as u64,
+                        size: buf.len() as u32,
+                        flags: 0,
+                    };
+                    // SAFETY: valid fd and C strings; `args` points at a writable buffer of `size`.
+                    let r = unsafe {
+                        libc::syscall(
+                            SYS_GETXATTRAT,
+                            dir.as_raw_fd(),
+                            path.as_ptr(),
+                            at_flags(name),
+                            attr.as_ptr(),
+                            &mut args as *mut XattrArgs,
+                            std::mem::size_of::<XattrArgs>(),
+                        )
+                    };
+                    Errno::result(r).map(|n| n as usize)
+                },
+                128,
+            )
+        },
+        |link| {
+            read_sized(
+                |buf| {
+                    // SAFETY: valid C strings; `buf` is writable for its length.
+                    let r = unsafe {
+                        libc::getxattr(
+                            link.as_ptr(),
+                            attr.as_ptr(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                        )
+                    };
+                    Errno::result(r).map(|n| n as usize)
+                },
+                128,
+            )
+        },
+    );
+    match got {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::ENODATA) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `setxattrat(dir, name, attr, value)`—Create or replace one xattr.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/setxattr.2.html)
+pub fn set(dir: BorrowedFd, name: Option<&CStr>, attr: &CStr, value: &[u8]) -> Result<(), Errno> {
+    let path = name.unwrap_or(c"");
+    with_target(
+        dir,
+        name,
+        || {
+            let args = XattrArgs {
+                value: value.as_ptr() as u64,
+                size: value.len() as u32,
+                flags: 0,
+            };
+            // SAFETY: valid fd and C strings; `args` points at `value`, readable for `size`.
+            let r = unsafe {
+                libc::syscall(
+                    SYS_SETXATTRAT,
+                    dir.as_raw_fd(),
+                    path.as_ptr(),
+                    at_flags(name),
+                    attr.as_ptr(),
+                    &args as *const XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            };
+            Errno::result(r).map(drop)
+        },
+        |link| {
+            // SAFETY: valid C strings; `value` is readable for its length.
+            let r = unsafe {
+                libc::setxattr(
+                    link.as_ptr(),
+                    attr.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            };
+            Errno::result(r).map(drop)
+        },
+    )
+}
+
+/// `removexattr` of one xattr of `dir` itself (the state idshift keeps on a tree's root).
+pub fn remove_self(dir: BorrowedFd, attr: &CStr) -> Result<(), Errno> {
+    let link = proc_fd_path(&dir);
+    // SAFETY: valid C strings.
+    let r = unsafe { libc::removexattr(link.as_ptr(), attr.as_ptr()) };
+    match Errno::result(r) {
+        Ok(_) | Err(Errno::ENODATA) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Forces the fallback path, for tests of it.
+pub fn disable_at_calls_for_tests() {
+    HAVE_AT.store(false, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn check_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("link")).unwrap();
+        let d = std::fs::File::open(dir.path()).unwrap();
+        let fd = d.as_fd();
+        let f = Some(c"f");
+        let long = vec![b'v'; 3000];
+        match set(fd, f, c"user.idshift.test", &long) {
+            Err(Errno::EOPNOTSUPP) => {
+                eprintln!("skipped: no user xattrs on {}", dir.path().display());
+                return;
+            }
+            r => r.unwrap(),
+        }
+        assert_eq!(get(fd, f, c"user.idshift.test").unwrap().unwrap(), long);
+        assert_eq!(get(fd, f, c"user.none").unwrap(), None);
+        let names = list(fd, f).unwrap();
+        assert!(names.split(|&b| b == 0).any(|n| n == b"user.idshift.test"));
+        // The symlink is not followed: its own (empty) list, not f's.
+        let link_names = list(fd, Some(c"link")).unwrap();
+        assert!(!link_names
+            .split(|&b| b == 0)
+            .any(|n| n == b"user.idshift.test"));
+        // The directory itself.
+        set(fd, None, c"user.idshift.dir", b"d").unwrap();
+        assert_eq!(get(fd, None, c"user.idshift.dir").unwrap().unwrap(), b"d");
+        remove_self(fd, c"user.idshift.dir").unwrap();
+        assert_eq!(get(fd, None, c"user.idshift.dir").unwrap(), None);
+    }
+
+    #[test]
+    fn xattrs_through_at_calls_and_through_the_fallback() {
+        check_roundtrip();
+        disable_at_calls_for_tests();
+        check_roundtrip();
+        HAVE_AT.store(true, Ordering::Relaxed);
+    }
+}

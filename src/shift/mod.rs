@@ -310,6 +310,10 @@ pub fn open_root(dir: &Path) -> Result<OwnedFd> {
             "{}: is a symlink; refusing to follow it (give the real directory)",
             dir.display()
         )),
+        Errno::ENOTDIR if dir.is_symlink() => Error::Usage(format!(
+            "{}: is a symlink; refusing to follow it (give the real directory)",
+            dir.display()
+        )),
         Errno::ENOTDIR => Error::Usage(format!("{}: not a directory", dir.display())),
         Errno::ENOENT => Error::Usage(format!("{}: no such directory", dir.display())),
         e => Error::sys(format!("{}: open", dir.display()), e),

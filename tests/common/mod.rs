@@ -5,6 +5,8 @@
 //! root with the test user created by `.ci/setup-test-env`, so there they all run.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

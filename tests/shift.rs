@@ -1,0 +1,655 @@
+//! `idshift shift` and `idshift status` on real trees, as root: each of the properties the
+//! shift must keep has a test here that fails when it is lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::tree::*;
+use common::*;
+use idshift::idmap::IdKind;
+use idshift::shift::{acl, caps};
+
+fn shift_args(dir: &Path, rest: &[&str]) -> Vec<String> {
+    let mut v = vec!["shift".to_string(), dir.display().to_string()];
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v.extend(["--progress".into(), "never".into()]);
+    v
+}
+
+fn shift(dir: &Path, rest: &[&str]) -> Output {
+    let args = shift_args(dir, rest);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&mut idshift(&args))
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", stdout(out), stderr(out)))
+}
+
+/// `b:0:100000:65536` as a function, outliers `None`.
+fn plus(base: u32) -> impl Fn(IdKind, u32) -> Option<u32> {
+    move |_, id| (id < 65536).then_some(id + base)
+}
+
+/// A sample tree at TMP/rootfs (the journal goes beside it, in TMP).
+fn sample() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rootfs");
+    build_sample(&root);
+    (tmp, root)
+}
+
+fn journal_of(root: &Path) -> PathBuf {
+    root.parent().unwrap().join(".rootfs.idshift-journal")
+}
+
+// 1, 2, 3, 4, 5, 9: every inode kind shifted by the map, modes, capabilities, ACLs, other
+// xattrs, times and inode numbers kept, outliers left; nothing created or deleted.
+#[test]
+fn shift_into_a_container_range_keeps_everything_else() {
+    let Some(_) = require!(Root) else { return };
+    let (tmp, root) = sample();
+    let before = snapshot(&root);
+    let out = shift(&root, &["b:0:100000:65536", "--json"]);
+    assert_code(&out, 0);
+    let after = snapshot(&root);
+    assert_shifted(&before, &after, &plus(100000));
+    // Spot checks of what assert_shifted derives.
+    assert_eq!(after[Path::new("bin/su")].mode, 0o4755);
+    assert_eq!(after[Path::new("bin/both")].mode, 0o6755);
+    assert_eq!(after[Path::new("srv")].mode, 0o2775);
+    assert_eq!(after[Path::new("home/locked")].mode, 0o000);
+    assert_eq!(after[Path::new("etc/rel-link")].uid, 101000);
+    let ping = &after[Path::new("usr/bin/ping")].xattrs["security.capability"];
+    assert_eq!(caps::decode(ping).unwrap().rootid, 100000);
+    assert_eq!(ping.len(), 24, "written as v3");
+    let acl = acl::decode(&after[Path::new("etc/acl")].xattrs["system.posix_acl_access"]).unwrap();
+    let ids: Vec<u32> = acl
+        .iter()
+        .filter(|e| e.id_kind().is_some())
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![101000, 70000, 100050],
+        "70000 is outside the map and stays"
+    );
+    assert_eq!(after[Path::new("opt/outlier")].uid, 70000);
+    assert_eq!(
+        (
+            after[Path::new("opt/half")].uid,
+            after[Path::new("opt/half")].gid
+        ),
+        (65536, 100010)
+    );
+    // The summary lists the outliers and counts the work.
+    let s = json(&out);
+    assert_eq!(s["outlier_inodes"], 2);
+    assert_eq!(s["acl_outlier_entries"], 1);
+    let listed: Vec<String> = s["outliers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| format!("{} {}", o["kind"].as_str().unwrap(), o["id"]))
+        .collect();
+    assert!(listed.contains(&"uid 70000".to_string()), "{listed:?}");
+    assert!(listed.contains(&"uid 65536".to_string()), "{listed:?}");
+    assert_eq!(s["modes_restored"], 4, "su, wall, both, suidcap");
+    assert_eq!(s["caps_rewritten"], 2);
+    assert_eq!(s["hardlinks_skipped"], 2);
+    // Nothing left beside the tree; the map is recorded on it.
+    assert!(!journal_of(&root).exists());
+    let entries: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "only the tree itself");
+    assert_eq!(
+        get_xattr(&tmp.path().join("rootfs"), c"user.idshift.map")
+            .map(|v| String::from_utf8(v).unwrap()),
+        Some(format!(
+            "u:0:100000:65536 g:0:100000:65536\ninodes {}\n",
+            before.len()
+        ))
+    );
+}
+
+// 11: reverse restores every inode's metadata byte for byte, capabilities as v2 again.
+#[test]
+fn reverse_and_round_trips_restore_bytes() {
+    let Some(_) = require!(Root) else { return };
+    let (_tmp, root) = sample();
+    let before = snapshot(&root);
+    assert_code(&shift(&root, &["b:0:100000:65536"]), 0);
+    assert_code(
+        &shift(
+            &root,
+            &[
+                "--from",
+                "b:0:100000:65536",
+                "--to",
+                "u:0:300000:65536",
+                "g:0:400000:65536",
+            ],
+        ),
+        0,
+    );
+    let mid = snapshot(&root);
+    assert_eq!(mid[Path::new("bin/wall")].gid, 400005);
+    assert_eq!(
+        caps::decode(&mid[Path::new("usr/bin/ping")].xattrs["security.capability"])
+            .unwrap()
+            .rootid,
+        300000
+    );
+    assert_code(
+        &shift(&root, &["-r", "u:0:300000:65536", "g:0:400000:65536"]),
+        0,
+    );
+    let back = snapshot(&root);
+    assert_eq!(back, before);
+    assert_eq!(
+        back[Path::new("usr/bin/ping")].xattrs["security.capability"],
+        CAP_NET_RAW_V2.to_vec()
+    );
+}
+
+// 6: a hardlinked inode is shifted once, also when FROM and TO host ranges overlap.
+#[test]
+fn hardlinks_shift_once_with_overlapping_ranges() {
+    let Some(_) = require!(Root) else { return };
+    let (_tmp, root) = sample();
+    assert_code(&shift(&root, &["b:0:100000:65536"]), 0);
+    let before = snapshot(&root);
+    let out = shift(
+        &root,
+        &["--from", "b:0:100000:65536", "--to", "b:0:100500:65536"],
+    );
+    assert_code(&out, 0);
+    let after = snapshot(&root);
+    let map = |_, id: u32| (100000..165536).contains(&id).then_some(id + 500);
+    assert_shifted(&before, &after, &map);
+    for p in ["etc/hard", "var/hard2", "home/user/hard3"] {
+        assert_eq!(after[Path::new(p)].uid, 101500, "{p}");
+    }
+}
+
+// 7: symlinks are never followed: the host files they point at stay as they are; a symlink as
+// DIR is refused.
+#[test]
+fn symlinks_are_never_followed() {
+    let Some(_) = require!(Root) else { return };
+    let (tmp, root) = sample();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("host-file"), "h").unwrap();
+    std::os::unix::fs::symlink(outside.join("host-file"), root.join("etc/to-host-file")).unwrap();
+    std::os::unix::fs::symlink("../../outside", root.join("etc/to-outside")).unwrap();
+    let passwd = std::fs::symlink_metadata("/etc/passwd").unwrap();
+    assert_code(&shift(&root, &["b:0:100000:65536"]), 0);
+    use std::os::unix::fs::MetadataExt;
+    let p2 = std::fs::symlink_metadata("/etc/passwd").unwrap();
+    assert_eq!(
+        (p2.uid(), p2.gid(), p2.mode(), p2.ctime()),
+        (passwd.uid(), passwd.gid(), passwd.mode(), passwd.ctime())
+    );
+    for f in [outside.clone(), outside.join("host-file")] {
+        assert_eq!(
+            std::fs::symlink_metadata(&f).unwrap().uid(),
+            0,
+            "{}",
+            f.display()
+        );
+    }
+    assert_eq!(
+        std::fs::symlink_metadata(root.join("etc/to-outside"))
+            .unwrap()
+            .uid(),
+        100000
+    );
+    // DIR given as a symlink.
+    let via = tmp.path().join("via-link");
+    std::os::unix::fs::symlink(&root, &via).unwrap();
+    let out = shift(&via, &["-r", "b:0:100000:65536"]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("is a symlink"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::symlink_metadata(root.join("bin/su"))
+            .unwrap()
+            .uid(),
+        100000
+    );
+}
+
+// 7: swapping a directory for a symlink while the walk runs cannot redirect a change outside.
+#[test]
+fn swapping_a_directory_for_a_symlink_mid_walk_cannot_escape() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rootfs");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for i in 0..200 {
+        std::fs::write(outside.join(format!("f{i}")), "x").unwrap();
+    }
+    std::fs::create_dir(&root).unwrap();
+    for d in 0..40 {
+        let dir = root.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..200 {
+            std::fs::write(dir.join(format!("f{i}")), "x").unwrap();
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let (r, o) = (root.clone(), outside.clone());
+    let swapper = std::thread::spawn(move || {
+        let mut swaps = 0u32;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            for d in 0..40 {
+                let dir = r.join(format!("d{d}"));
+                let aside = r.join(format!("d{d}.aside"));
+                if std::fs::rename(&dir, &aside).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&o, &dir);
+                    std::thread::yield_now();
+                    let _ = std::fs::remove_file(&dir);
+                    let _ = std::fs::rename(&aside, &dir);
+                    swaps += 1;
+                }
+            }
+        }
+        swaps
+    });
+    for _ in 0..5 {
+        let _ = shift(&root, &["b:0:100000:65536"]);
+        let _ = shift(&root, &["-r", "b:0:100000:65536"]);
+        let _ = std::fs::remove_file(journal_of(&root));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 0);
+    use std::os::unix::fs::MetadataExt;
+    for f in std::fs::read_dir(&outside).unwrap() {
+        let m = std::fs::symlink_metadata(f.unwrap().path()).unwrap();
+        assert_eq!(m.uid(), 0, "a file outside the tree was changed");
+    }
+    assert_eq!(std::fs::symlink_metadata(&outside).unwrap().uid(), 0);
+}
+
+// 7: paths longer than PATH_MAX work.
+#[test]
+fn paths_longer_than_path_max() {
+    let Some(_) = require!(Root) else { return };
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rootfs");
+    std::fs::create_dir(&root).unwrap();
+    let name = "d".repeat(200);
+    let mut fd = nix::fcntl::open(&root, OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    let depth = 30; // 30 × 201 bytes > 4096
+    for _ in 0..depth {
+        mkdirat(&fd, name.as_str(), Mode::from_bits_truncate(0o755)).unwrap();
+        fd = openat(&fd, name.as_str(), OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    }
+    let leaf = openat(
+        &fd,
+        "leaf",
+        OFlag::O_CREAT | OFlag::O_WRONLY,
+        Mode::from_bits_truncate(0o4755),
+    )
+    .unwrap();
+    nix::unistd::fchown(&leaf, Some(0.into()), Some(0.into())).unwrap();
+    nix::sys::stat::fchmod(&leaf, Mode::from_bits_truncate(0o4755)).unwrap();
+    let out = shift(&root, &["b:0:100000:65536"]);
+    assert_code(&out, 0);
+    let st = nix::sys::stat::fstat(&leaf).unwrap();
+    assert_eq!((st.st_uid, st.st_mode & 0o7777), (100000, 0o4755));
+    let listing = run(std::process::Command::new("find")
+        .arg(&root)
+        .args(["-not", "-uid", "100000"]));
+    assert_eq!(stdout(&listing), "", "inodes left unshifted");
+}
+
+fn mount(args: &[&str]) -> bool {
+    std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+// 8: mounts inside the tree (a tmpfs, and a bind mount of the same filesystem, which has the
+// same st_dev) are left alone unless --cross-mounts.
+#[test]
+fn stays_on_its_mount_unless_told() {
+    let Some(_) = require!(Root) else { return };
+    let (tmp, root) = sample();
+    let other = tmp.path().join("bind-source");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("f"), "x").unwrap();
+    let tmpfs = root.join("var/tmpfs");
+    let bind = root.join("srv/bind");
+    std::fs::create_dir(&tmpfs).unwrap();
+    std::fs::create_dir(&bind).unwrap();
+    if !mount(&["-t", "tmpfs", "tmpfs", tmpfs.to_str().unwrap()]) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _u1 = Unmount(tmpfs.clone());
+    assert!(mount(&[
+        "--bind",
+        other.to_str().unwrap(),
+        bind.to_str().unwrap()
+    ]));
+    let _u2 = Unmount(bind.clone());
+    std::fs::write(tmpfs.join("t"), "x").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let out = shift(&root, &["b:0:100000:65536", "--json"]);
+    assert_code(&out, 0);
+    let s = json(&out);
+    let skipped: Vec<&str> = s["mounts_skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    for (p, uid) in [
+        (&tmpfs, 0),
+        (&tmpfs.join("t"), 0),
+        (&bind.join("f"), 0),
+        (&other.join("f"), 0),
+        (&root.join("srv"), 100000),
+    ] {
+        assert_eq!(
+            std::fs::symlink_metadata(p).unwrap().uid(),
+            uid,
+            "{}",
+            p.display()
+        );
+    }
+    assert_code(&shift(&root, &["-r", "b:0:100000:65536"]), 0);
+    let out = shift(&root, &["b:0:100000:65536", "--cross-mounts"]);
+    assert_code(&out, 0);
+    assert_eq!(
+        std::fs::symlink_metadata(tmpfs.join("t")).unwrap().uid(),
+        100000
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(bind.join("f")).unwrap().uid(),
+        100000
+    );
+}
+
+// 10: a file that cannot be changed is reported with path and errno; the rest is done; exit 1;
+// the same command finishes the job once the cause is gone.
+#[test]
+fn immutable_file_is_reported_and_a_rerun_finishes() {
+    let Some(_) = require!(Root) else { return };
+    let (_tmp, root) = sample();
+    let before = snapshot(&root);
+    let su = root.join("bin/su");
+    let chattr = |flag: &str| {
+        run(std::process::Command::new("chattr").arg(flag).arg(&su))
+            .status
+            .success()
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: chattr +i is not supported on {}", root.display());
+        return;
+    }
+    let out = shift(&root, &["b:0:100000:65536"]);
+    chattr("-i");
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}: chown: Operation not permitted", su.display())),
+        "{err}"
+    );
+    let status = run(&mut idshift(&["status", root.to_str().unwrap()]));
+    assert!(
+        stdout(&status)
+            .contains("unfinished shift: from 'host' to 'u:0:100000:65536 g:0:100000:65536'"),
+        "{}",
+        stdout(&status)
+    );
+    assert_eq!(
+        snapshot(&root)[Path::new("bin/su")],
+        before[Path::new("bin/su")]
+    );
+    let out = shift(&root, &["b:0:100000:65536"]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("resumed"), "{}", stdout(&out));
+    assert_shifted(&before, &snapshot(&root), &plus(100000));
+    assert!(!journal_of(&root).exists());
+}
+
+// --dry-run writes nothing anywhere; --strict refuses outliers before changing anything.
+#[test]
+fn dry_run_and_strict_change_nothing() {
+    let Some(_) = require!(Root) else { return };
+    let (tmp, root) = sample();
+    let before = snapshot(&root);
+    let out = shift(&root, &["b:0:100000:65536", "-n", "--json"]);
+    assert_code(&out, 0);
+    let s = json(&out);
+    assert_eq!(s["dry_run"], true);
+    assert!(s["changed"].as_u64().unwrap() > 20);
+    assert_eq!(snapshot(&root), before);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "no journal"
+    );
+    assert_eq!(get_xattr(&root, c"user.idshift.map"), None);
+    let out = shift(&root, &["b:0:100000:65536", "--strict"]);
+    assert_code(&out, 3);
+    assert!(stderr(&out).contains("--strict"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("uid 65536"), "{}", stderr(&out));
+    assert_eq!(snapshot(&root), before);
+    assert!(!journal_of(&root).exists());
+}
+
+// The same shift twice is a no-op that does not scan; a shift from the wrong map is refused.
+#[test]
+fn recorded_map_makes_a_second_shift_a_noop_and_refuses_a_wrong_from() {
+    let Some(_) = require!(Root) else { return };
+    let (_tmp, root) = sample();
+    assert_code(&shift(&root, &["b:0:100000:65536"]), 0);
+    let once = snapshot(&root);
+    let out = shift(&root, &["b:0:100000:65536", "--json"]);
+    assert_code(&out, 0);
+    assert_eq!(json(&out)["already_shifted"], true);
+    assert_eq!(json(&out)["inodes"], 0);
+    assert_eq!(snapshot(&root), once);
+    let out = shift(
+        &root,
+        &["--from", "b:0:200000:65536", "--to", "b:0:300000:65536"],
+    );
+    assert_code(&out, 3);
+    assert!(stderr(&out).contains("records map"), "{}", stderr(&out));
+    assert_eq!(snapshot(&root), once);
+}
+
+// Parallel and single-threaded runs give identical trees.
+#[test]
+fn parallel_and_single_threaded_agree() {
+    let Some(_) = require!(Root) else { return };
+    let (_t1, a) = sample();
+    let (_t2, b) = sample();
+    assert_code(&shift(&a, &["b:0:100000:65536", "--threads", "1"]), 0);
+    assert_code(&shift(&b, &["b:0:100000:65536", "--threads", "8"]), 0);
+    assert_eq!(
+        without_times_and_inodes(&snapshot(&a)),
+        without_times_and_inodes(&snapshot(&b))
+    );
+}
+
+/// Runs `args` with the process killed before its Nth change, for N = 1, 2, … until a run
+/// completes; after each kill the same command is run again, and the tree must equal `want`.
+fn crash_everywhere(prepare: &dyn Fn(&Path), args: &[&str], other_shift: &[&str]) -> usize {
+    let (_t, reference) = sample();
+    prepare(&reference);
+    assert_code(&shift(&reference, args), 0);
+    let want = without_times_and_inodes(&snapshot(&reference));
+    let mut n = 1;
+    loop {
+        let (_t, root) = sample();
+        prepare(&root);
+        let before = snapshot(&root);
+        let a = shift_args(&root, args);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = run(idshift(&a)
+            .args(["--threads", "1"])
+            .env("IDSHIFT_CRASH_AFTER_STEPS", n.to_string()));
+        use std::os::unix::process::ExitStatusExt;
+        if out.status.signal() != Some(9) {
+            assert_code(&out, 0);
+            assert_eq!(
+                without_times_and_inodes(&snapshot(&root)),
+                want,
+                "uninterrupted run at N={n}"
+            );
+            return n;
+        }
+        if n == 3 {
+            // A different shift on the half-shifted tree is refused, naming the pending one.
+            let refused = shift(&root, other_shift);
+            assert_code(&refused, 3);
+            assert!(
+                stderr(&refused).contains("unfinished shift"),
+                "{}",
+                stderr(&refused)
+            );
+        }
+        let again = shift(&root, args);
+        assert_code(&again, 0);
+        let got = without_times_and_inodes(&snapshot(&root));
+        if got != want {
+            let diff: Vec<_> = want
+                .iter()
+                .filter(|(p, m)| got.get(*p) != Some(m))
+                .map(|(p, m)| format!("{}: want {m:?}\n got {:?}", p.display(), got.get(p)))
+                .collect();
+            panic!(
+                "killed before change {n}, then rerun: tree differs:\n{}",
+                diff.join("\n")
+            );
+        }
+        let _ = before;
+        assert!(!journal_of(&root).exists(), "journal left after N={n}");
+        n += 1;
+    }
+}
+
+// 12: SIGKILL before any change, then the same command again: identical to an uninterrupted run.
+#[test]
+fn crash_at_every_step_then_rerun_matches_uninterrupted() {
+    let Some(_) = require!(Root) else { return };
+    let steps = crash_everywhere(&|_| {}, &["b:0:100000:65536"], &["b:0:200000:65536"]);
+    eprintln!("killed and resumed at {} points", steps - 1);
+    assert!(steps > 30, "only {steps} steps: the hook is not reached");
+}
+
+// 12 with overlapping FROM and TO ranges, where an id alone cannot tell done from not done.
+#[test]
+fn crash_at_every_step_with_overlapping_ranges() {
+    let Some(_) = require!(Root) else { return };
+    let prepare = |root: &Path| assert_code(&shift(root, &["b:0:100000:65536"]), 0);
+    crash_everywhere(
+        &prepare,
+        &["--from", "b:0:100000:65536", "--to", "b:0:100007:65536"],
+        &["-r", "b:0:100000:65536"],
+    );
+}
+
+#[test]
+fn status_reports_blocks_map_caps_acls_and_outliers() {
+    let Some(_) = require!(Root) else { return };
+    let (_tmp, root) = sample();
+    assert_code(&shift(&root, &["b:0:100000:65536"]), 0);
+    let out = run(&mut idshift(&[
+        "status",
+        root.to_str().unwrap(),
+        "--json",
+        "-m",
+        "b:0:100000:65536",
+    ]));
+    assert_code(&out, 0);
+    let s = json(&out);
+    let n = snapshot(&root).len() as u64;
+    assert_eq!(s["inodes"], n);
+    assert_eq!(s["root_uid"], 100000);
+    assert!(
+        s["apparent_map"]
+            .as_str()
+            .unwrap()
+            .starts_with("b:0:100000:65536"),
+        "{s}"
+    );
+    assert_eq!(s["setuid_files"], 3, "su, both, suidcap");
+    assert_eq!(s["setgid_files"], 2);
+    assert_eq!(s["caps_v3"], 2);
+    assert_eq!(s["caps_rootids"]["100000"], 2);
+    assert_eq!(s["acl_access"], 1);
+    assert_eq!(s["acl_default"], 1);
+    assert_eq!(s["outlier_inodes"], 2);
+    assert_eq!(s["recorded_map"], "u:0:100000:65536 g:0:100000:65536");
+    let blocks: BTreeMap<String, u64> = serde_json::from_value(s["uid_blocks"].clone()).unwrap();
+    assert_eq!(blocks.values().sum::<u64>(), n);
+    // Every id (100000-101000, and the outliers 65536 and 70000) lies in block 65536-131071.
+    assert_eq!(blocks.keys().collect::<Vec<_>>(), ["65536"]);
+    let text = run(&mut idshift(&["status", root.to_str().unwrap()]));
+    assert!(
+        stdout(&text).contains("appears to use:  b:0:100000:65536"),
+        "{}",
+        stdout(&text)
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_usage_status() {
+    let Some(_) = require!(Root) else { return };
+    let (_tmp, root) = sample();
+    let before = snapshot(&root);
+    for (args, code) in [
+        (vec!["b:0:100000:65536x"], 2),
+        (vec!["b:0:100000:65536", "u:10:200000:1"], 2),
+        (vec!["--from", "b:0:100000:65536"], 2),
+        (
+            vec!["--from", "b:0:100000:65536", "--to", "b:0:200000:10"],
+            2,
+        ),
+        (
+            vec![
+                "--from-container",
+                "nope",
+                "--to",
+                "b:0:1:1",
+                "-P",
+                "/nonexistent",
+            ],
+            2,
+        ),
+    ] {
+        let out = shift(&root, &args);
+        assert_code(&out, code);
+        assert!(!stderr(&out).is_empty());
+    }
+    let out = shift(&root.join("missing"), &["b:0:100000:65536"]);
+    assert_code(&out, 2);
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(snapshot(&root), before);
+}

@@ -58,6 +58,18 @@ pub enum Command {
     /// Scan a tree (read-only): inode counts, ids by 65536-block, the map it appears to use,
     /// setuid/setgid files, file capabilities, ACLs, and any unfinished shift.
     Status(StatusArgs),
+
+    /// Show the main job on a built-in example (needs root): build a small rootfs-like tree in
+    /// a temporary directory, show its status, shift it into b:0:100000:65536, show its status
+    /// again and list it through `exec` as container root, then remove it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the shifted sample tree and print where it is.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// How much progress to show.

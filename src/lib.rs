@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod demo;
 pub mod error;
 pub mod idmap;
 pub mod shift;
@@ -65,6 +66,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Err(err) => report(err),
         },
         Command::Status(args) => match status(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => report(err),
+        },
+        Command::Demo(args) => match demo::run(args.keep) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => report(err),
         },

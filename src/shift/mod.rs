@@ -351,7 +351,26 @@ impl ProgressBar {
         }
         let done = std::sync::Arc::new(AtomicBool::new(false));
         let flag = done.clone();
+        let terminal = std::io::stderr().is_terminal();
         let thread = std::thread::spawn(move || {
+            if !terminal {
+                // `always` into a log: a plain line a second.
+                let start = Instant::now();
+                let mut last = Instant::now();
+                while !flag.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        last = Instant::now();
+                        let n = counter.load(Relaxed);
+                        let rate = n as f64 / start.elapsed().as_secs_f64();
+                        match total {
+                            Some(t) => eprintln!("idshift: {n}/{t} inodes, {rate:.0}/s"),
+                            None => eprintln!("idshift: {n} inodes, {rate:.0}/s"),
+                        }
+                    }
+                }
+                return;
+            }
             let bar = match total {
                 Some(n) => indicatif::ProgressBar::new(n).with_style(
                     indicatif::ProgressStyle::with_template(

@@ -371,17 +371,21 @@ impl ProgressBar {
                 }
                 return;
             }
-            let bar = match total {
-                Some(n) => indicatif::ProgressBar::new(n).with_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:40} {pos}/{len} inodes  {per_sec}  ETA {eta}",
+            let style = |template: &str| {
+                indicatif::ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .with_key(
+                        "rate",
+                        |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.0} inodes/s", s.per_sec());
+                        },
                     )
-                    .expect("valid template"),
-                ),
-                None => indicatif::ProgressBar::new_spinner().with_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {pos} inodes  {per_sec}")
-                        .expect("valid template"),
-                ),
+            };
+            let bar = match total {
+                Some(n) => indicatif::ProgressBar::new(n)
+                    .with_style(style("{bar:40} {pos}/{len} inodes  {rate}  ETA {eta}")),
+                None => indicatif::ProgressBar::new_spinner()
+                    .with_style(style("{spinner} {pos} inodes  {rate}")),
             };
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(10));
             while !flag.load(Relaxed) {

@@ -322,32 +322,19 @@ fn main() {
             intact_tree(idshift, &root, inodes);
         };
     let nt = threads.to_string();
+    // `idshift shift` forward or back (-r) on `threads` threads.
+    let shift = |reverse: bool, threads: &str| {
+        let mut args = vec!["shift", r, map, "--progress", "never", "--threads", threads];
+        if reverse {
+            args.push("-r");
+        }
+        run(Command::new(idshift).args(args));
+    };
     measure(
         &format!("idshift shift, {threads} threads"),
         rounds,
-        &mut || {
-            run(Command::new(idshift).args([
-                "shift",
-                r,
-                map,
-                "--progress",
-                "never",
-                "--threads",
-                &nt,
-            ]))
-        },
-        &mut || {
-            run(Command::new(idshift).args([
-                "shift",
-                r,
-                "-r",
-                map,
-                "--progress",
-                "never",
-                "--threads",
-                &nt,
-            ]))
-        },
+        &mut || shift(false, &nt),
+        &mut || shift(true, &nt),
     );
     measure(
         &format!("baseline fstatat+fchownat, {threads} threads"),
@@ -358,29 +345,8 @@ fn main() {
     measure(
         "idshift shift, --threads 1",
         rounds,
-        &mut || {
-            run(Command::new(idshift).args([
-                "shift",
-                r,
-                map,
-                "--progress",
-                "never",
-                "--threads",
-                "1",
-            ]))
-        },
-        &mut || {
-            run(Command::new(idshift).args([
-                "shift",
-                r,
-                "-r",
-                map,
-                "--progress",
-                "never",
-                "--threads",
-                "1",
-            ]))
-        },
+        &mut || shift(false, "1"),
+        &mut || shift(true, "1"),
     );
     measure(
         "baseline fstatat+fchownat, 1 thread",

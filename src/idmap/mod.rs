@@ -149,15 +149,25 @@ impl IdMapEntry {
     }
 }
 
+/// Writes `KIND:NSID:HOSTID:COUNT`, the form of map entries and specs.
+pub(crate) fn fmt_entry(
+    f: &mut fmt::Formatter<'_>,
+    kind: char,
+    ns: u32,
+    host: u32,
+    count: u32,
+) -> fmt::Result {
+    write!(f, "{kind}:{ns}:{host}:{count}")
+}
+
 impl fmt::Display for IdMapEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        fmt_entry(
             f,
-            "{}:{}:{}:{}",
             self.kind.letter(),
             self.ns_start,
             self.host_start,
-            self.count
+            self.count,
         )
     }
 }

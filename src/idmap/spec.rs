@@ -86,13 +86,12 @@ impl MapSpec {
 
 impl fmt::Display for MapSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
+        super::fmt_entry(
             f,
-            "{}:{}:{}:{}",
             self.kind.letter(),
             self.ns_start,
             self.host_start,
-            self.count
+            self.count,
         )
     }
 }

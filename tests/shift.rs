@@ -653,3 +653,29 @@ fn bad_input_is_one_line_and_a_usage_status() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert_eq!(snapshot(&root), before);
 }
+
+// --from-container/--to-container take the maps from LXC configs under -P.
+#[test]
+fn maps_from_lxc_containers() {
+    let Some(_) = require!(Root) else { return };
+    let (tmp, root) = sample();
+    let lxcpath = tmp.path().join("lxc");
+    for (name, base) in [("c1", 100000), ("c2", 200000)] {
+        std::fs::create_dir_all(lxcpath.join(name)).unwrap();
+        std::fs::write(
+            lxcpath.join(name).join("config"),
+            format!("lxc.idmap = u 0 {base} 65536\nlxc.idmap = g 0 {base} 65536\n"),
+        )
+        .unwrap();
+    }
+    assert_code(&shift(&root, &["b:0:100000:65536"]), 0);
+    let before = snapshot(&root);
+    let p = lxcpath.to_str().unwrap();
+    let out = shift(
+        &root,
+        &["--from-container", "c1", "--to-container", "c2", "-P", p],
+    );
+    assert_code(&out, 0);
+    let map = |_, id: u32| (100000..165536).contains(&id).then_some(id + 100000);
+    assert_shifted(&before, &snapshot(&root), &map);
+}

@@ -59,10 +59,28 @@ pub enum Command {
     /// setuid/setgid files, file capabilities, ACLs, and any unfinished shift.
     Status(StatusArgs),
 
+    /// List the subordinate ranges delegated to USER (default: you), the ranges USER's LXC
+    /// containers use, overlaps between containers, and the first free 65536 block.
+    Ranges(RangesArgs),
+
     /// Show the main job on a built-in example (needs root): build a small rootfs-like tree in
     /// a temporary directory, show its status, shift it into b:0:100000:65536, show its status
     /// again and list it through `exec` as container root, then remove it.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RangesArgs {
+    /// A user name or uid [default: the caller].
+    pub user: Option<String>,
+
+    /// Where USER's containers are [default: ~USER/.local/share/lxc, /var/lib/lxc for root].
+    #[arg(short = 'P', long = "lxcpath", value_name = "DIR")]
+    pub lxcpath: Option<PathBuf>,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod idmap;
+pub mod ranges;
 pub mod shift;
 pub mod status;
 pub mod sys;
@@ -20,7 +21,7 @@ pub mod userns;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use cli::{Cli, Command, ExecArgs, MapSource, ProgressArg, ShiftArgs, StatusArgs};
+use cli::{Cli, Command, ExecArgs, MapSource, ProgressArg, RangesArgs, ShiftArgs, StatusArgs};
 use error::{Error, Result};
 use idmap::lxc::{default_lxcpath, LxcConfig};
 use idmap::subid::{SubIdFiles, User};
@@ -66,6 +67,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Err(err) => report(err),
         },
         Command::Status(args) => match status(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => report(err),
+        },
+        Command::Ranges(args) => match ranges(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => report(err),
         },
@@ -239,6 +244,28 @@ fn status(args: StatusArgs) -> Result<()> {
         );
     } else {
         print!("{}", s.render());
+    }
+    Ok(())
+}
+
+fn ranges(args: RangesArgs) -> Result<()> {
+    let user = match &args.user {
+        Some(spec) => User::lookup(spec)?,
+        None => User::current(),
+    };
+    let lxcpath = match (&args.lxcpath, &args.user) {
+        (Some(p), _) => p.clone(),
+        (None, None) => default_lxcpath(),
+        (None, Some(_)) => ranges::lxcpath_of(&user)?,
+    };
+    let r = ranges::gather(&user, &SubIdFiles::default(), &lxcpath)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("serializable")
+        );
+    } else {
+        print!("{}", r.render());
     }
     Ok(())
 }

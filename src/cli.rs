@@ -63,6 +63,20 @@ pub enum Command {
     /// containers use, overlaps between containers, and the first free 65536 block.
     Ranges(RangesArgs),
 
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff) to stdout (`idshift man > idshift.1`), or write idshift.1 and
+    /// a page per subcommand (idshift-exec.1, …) into a directory.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+
     /// Show the main job on a built-in example (needs root): build a small rootfs-like tree in
     /// a temporary directory, show its status, shift it into b:0:100000:65536, show its status
     /// again and list it through `exec` as container root, then remove it.

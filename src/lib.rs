@@ -74,6 +74,35 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => report(err),
         },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "idshift",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man { out_dir } => {
+            use clap::CommandFactory;
+            let written = match &out_dir {
+                Some(dir) => {
+                    clap_mangen::generate_to(Cli::command(), dir).map_err(|e| Error::io(dir, e))
+                }
+                None => clap_mangen::Man::new(Cli::command())
+                    .render(&mut std::io::stdout())
+                    .or_else(|e| match e.kind() {
+                        std::io::ErrorKind::BrokenPipe => Ok(()),
+                        _ => Err(e),
+                    })
+                    .map_err(|e| Error::Failed(format!("writing the man page: {e}"))),
+            };
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(e),
+            }
+        }
         Command::Demo(args) => match demo::run(args.keep) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => report(err),

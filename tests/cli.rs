@@ -1,0 +1,77 @@
+//! The generated helpers: shell completions and man pages; --help and --version.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn completions_for_every_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F _idshift"),
+        ("zsh", "#compdef idshift"),
+        ("fish", "complete -c idshift"),
+    ] {
+        let out = run(&mut idshift(&["completions", shell]));
+        assert_code(&out, 0);
+        let text = stdout(&out);
+        assert!(text.contains(marker), "{shell}: {marker} missing");
+        for sub in ["exec", "shift", "status", "ranges"] {
+            assert!(text.contains(sub), "{shell}: no {sub}");
+        }
+    }
+    if on_path("bash") {
+        let script = stdout(&run(&mut idshift(&["completions", "bash"])));
+        let check = run(std::process::Command::new("bash").args(["-n", "-c", &script]));
+        assert_code(&check, 0);
+    }
+    assert_code(&run(&mut idshift(&["completions", "nosh"])), 2);
+}
+
+#[test]
+fn man_pages_render() {
+    let out = run(&mut idshift(&["man"]));
+    assert_code(&out, 0);
+    assert!(stdout(&out).starts_with(".ie"), "roff");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&mut idshift(&[
+        "man",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]));
+    assert_code(&out, 0);
+    for page in [
+        "idshift.1",
+        "idshift-exec.1",
+        "idshift-shift.1",
+        "idshift-status.1",
+        "idshift-ranges.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".SH SYNOPSIS"), "{page}");
+    }
+    let shift = std::fs::read_to_string(dir.path().join("idshift-shift.1")).unwrap();
+    assert!(shift.contains("cross\\-mounts"), "options documented");
+}
+
+#[test]
+fn help_and_version() {
+    let out = run(&mut idshift(&["--version"]));
+    assert_code(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        format!("idshift {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = run(&mut idshift(&["exec", "--help"]));
+    assert_code(&out, 0);
+    for want in [
+        "--map <SPEC>",
+        "--container <NAME>",
+        "--oci-config",
+        "Exit status",
+        "127",
+    ] {
+        assert!(stdout(&out).contains(want), "exec --help lacks {want}");
+    }
+    let out = run(&mut idshift(&["shift", "--help"]));
+    assert!(stdout(&out).contains("--dry-run") && stdout(&out).contains("Exit status"));
+}

@@ -410,9 +410,14 @@ fn immutable_file_is_reported_and_a_rerun_finishes() {
         eprintln!("skipped: chattr +i is not supported on {}", root.display());
         return;
     }
-    let out = shift(&root, &["b:0:100000:65536"]);
+    let out = shift(&root, &["b:0:100000:65536", "--json"]);
     chattr("-i");
     assert_code(&out, 1);
+    let s = json(&out);
+    assert_eq!(s["error_count"], 1);
+    assert_eq!(s["errors"][0]["path"], su.to_str().unwrap());
+    assert_eq!(s["errors"][0]["op"], "chown");
+    assert_eq!(s["errors"][0]["errno"], libc::EPERM);
     let err = stderr(&out);
     assert!(
         err.contains(&format!("{}: chown: Operation not permitted", su.display())),

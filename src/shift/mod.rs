@@ -532,6 +532,7 @@ pub fn run(opts: &ShiftOptions) -> Result<Summary> {
     visitor.since_ns = since_ns;
     visitor.resuming = resuming;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.store(0, Relaxed);
     let total = state::recorded_inodes(root.as_fd());
     let bar = ProgressBar::start(opts.progress, &COUNTER, total);
     let visitor = CountingVisitor {

@@ -59,23 +59,22 @@ fn report(err: Error) -> ExitCode {
     ExitCode::from(error_status(&err))
 }
 
+/// The exit status of a command that reports nothing but failure.
+fn finish(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(err),
+    }
+}
+
 /// Runs a parsed command line and returns the process exit status.
 pub fn run(cli: Cli) -> ExitCode {
+    use clap::CommandFactory;
     match cli.command {
-        Command::Shift(args) => match shift(args) {
-            Ok(code) => code,
-            Err(err) => report(err),
-        },
-        Command::Status(args) => match status(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => report(err),
-        },
-        Command::Ranges(args) => match ranges(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => report(err),
-        },
+        Command::Shift(args) => shift(args).unwrap_or_else(report),
+        Command::Status(args) => finish(status(args)),
+        Command::Ranges(args) => finish(ranges(args)),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             clap_complete::generate(
                 shell,
                 &mut Cli::command(),
@@ -84,29 +83,19 @@ pub fn run(cli: Cli) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Man { out_dir } => {
-            use clap::CommandFactory;
-            let written = match &out_dir {
-                Some(dir) => {
-                    clap_mangen::generate_to(Cli::command(), dir).map_err(|e| Error::io(dir, e))
-                }
-                None => clap_mangen::Man::new(Cli::command())
-                    .render(&mut std::io::stdout())
-                    .or_else(|e| match e.kind() {
-                        std::io::ErrorKind::BrokenPipe => Ok(()),
-                        _ => Err(e),
-                    })
-                    .map_err(|e| Error::Failed(format!("writing the man page: {e}"))),
-            };
-            match written {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => report(e),
+        Command::Man { out_dir } => finish(match &out_dir {
+            Some(dir) => {
+                clap_mangen::generate_to(Cli::command(), dir).map_err(|e| Error::io(dir, e))
             }
-        }
-        Command::Demo(args) => match demo::run(args.keep) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => report(err),
-        },
+            None => clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::BrokenPipe => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(|e| Error::Failed(format!("writing the man page: {e}"))),
+        }),
+        Command::Demo(args) => finish(demo::run(args.keep)),
         Command::Exec(args) => match exec(args) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(err) => {

@@ -328,86 +328,59 @@ fn pool(threads: usize) -> Result<rayon::ThreadPool> {
         .map_err(|e| Error::Failed(format!("cannot start {threads} threads: {e}")))
 }
 
-/// A progress bar fed from the walk's inode counter, on its own thread.
-struct ProgressBar {
-    done: std::sync::Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// Whether to show progress at all.
+fn wants_progress(mode: Progress) -> bool {
+    use std::io::IsTerminal;
+    match mode {
+        Progress::Never => false,
+        Progress::Always => true,
+        Progress::Auto => std::io::stderr().is_terminal(),
+    }
 }
 
-impl ProgressBar {
-    fn start(
-        mode: Progress,
-        counter: &'static AtomicU64,
-        total: Option<u64>,
-    ) -> Option<ProgressBar> {
-        use std::io::IsTerminal;
-        let show = match mode {
-            Progress::Never => false,
-            Progress::Always => true,
-            Progress::Auto => std::io::stderr().is_terminal(),
-        };
-        if !show {
-            return None;
-        }
-        let done = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        let terminal = std::io::stderr().is_terminal();
-        let thread = std::thread::spawn(move || {
-            if !terminal {
-                // `always` into a log: a plain line a second.
-                let start = Instant::now();
-                let mut last = Instant::now();
-                while !flag.load(Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                    if last.elapsed() >= Duration::from_secs(1) {
-                        last = Instant::now();
-                        let n = counter.load(Relaxed);
-                        let rate = n as f64 / start.elapsed().as_secs_f64();
-                        match total {
-                            Some(t) => eprintln!("idshift: {n}/{t} inodes, {rate:.0}/s"),
-                            None => eprintln!("idshift: {n} inodes, {rate:.0}/s"),
-                        }
-                    }
+/// Shows the walk's inode `counter` until `done`: a bar on a terminal, a plain line a second
+/// into a log (`--progress always`). Runs on its own thread.
+fn show_progress(counter: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        let start = Instant::now();
+        let mut last = Instant::now();
+        while !done.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                let n = counter.load(Relaxed);
+                let rate = n as f64 / start.elapsed().as_secs_f64();
+                match total {
+                    Some(t) => eprintln!("idshift: {n}/{t} inodes, {rate:.0}/s"),
+                    None => eprintln!("idshift: {n} inodes, {rate:.0}/s"),
                 }
-                return;
             }
-            let style = |template: &str| {
-                indicatif::ProgressStyle::with_template(template)
-                    .expect("valid template")
-                    .with_key(
-                        "rate",
-                        |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                            let _ = write!(w, "{:.0} inodes/s", s.per_sec());
-                        },
-                    )
-            };
-            let bar = match total {
-                Some(n) => indicatif::ProgressBar::new(n)
-                    .with_style(style("{bar:40} {pos}/{len} inodes  {rate}  ETA {eta}")),
-                None => indicatif::ProgressBar::new_spinner()
-                    .with_style(style("{spinner} {pos} inodes  {rate}")),
-            };
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(10));
-            while !flag.load(Relaxed) {
-                bar.set_position(counter.load(Relaxed));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            bar.finish_and_clear();
-        });
-        Some(ProgressBar {
-            done,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for ProgressBar {
-    fn drop(&mut self) {
-        self.done.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
+        return;
     }
+    let style = |template: &str| {
+        indicatif::ProgressStyle::with_template(template)
+            .expect("valid template")
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} inodes/s", s.per_sec());
+                },
+            )
+    };
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n)
+            .with_style(style("{bar:40} {pos}/{len} inodes  {rate}  ETA {eta}")),
+        None => indicatif::ProgressBar::new_spinner()
+            .with_style(style("{spinner} {pos} inodes  {rate}")),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(10));
+    while !done.load(Relaxed) {
+        bar.set_position(counter.load(Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
 }
 
 /// Runs a shift. `Err(Error::Refused)` when the tree may not be shifted as asked (exit 3).
@@ -531,18 +504,17 @@ pub fn run(opts: &ShiftOptions) -> Result<Summary> {
     visitor.verbose = opts.verbose;
     visitor.since_ns = since_ns;
     visitor.resuming = resuming;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    COUNTER.store(0, Relaxed);
     let total = state::recorded_inodes(root.as_fd());
-    let bar = ProgressBar::start(opts.progress, &COUNTER, total);
-    let visitor = CountingVisitor {
-        inner: &visitor,
-        counter: &COUNTER,
-    };
-    walk::walk(&pool, root, &opts.dir, opts.cross_mounts, &visitor)
-        .map_err(|e| Error::sys(format!("{}: stat", opts.dir.display()), e))?;
-    drop(bar);
-    let visitor = visitor.inner;
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        if wants_progress(opts.progress) {
+            scope.spawn(|| show_progress(&visitor.stats.inodes, total, &done));
+        }
+        let walked = walk::walk(&pool, root, &opts.dir, opts.cross_mounts, &visitor);
+        done.store(true, Relaxed);
+        walked
+    })
+    .map_err(|e| Error::sys(format!("{}: stat", opts.dir.display()), e))?;
 
     let s = &visitor.stats;
     summary.inodes = s.inodes.load(Relaxed);
@@ -580,33 +552,6 @@ fn read_root_original(root: &OwnedFd, st: &sysfs::Stat) -> Result<state::Origina
         acl_access: get(acl::ACCESS)?,
         acl_default: get(acl::DEFAULT)?,
     })
-}
-
-/// Counts visited inodes for the progress bar, then hands them on.
-struct CountingVisitor<'a, V> {
-    inner: &'a V,
-    counter: &'static AtomicU64,
-}
-
-impl<V: walk::Visitor> walk::Visitor for CountingVisitor<'_, V> {
-    type Item = V::Item;
-
-    fn visit(&self, at: walk::At<'_>, stat: &sysfs::Stat, batch: &mut Vec<V::Item>) {
-        self.counter.fetch_add(1, Relaxed);
-        self.inner.visit(at, stat, batch);
-    }
-
-    fn finish(&self, dir: std::os::fd::BorrowedFd<'_>, dir_path: &Path, batch: Vec<V::Item>) {
-        self.inner.finish(dir, dir_path, batch);
-    }
-
-    fn error(&self, path: PathBuf, op: &'static str, errno: Errno) {
-        self.inner.error(path, op, errno);
-    }
-
-    fn mount_skipped(&self, path: PathBuf) {
-        self.inner.mount_skipped(path);
-    }
 }
 
 #[cfg(test)]

@@ -166,6 +166,18 @@ fn exec(args: ExecArgs) -> Result<i32> {
     userns::run(&spec, &Mapper::default())
 }
 
+/// Prints a report as JSON or as its text.
+fn print_report(json: bool, report: &impl serde::Serialize, text: impl FnOnce() -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("serializable")
+        );
+    } else {
+        print!("{}", text());
+    }
+}
+
 fn threads(asked: Option<u16>) -> usize {
     asked.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -230,14 +242,7 @@ fn shift(args: ShiftArgs) -> Result<ExitCode> {
     for w in &summary.warnings {
         eprintln!("idshift: warning: {w}");
     }
-    if c.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("serializable")
-        );
-    } else {
-        print!("{}", summary.render());
-    }
+    print_report(c.json, &summary, || summary.render());
     Ok(if summary.error_count > 0 {
         ExitCode::from(exit::FAILED)
     } else {
@@ -255,14 +260,7 @@ fn status(args: StatusArgs) -> Result<()> {
         threads(args.threads),
         args.cross_mounts,
     )?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&s).expect("serializable")
-        );
-    } else {
-        print!("{}", s.render());
-    }
+    print_report(args.json, &s, || s.render());
     Ok(())
 }
 
@@ -277,13 +275,6 @@ fn ranges(args: RangesArgs) -> Result<()> {
         (None, Some(_)) => ranges::lxcpath_of(&user)?,
     };
     let r = ranges::gather(&user, &SubIdFiles::default(), &lxcpath)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r).expect("serializable")
-        );
-    } else {
-        print!("{}", r.render());
-    }
+    print_report(args.json, &r, || r.render());
     Ok(())
 }

@@ -183,7 +183,7 @@ pub fn run(keep: bool) -> Result<()> {
     let root = base.join("rootfs");
     build(&root)?;
     let map = IdMap::parse_list(MAP)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = crate::threads(None);
 
     println!(
         "A sample rootfs in the host view (root = uid 0) at {}:",

@@ -59,6 +59,26 @@ pub enum Command {
     /// setuid/setgid files, file capabilities, ACLs, and any unfinished shift.
     Status(StatusArgs),
 
+    /// Show SRC at DST through a map, changing nothing on disk: an idmapped bind mount (root
+    /// only; Linux 5.12 or later, on filesystems that support it).
+    ///
+    /// Each entry maps an on-disk id to the id shown at DST, i.e. the container's own map:
+    /// `-m b:0:100000:65536` shows a host-view tree (owned by 0) as owned by 100000. Remove the
+    /// mount with `idshift umount DST`.
+    #[command(
+        after_help = "Examples:\n  idshift mount -m b:0:100000:65536 /srv/images/base ~/.local/share/lxc/c1/rootfs\n  \
+                      idshift status ~/.local/share/lxc/c1/rootfs\n  \
+                      idshift umount ~/.local/share/lxc/c1/rootfs"
+    )]
+    Mount(MountArgs),
+
+    /// Remove an idmapped mount made by `idshift mount` (and the mounts below it); other mounts
+    /// are refused.
+    Umount {
+        /// Where the idmapped mount is.
+        dst: PathBuf,
+    },
+
     /// List the subordinate ranges delegated to USER (default: you), the ranges USER's LXC
     /// containers use, overlaps between containers, and the first free 65536 block.
     Ranges(RangesArgs),
@@ -81,6 +101,25 @@ pub enum Command {
     /// a temporary directory, show its status, shift it into b:0:100000:65536, show its status
     /// again and list it through `exec` as container root, then remove it.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// A map entry KIND:NSID:HOSTID:COUNT: on-disk id NSID.. is shown as HOSTID..; repeat for
+    /// more entries.
+    #[arg(short = 'm', long = "map", value_name = "SPEC", required = true,
+          value_parser = MapSpec::from_str)]
+    pub map: Vec<MapSpec>,
+
+    /// The directory to show.
+    pub src: PathBuf,
+
+    /// Where to show it (an existing directory).
+    pub dst: PathBuf,
+
+    /// Also show the filesystems mounted below SRC, each through the map.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod idmap;
+pub mod mount;
 pub mod ranges;
 pub mod shift;
 pub mod status;
@@ -74,6 +75,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Shift(args) => shift(args).unwrap_or_else(report),
         Command::Status(args) => finish(status(args)),
         Command::Ranges(args) => finish(ranges(args)),
+        Command::Mount(args) => finish(
+            IdMap::from_specs(&args.map)
+                .map_err(Error::from)
+                .and_then(|map| mount::mount(&map, &args.src, &args.dst, args.recursive)),
+        ),
+        Command::Umount { dst } => finish(mount::umount(&dst)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

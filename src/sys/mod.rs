@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 pub mod fs;
+pub mod mount;
 pub mod xattr;
 
 use nix::errno::Errno;

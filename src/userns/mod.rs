@@ -165,6 +165,48 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
     }
 }
 
+/// A new user namespace with `map`, as a file descriptor (for `mount_setattr`'s
+/// `MOUNT_ATTR_IDMAP`). A child process creates it, the maps are written, the namespace file is
+/// opened, and the child exits: the fd keeps the namespace alive.
+pub fn namespace_fd(map: &IdMap, mapper: &Mapper) -> Result<OwnedFd> {
+    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+    let (status_r, status_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
+    match sys::fork().map_err(|e| Error::sys("fork", e))? {
+        nix::unistd::ForkResult::Child => {
+            drop((go_w, status_r));
+            let msg = match nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+                Ok(()) => [Stage::Ready as u8, 0, 0, 0, 0],
+                Err(e) => {
+                    let mut msg = [Stage::Unshare as u8, 0, 0, 0, 0];
+                    msg[1..].copy_from_slice(&(e as i32).to_le_bytes());
+                    msg
+                }
+            };
+            let _ = nix::unistd::write(&status_w, &msg);
+            // Wait until the parent has opened the namespace (it closes its end).
+            let _ = nix::unistd::read(&go_r, &mut [0u8; 1]);
+            sys::exit_now(0)
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((go_r, status_w));
+            let _guard = ChildGuard(Some(child));
+            match read_message(&mut File::from(status_r))? {
+                Some((Stage::Ready, _)) => {}
+                Some((_, errno)) => {
+                    return Err(Error::sys("cannot create a user namespace", errno));
+                }
+                None => return Err(Error::Failed("the child exited during set-up".into())),
+            }
+            mapper.write(child, map)?;
+            let path = mapper.proc_root.join(format!("{child}/ns/user"));
+            let ns = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            drop(go_w);
+            Ok(OwnedFd::from(ns))
+        }
+    }
+}
+
 struct ChildPlan<'a> {
     uid: Option<u32>,
     gid: Option<u32>,

@@ -1,0 +1,87 @@
+//! The new mount API calls behind `idshift mount`: `open_tree`, `mount_setattr`, `move_mount`,
+//! and `umount2`. nix has no wrappers for the first three; the raw syscalls are used.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC [| AT_RECURSIVE])`—A detached
+/// copy of the mount at `path` (with the mounts below it when `recursive`), not yet attached
+/// anywhere. A symlink in the last component is not followed.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/open_tree.2.html)
+pub fn open_tree_clone(path: &CStr, recursive: bool) -> Result<OwnedFd, Errno> {
+    let flags = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC
+        | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint
+        | if recursive {
+            libc::AT_RECURSIVE as libc::c_uint
+        } else {
+            0
+        };
+    // SAFETY: the path is a valid C string; the call takes no other pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    Errno::result(fd)?;
+    // SAFETY: open_tree returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE], {MOUNT_ATTR_IDMAP, userns})`—Make
+/// a detached mount show its files through the id mapping of the user namespace `userns`.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/mount_setattr.2.html)
+pub fn set_idmap(tree: BorrowedFd, userns: BorrowedFd, recursive: bool) -> Result<(), Errno> {
+    let mut attr: libc::mount_attr = {
+        // SAFETY: mount_attr is a plain struct of integers; all zeroes is its empty value.
+        unsafe { std::mem::zeroed() }
+    };
+    attr.attr_set = libc::MOUNT_ATTR_IDMAP;
+    attr.userns_fd = userns.as_raw_fd() as u64;
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: "" is a valid C string and `attr` a live mount_attr whose size is passed along.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`—Attach a detached mount
+/// at `target`.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/move_mount.2.html)
+pub fn attach(tree: BorrowedFd, target: &CStr) -> Result<(), Errno> {
+    // SAFETY: both paths are valid C strings; the call takes no other pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW)`—Detach the mount at `target` (and the mounts
+/// below it) from the tree; the kernel frees it once no process uses it.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/umount.2.html)
+pub fn detach(target: &CStr) -> Result<(), Errno> {
+    // SAFETY: the path is a valid C string.
+    let r = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+    Errno::result(r).map(drop)
+}

@@ -1,0 +1,231 @@
+//! `idshift mount` / `idshift umount`: idmapped bind mounts on ext4 and tmpfs, as root; the
+//! refusals (a filesystem without idmapped-mount support, a mount idshift did not make, no root).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::tree::*;
+use common::*;
+
+/// Unmounts DST when a test ends, even a failing one.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn mount_shows_the_tree_shifted(base: &Path) {
+    let tmp = tempfile::tempdir_in(base).unwrap();
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    build_sample(&src);
+    std::fs::create_dir(&dst).unwrap();
+    let before = snapshot(&src);
+
+    let out = run(&mut idshift(&[
+        "mount",
+        "-m",
+        // Wide enough for the sample's outliers: through an idmapped mount an unmapped id shows
+        // as the overflow id (owners) or -1 (ACL entries).
+        "b:0:100000:131072",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+    ]));
+    assert_code(&out, 0);
+    let _guard = Mounted(dst.clone());
+
+    // Every id, ACL entry and capability rootid is shown shifted at DST...
+    let shown = snapshot(&dst);
+    assert_shifted(&before, &shown, &|_, id| {
+        (id < 131072).then_some(id + 100000)
+    });
+    // ...status through the mount sees the container map...
+    let status = run(&mut idshift(&["status", dst.to_str().unwrap(), "--json"]));
+    assert_code(&status, 0);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        (v["root_uid"].as_u64(), v["root_gid"].as_u64()),
+        (Some(100000), Some(100000)),
+        "{v}"
+    );
+    assert!(
+        v["apparent_map"]
+            .as_str()
+            .unwrap()
+            .starts_with("b:0:100000:"),
+        "{v}"
+    );
+    // ...and nothing on disk changed.
+    assert_eq!(snapshot(&src), before);
+
+    // A chown through the mount lands on disk mapped back: 100001:100002 is 1:2.
+    nix::unistd::chown(&dst.join("etc"), Some(100001.into()), Some(100002.into())).unwrap();
+    let etc = std::fs::symlink_metadata(src.join("etc")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((etc.uid(), etc.gid()), (1, 2));
+
+    let out = run(&mut idshift(&["umount", dst.to_str().unwrap()]));
+    assert_code(&out, 0);
+    let inside: Vec<_> = std::fs::read_dir(&dst).unwrap().collect();
+    assert!(inside.is_empty(), "DST still shows the tree after umount");
+}
+
+#[test]
+fn mount_on_ext4_or_the_root_filesystem() {
+    let Some(_) = require!(Root) else { return };
+    mount_shows_the_tree_shifted(Path::new("/var/tmp"));
+}
+
+#[test]
+fn mount_on_tmpfs() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        tmp.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _fs = Mounted(tmp.path().to_path_buf());
+    mount_shows_the_tree_shifted(tmp.path());
+}
+
+#[test]
+fn recursive_mount_shows_submounts_too() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (src, dst, sub) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("src/sub"),
+    );
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _sub = Mounted(sub.clone());
+    std::fs::write(sub.join("f"), b"x").unwrap();
+    let owner = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    for (flag, want) in [(None, None), (Some("--recursive"), Some((200000, 200000)))] {
+        let mut args = vec!["mount", "-m", "b:0:200000:65536"];
+        args.extend(flag);
+        args.extend([src.to_str().unwrap(), dst.to_str().unwrap()]);
+        assert_code(&run(&mut idshift(&args)), 0);
+        let _guard = Mounted(dst.clone());
+        assert_eq!(owner(&dst.join("sub")).0, 200000);
+        // Without --recursive the submount is not part of the clone: an empty directory.
+        let file = dst.join("sub/f");
+        match want {
+            Some(ids) => assert_eq!(owner(&file), ids),
+            None => assert!(!file.exists()),
+        }
+        assert_code(&run(&mut idshift(&["umount", dst.to_str().unwrap()])), 0);
+    }
+}
+
+#[test]
+fn a_filesystem_without_idmapped_mounts_is_named() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    // ramfs has no FS_ALLOW_IDMAP.
+    nix::mount::mount(
+        Some("ramfs"),
+        &src,
+        Some("ramfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _fs = Mounted(src.clone());
+    let out = run(&mut idshift(&[
+        "mount",
+        "-m",
+        // Wide enough for the sample's outliers: through an idmapped mount an unmapped id shows
+        // as the overflow id (owners) or -1 (ACL entries).
+        "b:0:100000:131072",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+    ]));
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not support idmapped mounts") && err.contains("(ramfs)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Nothing was mounted at DST.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dst.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
+fn umount_refuses_what_idshift_did_not_mount() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let out = run(&mut idshift(&["umount", dir.to_str().unwrap()]));
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("not a mount point"),
+        "{}",
+        stderr(&out)
+    );
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _fs = Mounted(dir.clone());
+    let out = run(&mut idshift(&["umount", dir.to_str().unwrap()]));
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("not an idmapped mount (tmpfs"),
+        "{}",
+        stderr(&out)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(dir.to_str().unwrap()),
+        "the tmpfs was unmounted"
+    );
+}
+
+#[test]
+fn mount_needs_root_and_a_valid_map() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().to_str().unwrap();
+    let out = run(&mut idshift_as(
+        env.user(),
+        &["mount", "-m", "b:0:200000:65536", p, p],
+    ));
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
+    let out = run(&mut idshift(&["mount", "-m", "b:0:200000:0", p, p]));
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("b:0:200000:0"), "{}", stderr(&out));
+}

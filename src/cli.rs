@@ -31,6 +31,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  idshift exec -m b:0:100000:65536 -- sh -c 'id; cat /proc/self/uid_map'\n  \
                       idshift exec --container c1 -- ls -ln ~/.local/share/lxc/c1/rootfs\n  \
+                      idshift exec --container c1 --rootfs ~/.local/share/lxc/c1/rootfs -- dpkg -l\n  \
                       idshift exec -m b:0:1000:1 -m b:1:190000:1 -- chown 1:1 FILE"
     )]
     Exec(ExecArgs),
@@ -284,6 +285,12 @@ pub struct ExecArgs {
     /// the map), so that files only the caller can reach, like a 0700 home, stay reachable.
     #[arg(short = 's', long = "map-self")]
     pub map_self: bool,
+
+    /// Also enter this directory as the root: a private mount and PID namespace (mounts made
+    /// slave), a fresh /proc, a minimal /dev, chroot, PATH and HOME of a container's root.
+    /// For scripted fix-ups of a stopped container, as its own root.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
 
     /// The uid to run the command as, inside the namespace [default: 0].
     #[arg(long, value_name = "UID")]

@@ -158,9 +158,9 @@ fn exec(args: ExecArgs) -> Result<i32> {
         }
     };
     let command = if args.command.is_empty() {
-        vec![std::env::var_os("SHELL")
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| OsString::from("/bin/sh"))]
+        // The caller's shell may not exist in a container's rootfs.
+        let shell = std::env::var_os("SHELL").filter(|s| !s.is_empty() && args.rootfs.is_none());
+        vec![shell.unwrap_or_else(|| OsString::from("/bin/sh"))]
     } else {
         args.command
     };
@@ -169,6 +169,7 @@ fn exec(args: ExecArgs) -> Result<i32> {
         gid: target(IdKind::Gid, args.gid)?,
         map,
         command,
+        rootfs: args.rootfs,
     };
     userns::run(&spec, &Mapper::default())
 }

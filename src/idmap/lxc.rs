@@ -91,6 +91,51 @@ impl LxcConfig {
     }
 }
 
+/// `text` with its `lxc.idmap` (and `lxc.id_map`) lines replaced by `map`'s entries: they go
+/// where the first such line was, with its key spelling and indentation; every other line,
+/// comment and blank line stays as it was, in order.
+pub fn rewrite_idmap(text: &str, map: &IdMap) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut written = false;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let key = trimmed.split_once('=').map(|(k, _)| k.trim());
+        if !matches!(key, Some("lxc.idmap" | "lxc.id_map")) || trimmed.starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        if !written {
+            let indent = &line[..line.len() - trimmed.len()];
+            let key = key.unwrap_or("lxc.idmap");
+            for e in map.all_entries() {
+                out.push_str(&format!(
+                    "{indent}{key} = {} {} {} {}\n",
+                    e.kind.letter(),
+                    e.ns_start,
+                    e.host_start,
+                    e.count
+                ));
+            }
+            written = true;
+        }
+    }
+    if !written {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        for e in map.all_entries() {
+            out.push_str(&format!(
+                "lxc.idmap = {} {} {} {}\n",
+                e.kind.letter(),
+                e.ns_start,
+                e.host_start,
+                e.count
+            ));
+        }
+    }
+    out
+}
+
 /// `u 0 100000 65536` → a spec; LXC knows only `u` and `g`.
 fn parse_idmap_value(value: &str) -> std::result::Result<MapSpec, String> {
     let fields: Vec<&str> = value.split_ascii_whitespace().collect();
@@ -207,6 +252,47 @@ mod tests {
             => "c1/config:1: lxc.idmap 'g 0 100000 0': COUNT must be at least 1",
         overlap: "lxc.idmap = u 0 100000 65536\nlxc.idmap = u 1 200000 1\n"
             => "c1/config: invalid map 'u:0:100000:65536 u:1:200000:1': the entries overlap in namespace uids 1-1",
+    }
+
+    #[test]
+    fn rewrite_keeps_every_other_line_in_order() {
+        let text = "# Template used to create this container\n\
+                    lxc.include = /usr/share/lxc/config/userns.conf\n\
+                    lxc.idmap = u 0 100000 65536\n\
+                    # lxc.idmap = u 0 1 1 (a comment, kept)\n\
+                    lxc.idmap = g 0 100000 65536\n\
+                    \n\
+                    lxc.rootfs.path = dir:/c1/rootfs\n\
+                    lxc.uts.name = c1";
+        let map = IdMap::parse_list("u:0:200000:65536 g:0:200000:65536").unwrap();
+        let new = rewrite_idmap(text, &map);
+        assert_eq!(
+            new,
+            "# Template used to create this container\n\
+             lxc.include = /usr/share/lxc/config/userns.conf\n\
+             lxc.idmap = u 0 200000 65536\n\
+             lxc.idmap = g 0 200000 65536\n\
+             # lxc.idmap = u 0 1 1 (a comment, kept)\n\
+             \n\
+             lxc.rootfs.path = dir:/c1/rootfs\n\
+             lxc.uts.name = c1"
+        );
+        let back = parse(&new).unwrap();
+        assert_eq!(back.map().unwrap(), map);
+        assert_eq!(back.rootfs.as_deref(), Some("dir:/c1/rootfs"));
+    }
+
+    #[test]
+    fn rewrite_keeps_the_legacy_key_and_adds_lines_when_there_were_none() {
+        let map = IdMap::parse_list("u:0:1:2").unwrap();
+        assert_eq!(
+            rewrite_idmap("  lxc.id_map=u 0 5 2\nlxc.id_map = g 0 5 2\n", &map),
+            "  lxc.id_map = u 0 1 2\n"
+        );
+        assert_eq!(
+            rewrite_idmap("lxc.arch = x", &map),
+            "lxc.arch = x\nlxc.idmap = u 0 1 2\n"
+        );
     }
 
     #[test]

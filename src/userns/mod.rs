@@ -15,7 +15,7 @@ use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -50,6 +50,9 @@ pub struct ExecSpec {
     pub gid: Option<u32>,
     /// The command and its arguments; never empty.
     pub command: Vec<OsString>,
+    /// `--rootfs`: also a private mount and PID namespace, a fresh `/proc` and a minimal `/dev`
+    /// in this directory, `chroot` into it, and a container's `PATH` and `HOME`.
+    pub rootfs: Option<std::path::PathBuf>,
 }
 
 impl ExecSpec {
@@ -61,6 +64,18 @@ impl ExecSpec {
         }
         if self.command.is_empty() {
             return Err(Error::Usage("no command to run".into()));
+        }
+        if let Some(dir) = &self.rootfs {
+            for kind in IdKind::BOTH {
+                if self.map.to_host(kind, 0).is_none() {
+                    return Err(Error::Usage(format!(
+                        "--rootfs {}: the map must map {} 0 (container root), and '{}' does not",
+                        dir.display(),
+                        kind.name(),
+                        self.map
+                    )));
+                }
+            }
         }
         for (kind, id) in [(IdKind::Uid, self.uid), (IdKind::Gid, self.gid)] {
             let n = self.map.entries(kind).len();
@@ -96,6 +111,11 @@ enum Stage {
     Setresuid = 4,
     Prepare = 5,
     Exec = 6,
+    Rootfs = 7,
+    MountSlave = 8,
+    MountProc = 9,
+    MountDev = 10,
+    Chroot = 11,
 }
 
 impl Stage {
@@ -108,12 +128,26 @@ impl Stage {
             4 => Stage::Setresuid,
             5 => Stage::Prepare,
             6 => Stage::Exec,
+            7 => Stage::Rootfs,
+            8 => Stage::MountSlave,
+            9 => Stage::MountProc,
+            10 => Stage::MountDev,
+            11 => Stage::Chroot,
             _ => return None,
         })
     }
 }
 
 const MSG_LEN: usize = 5;
+
+/// What a failure message names: the ids asked for and the program.
+#[derive(Debug, Default)]
+struct Describe {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    program: Option<String>,
+    rootfs: Option<std::path::PathBuf>,
+}
 
 /// Runs the command and returns its exit status (128+N when it died of signal N).
 ///
@@ -128,18 +162,92 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
         .map(|a| CString::new(a.as_bytes()))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Usage("a command argument contains a NUL byte".into()))?;
-    let child_plan = ChildPlan {
+    let action = match &spec.rootfs {
+        None => Action::Exec(&argv),
+        Some(dir) => Action::ExecIn(&argv, RootfsPlan::new(dir, spec.uid.unwrap_or(0))?),
+    };
+    let plan = ChildPlan {
         uid: spec.uid.filter(|_| spec.map.has(IdKind::Uid)),
         gid: spec.gid.filter(|_| spec.map.has(IdKind::Gid)),
         setgroups: spec.map.has(IdKind::Gid) && mapper.setgroups_allowed(&spec.map),
-        argv: &argv,
+        action,
     };
+    let describe = Describe {
+        uid: spec.uid,
+        gid: spec.gid,
+        program: Some(spec.command[0].to_string_lossy().into_owned()),
+        rootfs: spec.rootfs.clone(),
+    };
+    launch(&spec.map, mapper, plan, &describe)
+}
 
-    let mut blocked = SigSet::empty();
-    for sig in FORWARDED {
-        blocked.add(sig);
+/// Runs `f` in a child process inside a new user namespace with `map` and returns the code it
+/// returns (128+N if it died of signal N). The child keeps its ids: it holds every capability
+/// in the namespace, over the inodes whose owners the map names. Forwarded signals end it.
+///
+/// For work that must happen inside a namespace with no command to run: the unprivileged shift.
+/// The caller must be single-threaded (`sys::fork` checks); `f` may start threads.
+pub fn call(map: &IdMap, mapper: &Mapper, f: impl FnOnce() -> u8) -> Result<i32> {
+    if map.is_empty() {
+        return Err(Error::Usage("the map is empty".into()));
     }
-    blocked.add(Signal::SIGCHLD);
+    let plan = ChildPlan {
+        uid: None,
+        gid: None,
+        setgroups: false,
+        action: Action::Call(Box::new(f)),
+    };
+    launch(map, mapper, plan, &Describe::default())
+}
+
+/// The `--rootfs` plan, built before the fork.
+struct RootfsPlan {
+    dir: CString,
+    /// The container's `PATH`, searched inside the chroot.
+    path: Vec<CString>,
+    /// The caller's environment with the container's `PATH` and `HOME`.
+    env: Vec<CString>,
+}
+
+/// `PATH` inside a container, as Debian's root gets it.
+const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl RootfsPlan {
+    fn new(dir: &std::path::Path, uid: u32) -> Result<RootfsPlan> {
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::Usage(format!(
+                "{}: --rootfs must be a directory (not a symlink)",
+                dir.display()
+            )));
+        }
+        let home = if uid == 0 { "/root" } else { "/" };
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| k != "PATH" && k != "HOME")
+            .filter_map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        env.push(CString::new(format!("PATH={CONTAINER_PATH}")).expect("no NUL"));
+        env.push(CString::new(format!("HOME={home}")).expect("no NUL"));
+        Ok(RootfsPlan {
+            dir: CString::new(dir.as_os_str().as_bytes())
+                .map_err(|_| Error::Usage("the --rootfs path contains a NUL byte".into()))?,
+            path: CONTAINER_PATH
+                .split(':')
+                .map(|d| CString::new(d).expect("no NUL"))
+                .collect(),
+            env,
+        })
+    }
+}
+
+/// Forks the child that enters the namespace and supervises it.
+fn launch(map: &IdMap, mapper: &Mapper, plan: ChildPlan, describe: &Describe) -> Result<i32> {
+    let blocked = forwarded_and_sigchld();
     let mut old_mask = SigSet::empty();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
         .map_err(|e| Error::sys("sigprocmask", e))?;
@@ -156,13 +264,30 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
     match sys::fork().map_err(|e| Error::sys("fork", e))? {
         nix::unistd::ForkResult::Child => {
             drop((go_w, status_r, signals));
-            child(&child_plan, go_r, status_w, &old_mask, parent)
+            child(plan, go_r, status_w, &old_mask, parent)
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop((go_r, status_w));
-            supervise(child, spec, mapper, go_w, File::from(status_r), &signals)
+            supervise(
+                child,
+                map,
+                mapper,
+                go_w,
+                File::from(status_r),
+                &signals,
+                describe,
+            )
         }
     }
+}
+
+fn forwarded_and_sigchld() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(sig);
+    }
+    set.add(Signal::SIGCHLD);
+    set
 }
 
 /// A new user namespace with `map`, as a file descriptor (for `mount_setattr`'s
@@ -207,24 +332,46 @@ pub fn namespace_fd(map: &IdMap, mapper: &Mapper) -> Result<OwnedFd> {
     }
 }
 
+/// What the child does once its maps are written.
+enum Action<'a> {
+    /// `execvp` the command.
+    Exec(&'a [CString]),
+    /// Enter the rootfs (mount and PID namespaces, `/proc`, `/dev`, chroot), then run the
+    /// command as PID 2 under a small PID 1 that forwards signals and reaps.
+    ExecIn(&'a [CString], RootfsPlan),
+    /// Run this function and exit with its code.
+    Call(Box<dyn FnOnce() -> u8 + 'a>),
+}
+
 struct ChildPlan<'a> {
     uid: Option<u32>,
     gid: Option<u32>,
     setgroups: bool,
-    argv: &'a [CString],
+    action: Action<'a>,
+}
+
+/// Tells the parent where set-up failed, and exits 125.
+fn fail(status: &OwnedFd, stage: Stage, errno: Errno) -> ! {
+    let mut msg = [0u8; MSG_LEN];
+    msg[0] = stage as u8;
+    msg[1..].copy_from_slice(&(errno as i32).to_le_bytes());
+    let _ = nix::unistd::write(status, &msg);
+    sys::exit_now(125)
 }
 
 /// The child: never returns.
-fn child(plan: &ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, parent: Pid) -> ! {
-    let fail = |stage: Stage, errno: Errno| -> ! {
-        let mut msg = [0u8; MSG_LEN];
-        msg[0] = stage as u8;
-        msg[1..].copy_from_slice(&(errno as i32).to_le_bytes());
-        let _ = nix::unistd::write(&status, &msg);
-        sys::exit_now(125)
-    };
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
-        fail(Stage::Unshare, e);
+fn child(plan: ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, parent: Pid) -> ! {
+    let mut flags = CloneFlags::CLONE_NEWUSER;
+    if let Action::ExecIn(_, rootfs) = &plan.action {
+        // Entered before the mount namespace is made, so that the new namespace's copy of it
+        // becomes the working directory (and with the caller's own right to reach it).
+        if let Err(e) = nix::unistd::chdir(rootfs.dir.as_c_str()) {
+            fail(&status, Stage::Rootfs, e);
+        }
+        flags |= CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+    }
+    if let Err(e) = nix::sched::unshare(flags) {
+        fail(&status, Stage::Unshare, e);
     }
     if nix::unistd::write(&status, &[Stage::Ready as u8, 0, 0, 0, 0]) != Ok(MSG_LEN) {
         sys::exit_now(125);
@@ -234,37 +381,246 @@ fn child(plan: &ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, pare
         // The parent could not write the maps and reports why.
         sys::exit_now(125);
     }
-    if let Some(gid) = plan.gid {
-        if plan.setgroups {
+    let ids = plan_ids(&plan);
+    match plan.action {
+        Action::Exec(argv) => {
+            become_ids(plan.uid, plan.gid, plan.setgroups, &status);
+            // After the id changes, which clear it: the command dies with idshift.
+            prepare_exec(&status, old_mask, parent);
+            let Err(e) = nix::unistd::execvp(&argv[0], argv);
+            fail(&status, Stage::Exec, exec_errno(&argv[0], e))
+        }
+        Action::ExecIn(argv, rootfs) => {
+            die_with(parent, &status);
+            // The first child in the new PID namespace is its PID 1.
+            match sys::fork() {
+                Err(e) => fail(&status, Stage::Prepare, e),
+                Ok(nix::unistd::ForkResult::Child) => init(&ids, argv, &rootfs, status, old_mask),
+                Ok(nix::unistd::ForkResult::Parent { child }) => {
+                    drop(status);
+                    relay(child)
+                }
+            }
+        }
+        Action::Call(f) => {
+            prepare_exec(&status, old_mask, parent);
+            drop(status);
+            let code = f();
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            sys::exit_now(code.into())
+        }
+    }
+}
+
+/// The ids to become: uid, gid, whether `setgroups` is allowed.
+fn plan_ids(plan: &ChildPlan) -> (Option<u32>, Option<u32>, bool) {
+    (plan.uid, plan.gid, plan.setgroups)
+}
+
+/// Drops supplementary groups (where allowed) and becomes `gid` and `uid`.
+fn become_ids(uid: Option<u32>, gid: Option<u32>, setgroups: bool, status: &OwnedFd) {
+    if let Some(gid) = gid {
+        if setgroups {
             if let Err(e) = nix::unistd::setgroups(&[]) {
-                fail(Stage::Setgroups, e);
+                fail(status, Stage::Setgroups, e);
             }
         }
         let gid = Gid::from_raw(gid);
         if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
-            fail(Stage::Setresgid, e);
+            fail(status, Stage::Setresgid, e);
         }
     }
-    if let Some(uid) = plan.uid {
+    if let Some(uid) = uid {
         let uid = Uid::from_raw(uid);
         if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
-            fail(Stage::Setresuid, e);
+            fail(status, Stage::Setresuid, e);
         }
     }
-    // After the id changes, which clear it: the command dies with idshift.
+}
+
+/// Dies with `parent` (set after any id change, which clears it).
+fn die_with(parent: Pid, status: &OwnedFd) {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        fail(Stage::Prepare, e);
+        fail(status, Stage::Prepare, e);
     }
     if nix::unistd::getppid() != parent {
         sys::exit_now(125);
     }
+}
+
+/// The last steps before the command: die with the parent, default SIGPIPE, the caller's mask.
+fn prepare_exec(status: &OwnedFd, old_mask: &SigSet, parent: Pid) {
+    die_with(parent, status);
     if let Err(e) = sys::default_sigpipe()
         .and_then(|()| sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None))
     {
-        fail(Stage::Prepare, e);
+        fail(status, Stage::Prepare, e);
     }
-    let Err(e) = nix::unistd::execvp(&plan.argv[0], plan.argv);
-    fail(Stage::Exec, exec_errno(&plan.argv[0], e))
+}
+
+/// PID 1 of the new PID namespace, in the rootfs: mounts, chroot, then the command as PID 2.
+fn init(
+    ids: &(Option<u32>, Option<u32>, bool),
+    argv: &[CString],
+    rootfs: &RootfsPlan,
+    status: OwnedFd,
+    old_mask: &SigSet,
+) -> ! {
+    let (uid, gid, setgroups) = *ids;
+    // Mounting needs the namespace's root (validated to be mapped); the ids asked for come after.
+    become_ids(Some(0), Some(0), setgroups, &status);
+    enter_rootfs(&status);
+    become_ids(uid, gid, setgroups, &status);
+    let me = nix::unistd::getpid();
+    match sys::fork() {
+        Err(e) => fail(&status, Stage::Prepare, e),
+        Ok(nix::unistd::ForkResult::Child) => {
+            prepare_exec(&status, old_mask, me);
+            let e = exec_in_path(argv, rootfs);
+            fail(&status, Stage::Exec, e)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(status);
+            relay(child)
+        }
+    }
+}
+
+/// In the rootfs (the working directory): mounts made slave, a fresh `/proc`, a minimal `/dev`
+/// where the rootfs has a `dev` directory, then `chroot`.
+fn enter_rootfs(status: &OwnedFd) {
+    use nix::mount::{mount, MsFlags};
+    let none: Option<&str> = None;
+    if let Err(e) = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none) {
+        fail(status, Stage::MountSlave, e);
+    }
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(e) = mount(Some("proc"), "proc", Some("proc"), hardened, none) {
+        fail(status, Stage::MountProc, e);
+    }
+    if std::path::Path::new("dev").is_dir() {
+        if let Err(e) = minimal_dev() {
+            fail(status, Stage::MountDev, e);
+        }
+    }
+    if let Err(e) = nix::unistd::chroot(".").and_then(|()| nix::unistd::chdir("/")) {
+        fail(status, Stage::Chroot, e);
+    }
+}
+
+/// A tmpfs on `dev` with the host's harmless character devices bound in, a private devpts
+/// instance, and the usual symlinks — what LXC gives an unprivileged container.
+fn minimal_dev() -> std::result::Result<(), Errno> {
+    use nix::mount::{mount, MsFlags};
+    let none: Option<&str> = None;
+    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    mount(
+        Some("tmpfs"),
+        "dev",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=1024k"),
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = format!("/dev/{name}");
+        if std::fs::symlink_metadata(&host).is_err() {
+            continue;
+        }
+        let target = format!("dev/{name}");
+        File::create(&target).map_err(io)?;
+        mount(
+            Some(host.as_str()),
+            target.as_str(),
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )?;
+    }
+    for dir in ["dev/pts", "dev/shm"] {
+        std::fs::create_dir(dir).map_err(io)?;
+    }
+    // Without a devpts instance (an old kernel) a command just gets no new terminals.
+    if mount(
+        Some("devpts"),
+        "dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .is_ok()
+    {
+        std::os::unix::fs::symlink("pts/ptmx", "dev/ptmx").map_err(io)?;
+    }
+    for (link, to) in [
+        ("dev/fd", "/proc/self/fd"),
+        ("dev/stdin", "/proc/self/fd/0"),
+        ("dev/stdout", "/proc/self/fd/1"),
+        ("dev/stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, link).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// `execve`s the command, searching the container's `PATH` (not the caller's) for a bare name.
+fn exec_in_path(argv: &[CString], rootfs: &RootfsPlan) -> Errno {
+    let name = argv[0].as_bytes();
+    if name.contains(&b'/') {
+        let Err(e) = nix::unistd::execve(&argv[0], argv, &rootfs.env);
+        return e;
+    }
+    let mut found = Errno::ENOENT;
+    for dir in &rootfs.path {
+        let mut full = dir.as_bytes().to_vec();
+        full.push(b'/');
+        full.extend(name);
+        let full = CString::new(full).expect("no NUL");
+        let Err(e) = nix::unistd::execve(&full, argv, &rootfs.env);
+        // Like execvp: a file that exists but cannot be run is remembered, then keep looking.
+        if e != Errno::ENOENT && e != Errno::ENOTDIR {
+            found = e;
+        }
+    }
+    found
+}
+
+/// Waits for `child`, passing forwarded signals on, reaping every other child too (as PID 1
+/// must), and exits with the child's status (128+N for signal N).
+fn relay(child: Pid) -> ! {
+    let signals = match SignalFd::with_flags(&forwarded_and_sigchld(), SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(_) => sys::exit_now(wait_blocking(child).unwrap_or(125)),
+    };
+    loop {
+        let info = match signals.read_signal() {
+            Ok(Some(info)) => info,
+            Ok(None) | Err(Errno::EINTR) => continue,
+            Err(_) => sys::exit_now(wait_blocking(child).unwrap_or(125)),
+        };
+        let signo = info.ssi_signo as i32;
+        if signo == libc::SIGCHLD {
+            loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(status) if status.pid() == Some(child) => {
+                        if let Some(code) = exit_code(status) {
+                            sys::exit_now(code);
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+            continue;
+        }
+        if info.ssi_code == libc::SI_KERNEL {
+            continue;
+        }
+        if let Ok(sig) = Signal::try_from(signo) {
+            let _ = kill(child, sig);
+        }
+    }
 }
 
 /// `execvp` answers EACCES when some directory of `PATH` cannot be searched (common inside a
@@ -328,7 +684,7 @@ fn read_message(status: &mut File) -> Result<Option<(Stage, Errno)>> {
     Ok(Some((stage, errno)))
 }
 
-fn stage_error(stage: Stage, errno: Errno, spec: &ExecSpec) -> Error {
+fn stage_error(stage: Stage, errno: Errno, d: &Describe) -> Error {
     let what = match stage {
         Stage::Unshare => {
             let hint = if errno == Errno::ENOSPC {
@@ -341,18 +697,17 @@ fn stage_error(stage: Stage, errno: Errno, spec: &ExecSpec) -> Error {
             return Error::Failed(format!("cannot create a user namespace: {errno}{hint}"));
         }
         Stage::Setgroups => "cannot drop supplementary groups in the namespace".to_string(),
-        Stage::Setresgid => format!(
-            "cannot become gid {} in the namespace",
-            spec.gid.unwrap_or(0)
-        ),
-        Stage::Setresuid => format!(
-            "cannot become uid {} in the namespace",
-            spec.uid.unwrap_or(0)
-        ),
+        Stage::Setresgid => format!("cannot become gid {} in the namespace", d.gid.unwrap_or(0)),
+        Stage::Setresuid => format!("cannot become uid {} in the namespace", d.uid.unwrap_or(0)),
         Stage::Prepare | Stage::Ready => "cannot prepare the command".to_string(),
+        Stage::Rootfs => format!("cannot enter the rootfs {}", rootfs(d)),
+        Stage::MountSlave => "cannot make the mounts of the new mount namespace slaves".into(),
+        Stage::MountProc => format!("cannot mount a fresh /proc on {}/proc", rootfs(d)),
+        Stage::MountDev => format!("cannot mount a minimal /dev on {}/dev", rootfs(d)),
+        Stage::Chroot => format!("cannot chroot into {}", rootfs(d)),
         Stage::Exec => {
             return Error::Exec {
-                program: spec.command[0].to_string_lossy().into_owned(),
+                program: d.program.clone().unwrap_or_default(),
                 errno,
             }
         }
@@ -360,25 +715,33 @@ fn stage_error(stage: Stage, errno: Errno, spec: &ExecSpec) -> Error {
     Error::sys(what, errno)
 }
 
+fn rootfs(d: &Describe) -> String {
+    d.rootfs
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 fn supervise(
     child: Pid,
-    spec: &ExecSpec,
+    map: &IdMap,
     mapper: &Mapper,
     go: OwnedFd,
     mut status: File,
     signals: &SignalFd,
+    describe: &Describe,
 ) -> Result<i32> {
     let mut guard = ChildGuard(Some(child));
     match read_message(&mut status)? {
         Some((Stage::Ready, _)) => {}
-        Some((stage, errno)) => return Err(stage_error(stage, errno, spec)),
+        Some((stage, errno)) => return Err(stage_error(stage, errno, describe)),
         None => return Err(Error::Failed("the child exited during set-up".into())),
     }
-    mapper.write(child, &spec.map)?;
+    mapper.write(child, map)?;
     nix::unistd::write(&go, &[1]).map_err(|e| Error::sys("signalling the child", e))?;
     drop(go);
     if let Some((stage, errno)) = read_message(&mut status)? {
-        return Err(stage_error(stage, errno, spec));
+        return Err(stage_error(stage, errno, describe));
     }
     // The command runs: from here on the child is reaped below, not killed.
     guard.0 = None;

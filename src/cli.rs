@@ -56,6 +56,20 @@ pub enum Command {
     )]
     Shift(ShiftArgs),
 
+    /// Move a stopped LXC container to another id range: shift its rootfs from the map in its
+    /// config to the new one, then rewrite the config's lxc.idmap lines (atomically, every other
+    /// line kept).
+    ///
+    /// Without root, both ranges must be delegated to you in /etc/subuid and /etc/subgid: the
+    /// shift then runs in a user namespace that maps them (through newuidmap/newgidmap). A killed
+    /// migrate is finished by running it again. Exit status: 0 done; 1 failed (the config still
+    /// names the old map); 2 usage error (unknown container, no lxc.idmap, missing rootfs);
+    /// 3 refused (running container, range not delegated, another shift pending).
+    #[command(after_help = "Examples:\n  idshift migrate c1 --to 300000\n  \
+                      idshift migrate c1 --to auto --dry-run\n  \
+                      idshift migrate c1 --to-map u:0:300000:65536 g:0:300000:65536")]
+    Migrate(MigrateArgs),
+
     /// Scan a tree (read-only): inode counts, ids by 65536-block, the map it appears to use,
     /// setuid/setgid files, file capabilities, ACLs, and any unfinished shift.
     Status(StatusArgs),
@@ -102,6 +116,33 @@ pub enum Command {
     /// a temporary directory, show its status, shift it into b:0:100000:65536, show its status
     /// again and list it through `exec` as container root, then remove it.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The container's name.
+    pub name: String,
+
+    /// Where container root goes: a host id (every entry of the map moves by the same offset),
+    /// or `auto` for the first free 65536 block delegated to you.
+    #[arg(
+        long,
+        value_name = "HOSTBASE|auto",
+        required_unless_present = "to_map",
+        conflicts_with = "to_map"
+    )]
+    pub to: Option<String>,
+
+    /// The new map, as KIND:NSID:HOSTID:COUNT entries.
+    #[arg(long, num_args = 1.., value_name = "MAP", value_parser = MapSpec::from_str)]
+    pub to_map: Vec<MapSpec>,
+
+    /// Where the containers are [default: ~/.local/share/lxc, /var/lib/lxc for root].
+    #[arg(short = 'P', long = "lxcpath", value_name = "DIR")]
+    pub lxcpath: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub common: ShiftCommon,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod idmap;
+pub mod migrate;
 pub mod mount;
 pub mod ranges;
 pub mod shift;
@@ -22,7 +23,10 @@ pub mod userns;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use cli::{Cli, Command, ExecArgs, MapSource, ProgressArg, RangesArgs, ShiftArgs, StatusArgs};
+use cli::{
+    Cli, Command, ExecArgs, MapSource, MigrateArgs, ProgressArg, RangesArgs, ShiftArgs,
+    ShiftCommon, StatusArgs,
+};
 use error::{Error, Result};
 use idmap::lxc::{default_lxcpath, LxcConfig};
 use idmap::subid::{SubIdFiles, User};
@@ -72,7 +76,8 @@ fn finish(result: Result<()>) -> ExitCode {
 pub fn run(cli: Cli) -> ExitCode {
     use clap::CommandFactory;
     match cli.command {
-        Command::Shift(args) => shift(args).unwrap_or_else(report),
+        Command::Shift(args) => shift(args).map(ExitCode::from).unwrap_or_else(report),
+        Command::Migrate(args) => migrate(args).map(ExitCode::from).unwrap_or_else(report),
         Command::Status(args) => finish(status(args)),
         Command::Ranges(args) => finish(ranges(args)),
         Command::Mount(args) => finish(
@@ -228,11 +233,14 @@ impl ShiftArgs {
     }
 }
 
-fn shift(args: ShiftArgs) -> Result<ExitCode> {
-    let (from, to) = args.views()?;
-    let c = &args.common;
-    let opts = shift::ShiftOptions {
-        dir: args.dir.clone(),
+fn shift_options(
+    dir: std::path::PathBuf,
+    from: shift::View,
+    to: shift::View,
+    c: &ShiftCommon,
+) -> shift::ShiftOptions {
+    shift::ShiftOptions {
+        dir,
         from,
         to,
         dry_run: c.dry_run,
@@ -245,17 +253,118 @@ fn shift(args: ShiftArgs) -> Result<ExitCode> {
             ProgressArg::Always => shift::Progress::Always,
             ProgressArg::Never => shift::Progress::Never,
         },
-    };
-    let summary = shift::run(&opts)?;
+    }
+}
+
+fn shift(args: ShiftArgs) -> Result<u8> {
+    let (from, to) = args.views()?;
+    let opts = shift_options(args.dir.clone(), from, to, &args.common);
+    run_shift(&opts, args.common.json)
+}
+
+/// Runs a shift where it can run: here as root; otherwise inside a user namespace that maps
+/// the caller's delegated ranges onto themselves (refused before anything changes when the maps
+/// name ids the caller does not own). Prints the summary; returns the exit status.
+fn run_shift(opts: &shift::ShiftOptions, json: bool) -> Result<u8> {
+    if nix::unistd::geteuid().is_root() {
+        return shift_and_print(opts, json);
+    }
+    let own = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let ns = shift::delegated::namespace_map(
+        &opts.from,
+        &opts.to,
+        &User::current(),
+        own,
+        &SubIdFiles::default(),
+    )?;
+    let code = userns::call(&ns, &Mapper::default(), || {
+        shift_and_print(opts, json).unwrap_or_else(|err| {
+            eprintln!("idshift: {err}");
+            error_status(&err)
+        })
+    })?;
+    Ok(u8::try_from(code).unwrap_or(exit::FAILED))
+}
+
+fn shift_and_print(opts: &shift::ShiftOptions, json: bool) -> Result<u8> {
+    let summary = shift::run(opts)?;
     for w in &summary.warnings {
         eprintln!("idshift: warning: {w}");
     }
-    print_report(c.json, &summary, || summary.render());
+    print_report(json, &summary, || summary.render());
     Ok(if summary.error_count > 0 {
-        ExitCode::from(exit::FAILED)
+        exit::FAILED
     } else {
-        ExitCode::SUCCESS
+        0
     })
+}
+
+fn migrate(args: MigrateArgs) -> Result<u8> {
+    let target = match (args.to.as_deref(), args.to_map.is_empty()) {
+        (Some("auto"), _) => migrate::Target::Auto,
+        (Some(base), _) => migrate::Target::Base(base.parse().map_err(|_| {
+            Error::Usage(format!(
+                "--to '{base}': expected a host id (0-4294967294) or 'auto'"
+            ))
+        })?),
+        (None, false) => migrate::Target::Map(IdMap::from_specs(&args.to_map)?),
+        (None, true) => return Err(Error::Usage("give --to HOSTBASE|auto or --to-map".into())),
+    };
+    let lxcpath = args.lxcpath.clone().unwrap_or_else(default_lxcpath);
+    let m = migrate::prepare(&args.name, &lxcpath, &target)?;
+    let c = &args.common;
+    let note = |text: String| {
+        if c.json {
+            eprintln!("idshift: {text}")
+        } else {
+            println!("{text}")
+        }
+    };
+    if m.from != m.to {
+        let opts = shift_options(
+            m.rootfs.clone(),
+            shift::View::Map(m.from.clone()),
+            shift::View::Map(m.to.clone()),
+            c,
+        );
+        let code = run_shift(&opts, c.json)?;
+        if code != 0 {
+            eprintln!(
+                "idshift: container '{}': {} still names '{}': the rootfs shift did not finish; \
+                 fix what is listed and run the same migrate again",
+                m.name,
+                m.config.path.display(),
+                m.from
+            );
+            return Ok(code);
+        }
+    }
+    match migrate::new_config_text(&m)? {
+        None => note(format!(
+            "{}: already names '{}'",
+            m.config.path.display(),
+            m.to
+        )),
+        Some(_) if c.dry_run => note(format!(
+            "{}: would name '{}' (now '{}')",
+            m.config.path.display(),
+            m.to,
+            m.from
+        )),
+        Some(text) => {
+            migrate::replace_file(&m.config.path, &text)?;
+            note(format!(
+                "{}: now names '{}' (was '{}')",
+                m.config.path.display(),
+                m.to,
+                m.from
+            ));
+        }
+    }
+    Ok(0)
 }
 
 fn status(args: StatusArgs) -> Result<()> {

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use super::state::{format_record, Journal, Original, Records};
 use super::walk::{At, Visitor};
 use super::{acl, caps, crash_point, Translation};
-use crate::idmap::IdKind;
+use crate::idmap::{IdKind, IdMap};
 use crate::sys::fs::{self as sysfs, Stat};
 use crate::sys::xattr;
 
@@ -123,6 +123,9 @@ pub struct ShiftVisitor<'a> {
     pub resuming: bool,
     pub records: &'a Records,
     pub journal: Option<&'a Journal>,
+    /// The map of the user namespace the shift runs in, `None` in the initial one: a value
+    /// naming an id outside it could not be written back, so its inode is left untouched.
+    pub namespace: Option<IdMap>,
     links: LinkSet,
     pub stats: Stats,
     outliers: Mutex<BTreeMap<(IdKind, u32), (u64, PathBuf)>>,
@@ -147,6 +150,7 @@ impl<'a> ShiftVisitor<'a> {
             resuming: false,
             records,
             journal,
+            namespace: None,
             links: LinkSet::new(),
             stats: Stats::default(),
             outliers: Mutex::new(BTreeMap::new()),
@@ -303,6 +307,10 @@ impl<'a> ShiftVisitor<'a> {
                 return None;
             }
         };
+        if let Some(why) = self.cannot_write_back(caps.as_deref(), [&acl_access, &acl_default]) {
+            self.error_msg(at.path(), "keep xattrs", why);
+            return None;
+        }
         let steps = [
             chown,
             mode.is_some(),
@@ -333,6 +341,52 @@ impl<'a> ShiftVisitor<'a> {
             acl_default,
             journal,
         })
+    }
+
+    /// Why a capability or ACL this plan writes could not be written as it is meant: an ACL
+    /// entry read as -1 (an id the namespace cannot name), or, inside a user namespace, an id or
+    /// capability root id outside it (the kernel refuses those, and a chown would already have
+    /// dropped the capability).
+    fn cannot_write_back(
+        &self,
+        caps: Option<&[u8]>,
+        acls: [&Option<Vec<u8>>; 2],
+    ) -> Option<String> {
+        let mapped = |kind: IdKind, id: u32| {
+            id != u32::MAX
+                && self
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|ns| ns.to_host(kind, id).is_some())
+        };
+        if let Some(rootid) = caps.and_then(|c| caps::decode(c).ok()).map(|c| c.rootid) {
+            if !mapped(IdKind::Uid, rootid) {
+                return Some(format!(
+                    "its file capability belongs to root id {rootid}, which this user namespace \
+                     does not map: it could not be restored after the chown (shift as root)"
+                ));
+            }
+        }
+        for value in acls.into_iter().flatten() {
+            for e in acl::decode(value).unwrap_or_default() {
+                match e.id_kind() {
+                    Some(kind) if !mapped(kind, e.id) => {
+                        let id = if e.id == u32::MAX {
+                            "-1 (unmapped)".to_string()
+                        } else {
+                            e.id.to_string()
+                        };
+                        return Some(format!(
+                            "its ACL names {} {id}, which cannot be written back from here \
+                             (shift as root)",
+                            kind.name()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None
     }
 
     fn count(&self, plan: &Plan) {

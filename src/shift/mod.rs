@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod caps;
+pub mod delegated;
 pub mod inode;
 pub mod state;
 pub mod walk;
@@ -504,6 +505,7 @@ pub fn run(opts: &ShiftOptions) -> Result<Summary> {
     visitor.verbose = opts.verbose;
     visitor.since_ns = since_ns;
     visitor.resuming = resuming;
+    visitor.namespace = crate::userns::current_map()?;
     let total = state::recorded_inodes(root.as_fd());
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {

@@ -1,0 +1,305 @@
+//! `idshift migrate NAME`: move a stopped LXC container to another id range — shift its rootfs
+//! from the map in its config to the new one, then rewrite the config's `lxc.idmap` lines
+//! atomically. Killed at any point, the same command finishes the job: the shift resumes from
+//! its journal, and the config names the new map only once the rootfs records it.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::idmap::lxc::{rewrite_idmap, LxcConfig};
+use crate::idmap::subid::{SubIdFiles, User};
+use crate::idmap::{IdKind, IdMap, IdMapEntry};
+use crate::shift::{self, state, View};
+
+/// Where the container goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Container root at this host id; every entry moves by the same offset.
+    Base(u32),
+    /// The first free 65536 block delegated to the caller (`idshift ranges`).
+    Auto,
+    /// This map.
+    Map(IdMap),
+}
+
+/// A migration, resolved: what is shifted from and to, and which config is rewritten.
+#[derive(Clone, Debug)]
+pub struct Migration {
+    pub name: String,
+    pub config: LxcConfig,
+    pub rootfs: PathBuf,
+    pub from: IdMap,
+    pub to: IdMap,
+}
+
+/// Reads the container's config, finds its rootfs, refuses a running container, and works out
+/// the new map (an interrupted migrate's own target first, so that `auto` resumes the same).
+pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration> {
+    let config = LxcConfig::for_container(lxcpath, name)?;
+    let from = config.map()?;
+    let rootfs = rootfs_dir(&config, lxcpath, name)?;
+    if !rootfs.is_dir() {
+        return Err(Error::Usage(format!(
+            "container '{name}': its rootfs {} is missing (lxc.rootfs.path in {})",
+            rootfs.display(),
+            config.path.display()
+        )));
+    }
+    if let Some(why) = running(lxcpath, name, &rootfs) {
+        return Err(Error::Refused(format!(
+            "container '{name}' is running ({why}); stop it first (lxc-stop -n {name})"
+        )));
+    }
+    let to = match target {
+        Target::Map(map) => map.clone(),
+        Target::Base(base) => moved(&from, *base)?,
+        Target::Auto => match unfinished_target(&rootfs, &from)? {
+            Some(map) => map,
+            None => moved(&from, free_block(lxcpath)?)?,
+        },
+    };
+    Ok(Migration {
+        name: name.to_string(),
+        config,
+        rootfs,
+        from,
+        to,
+    })
+}
+
+/// `lxc.rootfs.path` (`dir:` prefix or a plain path), else LXC's default `LXCPATH/NAME/rootfs`;
+/// other storage backends are refused.
+fn rootfs_dir(config: &LxcConfig, lxcpath: &Path, name: &str) -> Result<PathBuf> {
+    let Some(value) = &config.rootfs else {
+        return Ok(lxcpath.join(name).join("rootfs"));
+    };
+    let path = match value.split_once(':') {
+        Some(("dir", path)) => path,
+        Some((backend, _)) if !value.starts_with('/') => {
+            return Err(Error::Usage(format!(
+                "container '{name}': rootfs '{value}' uses the {backend} backend; idshift \
+                 migrates directory rootfses (dir:) only"
+            )))
+        }
+        _ => value,
+    };
+    Ok(PathBuf::from(path))
+}
+
+/// `from` with container root moved to host id `base`: each kind's entries shift by the offset
+/// that takes its namespace id 0 to `base`.
+pub fn moved(from: &IdMap, base: u32) -> Result<IdMap> {
+    let mut entries = Vec::new();
+    for kind in IdKind::BOTH {
+        if !from.has(kind) {
+            continue;
+        }
+        let Some(root) = from.to_host(kind, 0) else {
+            return Err(Error::Usage(format!(
+                "the container's map '{from}' has no {} 0 to move to {base}; give --to-map",
+                kind.name()
+            )));
+        };
+        let offset = i64::from(base) - i64::from(root);
+        for e in from.entries(kind) {
+            let host = u32::try_from(i64::from(e.host_start) + offset).ok();
+            let entry = host.and_then(|h| IdMapEntry::new(kind, e.ns_start, h, e.count).ok());
+            entries.push(entry.ok_or_else(|| {
+                Error::Usage(format!(
+                    "--to {base}: entry '{e}' would move past the last id"
+                ))
+            })?);
+        }
+    }
+    Ok(IdMap::new(entries)?)
+}
+
+/// The map an interrupted migrate was moving the rootfs to: a pending shift from `from`, or a
+/// finished one whose map the config does not name yet.
+fn unfinished_target(rootfs: &Path, from: &IdMap) -> Result<Option<IdMap>> {
+    let root = shift::open_root(rootfs)?;
+    if let Some((pending, _)) = state::find_pending(root.as_fd(), rootfs)? {
+        if let (View::Map(f), View::Map(t)) = (&pending.from, &pending.to) {
+            if f == from {
+                return Ok(Some(t.clone()));
+            }
+        }
+    }
+    match state::recorded(root.as_fd()) {
+        Some(View::Map(m)) if &m != from => Ok(Some(m)),
+        _ => Ok(None),
+    }
+}
+
+/// The caller's first free 65536 block.
+fn free_block(lxcpath: &Path) -> Result<u32> {
+    let user = User::current();
+    let r = crate::ranges::gather(&user, &SubIdFiles::default(), lxcpath)?;
+    r.first_free_block.ok_or_else(|| {
+        Error::Usage(format!(
+            "--to auto: no free 65536 block of uids and gids is delegated to {} in /etc/subuid \
+             and /etc/subgid (see `idshift ranges`); give --to HOSTBASE or --to-map",
+            user.name
+        ))
+    })
+}
+
+/// Why the container looks running, if it does: `lxc-info` says so, its `[lxc monitor]`
+/// process exists, or some process has its root directory in the rootfs.
+pub fn running(lxcpath: &Path, name: &str, rootfs: &Path) -> Option<String> {
+    if let Ok(out) = std::process::Command::new("lxc-info")
+        .args(["-s", "-H", "-n", name, "-P"])
+        .arg(lxcpath)
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !state.is_empty() && state != "STOPPED" {
+            return Some(format!("lxc-info says {state}"));
+        }
+    }
+    let monitor = format!(
+        "[lxc monitor] {} {name}",
+        lxcpath.display().to_string().trim_end_matches('/')
+    );
+    let root_id = std::fs::metadata(rootfs).ok().map(|m| (m.dev(), m.ino()));
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        if let Ok(cmdline) = std::fs::read(dir.join("cmdline")) {
+            let title = String::from_utf8_lossy(&cmdline);
+            let title = title.trim_end_matches('\0');
+            if title.trim_end_matches('/') == monitor || title.starts_with(&format!("{monitor}\0"))
+            {
+                return Some(format!("its monitor process {pid} exists"));
+            }
+        }
+        // Readable for root (and for the caller's own processes): a process inside the rootfs.
+        if let (Some(id), Ok(m)) = (root_id, std::fs::metadata(dir.join("root"))) {
+            if (m.dev(), m.ino()) == id {
+                let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                return Some(format!(
+                    "process {pid} ({}) runs in its rootfs",
+                    comm.trim()
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The config text with the new map, or `None` if it already names it.
+pub fn new_config_text(m: &Migration) -> Result<Option<String>> {
+    let path = &m.config.path;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let new = rewrite_idmap(&text, &m.to);
+    Ok((new != text).then_some(new))
+}
+
+/// Replaces `path` with `text` atomically: a temporary file beside it with the same mode and
+/// owner, written and fsynced, renamed over it, and the directory fsynced.
+pub fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.idshift-tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(meta.mode() & 0o7777)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    let written = (|| {
+        f.write_all(text.as_bytes())?;
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_moves_every_entry_by_root_offset() {
+        let from =
+            IdMap::parse_list("u:0:100000:1000 u:1000:5000:1 u:1001:101001:64535 g:0:100000:65536")
+                .unwrap();
+        assert_eq!(
+            moved(&from, 300000).unwrap().to_string(),
+            "u:0:300000:1000 u:1000:205000:1 u:1001:301001:64535 g:0:300000:65536"
+        );
+        assert!(moved(&from, u32::MAX - 10).is_err());
+        let no_root = IdMap::parse_list("u:1:100000:10").unwrap();
+        assert!(moved(&no_root, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("no uid 0"));
+    }
+
+    #[test]
+    fn rootfs_path_forms() {
+        let cfg = |v: Option<&str>| LxcConfig {
+            path: "c1/config".into(),
+            idmap: vec![],
+            rootfs: v.map(str::to_string),
+        };
+        let p = Path::new("/l");
+        assert_eq!(
+            rootfs_dir(&cfg(Some("dir:/a/rootfs")), p, "c1").unwrap(),
+            Path::new("/a/rootfs")
+        );
+        assert_eq!(
+            rootfs_dir(&cfg(Some("/a/rootfs")), p, "c1").unwrap(),
+            Path::new("/a/rootfs")
+        );
+        assert_eq!(
+            rootfs_dir(&cfg(None), p, "c1").unwrap(),
+            Path::new("/l/c1/rootfs")
+        );
+        let err = rootfs_dir(&cfg(Some("btrfs:/a")), p, "c1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("btrfs backend"), "{err}");
+    }
+
+    #[test]
+    fn replace_file_keeps_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "old\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        replace_file(&path, "new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("config")]);
+    }
+}

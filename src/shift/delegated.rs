@@ -1,0 +1,169 @@
+//! Unprivileged shifting: a caller without root may shift between id ranges delegated to them
+//! in /etc/subuid and /etc/subgid. The shift then runs inside a user namespace (maps written by
+//! newuidmap/newgidmap) that maps those ranges and the caller's own ids each onto themselves,
+//! so the ids the walk sees and writes are the host ids, and every id outside them reads as
+//! unmapped (the overflow id, or -1 in an ACL) and is never written.
+
+use super::View;
+use crate::error::{Error, Result};
+use crate::idmap::subid::{SubIdFiles, User};
+use crate::idmap::{IdKind, IdMap, IdMapEntry, IdRange};
+
+/// The namespace map for shifting `from` → `to` as `user` with `own` ids (uid, gid): refused,
+/// before anything changes, when either map names host ids not delegated to `user`.
+pub fn namespace_map(
+    from: &View,
+    to: &View,
+    user: &User,
+    own: (u32, u32),
+    files: &SubIdFiles,
+) -> Result<IdMap> {
+    let (View::Map(from), View::Map(to)) = (from, to) else {
+        return Err(Error::Refused(
+            "shifting from or to the host view touches host ids (root's files among them): \
+             that needs root; without root, shift between two ranges delegated to you"
+                .into(),
+        ));
+    };
+    let mut entries = Vec::new();
+    for kind in IdKind::BOTH {
+        let delegated = files.ranges(kind, user)?;
+        for (which, map) in [("FROM", from), ("TO", to)] {
+            for e in map.entries(kind) {
+                let r = e.host_range();
+                if !delegated
+                    .iter()
+                    .any(|d| d.start() <= r.start() && r.end() <= d.end())
+                {
+                    return Err(Error::Refused(format!(
+                        "host {}s {r} of the {which} map '{e}' are not delegated to {} in {}: \
+                         without root, idshift only shifts between ranges you own (see \
+                         `idshift ranges`); nothing was changed",
+                        kind.name(),
+                        user.name,
+                        files.path(kind).display()
+                    )));
+                }
+            }
+        }
+        let own = match kind {
+            IdKind::Uid => own.0,
+            IdKind::Gid => own.1,
+        };
+        let mut ranges: Vec<IdRange> = merge(delegated);
+        if !ranges.iter().any(|r| r.contains(own)) {
+            ranges.push(IdRange::new(own, 1).expect("one id"));
+        }
+        for r in ranges {
+            entries.push(
+                IdMapEntry::new(kind, r.start(), r.start(), r.count())
+                    .map_err(|e| Error::Failed(e.to_string()))?,
+            );
+        }
+    }
+    IdMap::new(entries).map_err(|e| Error::Failed(format!("namespace map: {e}")))
+}
+
+/// Sorted ranges with overlapping or touching ones merged (a subuid file may repeat a range).
+fn merge(mut ranges: Vec<IdRange>) -> Vec<IdRange> {
+    ranges.sort_by_key(|r| r.start());
+    let mut out: Vec<IdRange> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start() <= last.end() => {
+                let end = last.end().max(r.end());
+                *last = IdRange::new(last.start(), end - last.start()).expect("within u32");
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &std::path::Path) -> SubIdFiles {
+        std::fs::write(
+            dir.join("subuid"),
+            "alice:200000:65536\n1000:300000:65536\nbob:100000:65536\nalice:200000:1000\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("subgid"),
+            "alice:200000:65536\nalice:300000:65536\n",
+        )
+        .unwrap();
+        SubIdFiles {
+            subuid: dir.join("subuid"),
+            subgid: dir.join("subgid"),
+        }
+    }
+
+    fn view(text: &str) -> View {
+        View::Map(IdMap::parse_list(text).unwrap())
+    }
+
+    #[test]
+    fn maps_the_delegated_ranges_and_own_ids_onto_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = User {
+            name: "alice".into(),
+            uid: 1000,
+        };
+        let map = namespace_map(
+            &view("b:0:200000:65536"),
+            &view("b:0:300000:65536"),
+            &alice,
+            (1000, 1000),
+            &files(dir.path()),
+        )
+        .unwrap();
+        assert_eq!(
+            map.to_string(),
+            "u:1000:1000:1 u:200000:200000:65536 u:300000:300000:65536 \
+             g:1000:1000:1 g:200000:200000:65536 g:300000:300000:65536"
+        );
+    }
+
+    #[test]
+    fn refuses_ranges_not_delegated_and_the_host_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        let alice = User {
+            name: "alice".into(),
+            uid: 1000,
+        };
+        let err = namespace_map(
+            &view("b:0:200000:65536"),
+            &view("b:0:100000:65536"),
+            &alice,
+            (1000, 1000),
+            &f,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Refused(_)));
+        let msg = err.to_string();
+        assert!(msg.starts_with("host uids 100000-165535 of the TO map 'u:0:100000:65536' are not delegated to alice in "), "{msg}");
+        // One id past the delegated range is enough to refuse.
+        let err = namespace_map(
+            &view("b:0:200000:65536"),
+            &view("b:0:300001:65536"),
+            &alice,
+            (1000, 1000),
+            &f,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("300001-365536"), "{err}");
+        let err = namespace_map(
+            &View::Host,
+            &view("b:0:200000:65536"),
+            &alice,
+            (1000, 1000),
+            &f,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("needs root"), "{err}");
+    }
+}

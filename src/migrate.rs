@@ -217,6 +217,7 @@ pub fn replace_file(path: &Path, text: &str) -> Result<()> {
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.idshift-tmp"));
+    shift::crash_point();
     let _ = std::fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
@@ -231,6 +232,7 @@ pub fn replace_file(path: &Path, text: &str) -> Result<()> {
             std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
         }
         f.sync_all()?;
+        shift::crash_point();
         std::fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();

@@ -11,21 +11,6 @@ use common::tree::*;
 use common::*;
 use idshift::shift::caps;
 
-fn rootfs() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("IDSHIFT_TEST_ROOTFS").map(PathBuf::from) else {
-        eprintln!(
-            "skipped: rootfs: set IDSHIFT_TEST_ROOTFS to a tree built by \
-             ../shared/tools/make-rootfs.sh (.ci/run does)"
-        );
-        return None;
-    };
-    if !dir.join("etc/debian_version").exists() {
-        eprintln!("skipped: rootfs: {} is not a Debian rootfs", dir.display());
-        return None;
-    }
-    Some(dir)
-}
-
 fn sh(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert_code(&out, 0);
@@ -35,7 +20,7 @@ fn sh(cmd: &mut Command) -> String {
 #[test]
 fn real_rootfs_into_a_container_range_and_back() {
     let Some(_) = require!(Root) else { return };
-    let Some(src) = rootfs() else { return };
+    let Some(src) = test_rootfs() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("rootfs");
     sh(Command::new("cp")

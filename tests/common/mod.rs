@@ -5,6 +5,7 @@
 //! root with the test user created by `.ci/setup-test-env`, so there they all run.
 #![allow(dead_code)]
 
+pub mod lxc;
 pub mod tree;
 
 use std::os::unix::fs::PermissionsExt;
@@ -196,4 +197,21 @@ pub fn parse_proc_map(text: &str) -> ProcMap {
             (f[0], f[1], f[2])
         })
         .collect()
+}
+
+/// The real Debian rootfs of the tests (`IDSHIFT_TEST_ROOTFS`, built by
+/// `../shared/tools/make-rootfs.sh`; `.ci/run` sets it), or `None` with a printed reason.
+pub fn test_rootfs() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("IDSHIFT_TEST_ROOTFS").map(PathBuf::from) else {
+        eprintln!(
+            "skipped: set IDSHIFT_TEST_ROOTFS to a tree built by ../shared/tools/make-rootfs.sh \
+             (.ci/run does)"
+        );
+        return None;
+    };
+    if !dir.join("etc/debian_version").exists() {
+        eprintln!("skipped: {} is not a Debian rootfs", dir.display());
+        return None;
+    }
+    Some(dir)
 }

@@ -304,3 +304,20 @@ pub fn without_times_and_inodes(s: &BTreeMap<PathBuf, Meta>) -> BTreeMap<PathBuf
         })
         .collect()
 }
+
+/// Asserts two snapshots are equal, naming the first difference (not dumping both trees).
+#[track_caller]
+pub fn assert_same_tree(a: &BTreeMap<PathBuf, Meta>, b: &BTreeMap<PathBuf, Meta>, what: &str) {
+    if a == b {
+        return;
+    }
+    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).take(5).collect();
+    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).take(5).collect();
+    let differ = a.iter().find(|(k, v)| b.get(*k).is_some_and(|w| w != *v));
+    panic!(
+        "{what}: trees differ; only in the first: {only_a:?}; only in the second: {only_b:?}; \
+         first changed: {:?} -> {:?}",
+        differ,
+        differ.map(|(k, _)| &b[k])
+    );
+}

@@ -1,0 +1,98 @@
+//! An LXC container laid out as `lxc-create` (download template, unprivileged) writes it:
+//! LXCPATH/NAME/config and LXCPATH/NAME/rootfs, the rootfs shifted into the container's range.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{assert_code, idshift, run, TestUser};
+
+pub struct Container {
+    /// Keeps the directory alive; LXCPATH is inside it.
+    pub tmp: tempfile::TempDir,
+    pub lxcpath: PathBuf,
+    pub name: String,
+    pub rootfs: PathBuf,
+    pub config: PathBuf,
+}
+
+/// The config `lxc-create -t download` writes for an unprivileged container whose ids start at
+/// `base`.
+pub fn config_text(lxcpath: &Path, name: &str, base: u32) -> String {
+    format!(
+        "# Template used to create this container: /usr/share/lxc/templates/lxc-download\n\
+         # Parameters passed to the template: -d debian -r bookworm -a amd64\n\
+         # For additional config options, please look at lxc.container.conf(5)\n\
+         \n\
+         # Uncomment the following line to support nesting containers:\n\
+         #lxc.include = /usr/share/lxc/config/nesting.conf\n\
+         # (Be aware this has security implications)\n\
+         \n\
+         \n\
+         # Distribution configuration\n\
+         lxc.include = /usr/share/lxc/config/common.conf\n\
+         lxc.include = /usr/share/lxc/config/userns.conf\n\
+         lxc.arch = linux64\n\
+         \n\
+         # Container specific configuration\n\
+         lxc.idmap = u 0 {base} 65536\n\
+         lxc.idmap = g 0 {base} 65536\n\
+         lxc.rootfs.path = dir:{}/{name}/rootfs\n\
+         lxc.uts.name = {name}\n\
+         \n\
+         # Network configuration\n\
+         lxc.net.0.type = veth\n\
+         lxc.net.0.link = lxcbr0\n\
+         lxc.net.0.flags = up\n",
+        lxcpath.display()
+    )
+}
+
+/// A container NAME under a fresh LXCPATH (in /var/tmp, reachable by every user) whose rootfs
+/// is a copy of `src` (a host-view tree) shifted into `base`; owned by `owner` (the LXCPATH,
+/// the container directory and its config) when given. Needs root.
+pub fn container(src: &Path, name: &str, base: u32, owner: Option<&TestUser>) -> Container {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lxcpath = tmp.path().join("lxc");
+    let dir = lxcpath.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rootfs = dir.join("rootfs");
+    let out = run(Command::new("cp").arg("-a").arg(src).arg(&rootfs));
+    assert_code(&out, 0);
+    let out = run(&mut idshift(&[
+        "shift",
+        rootfs.to_str().unwrap(),
+        &format!("b:0:{base}:65536"),
+        "--progress",
+        "never",
+    ]));
+    assert_code(&out, 0);
+    let config = dir.join("config");
+    std::fs::write(&config, config_text(&lxcpath, name, base)).unwrap();
+    if let Some(u) = owner {
+        for p in [&lxcpath, &dir, &config] {
+            std::os::unix::fs::chown(p, Some(u.uid), Some(u.gid)).unwrap();
+        }
+    }
+    Container {
+        tmp,
+        lxcpath,
+        name: name.to_string(),
+        rootfs,
+        config,
+    }
+}
+
+impl Container {
+    pub fn config_now(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap()
+    }
+
+    /// `ARGS... NAME -P LXCPATH` for a container command.
+    pub fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = args.to_vec();
+        v.extend([self.name.as_str(), "-P", self.lxcpath.to_str().unwrap()]);
+        v
+    }
+}

@@ -1,0 +1,565 @@
+//! The container workflows on real LXC layouts: `migrate` (as root and unprivileged, killed at
+//! every point and resumed, and its refusals), unprivileged `shift`, and `exec --rootfs`.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::lxc::*;
+use common::tree::*;
+use common::*;
+use idshift::shift::{acl, caps};
+
+fn plus(delta: i64) -> impl Fn(idshift::idmap::IdKind, u32) -> Option<u32> {
+    move |_, id| u32::try_from(i64::from(id) + delta).ok()
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// Inside the container's namespace, the files of `rootfs` owned by an unmapped id.
+fn unmapped_files(c: &Container, user: Option<&TestUser>) -> String {
+    let rootfs = c.rootfs.to_str().unwrap();
+    let mut args = c.args(&["exec", "--container"]);
+    args.extend([
+        "--", "find", rootfs, "-xdev", "(", "-uid", "65534", "-o", "-gid", "65534", ")", "-print",
+    ]);
+    let out = match user {
+        Some(u) => run(&mut idshift_as(u, &args)),
+        None => run(&mut idshift(&args)),
+    };
+    assert_code(&out, 0);
+    stdout(&out)
+}
+
+/// Sample ACLs and a capability of our own in a container rootfs at `base`, besides the ones
+/// the packages set (ping's capability, the setuid files).
+fn decorate(rootfs: &Path, base: u32) {
+    let id = |x: u32| (x + base).to_le_bytes();
+    let mut a = vec![2, 0, 0, 0];
+    for (tag, perm, who) in [
+        (1u16, 6u16, None),
+        (2, 6, Some(1000)),
+        (4, 4, None),
+        (8, 4, Some(50)),
+        (16, 6, None),
+        (32, 0, None),
+    ] {
+        a.extend(tag.to_le_bytes());
+        a.extend(perm.to_le_bytes());
+        a.extend(who.map(id).unwrap_or([255; 4]));
+    }
+    set_xattr(&rootfs.join("etc/debian_version"), acl::ACCESS, &a);
+    let mut cap = caps::decode(&CAP_NET_RAW_V2).unwrap().with_rootid(base);
+    cap.rootid = base;
+    set_xattr(
+        &rootfs.join("usr/bin/dpkg"),
+        caps::NAME,
+        &caps::encode(&cap),
+    );
+}
+
+fn migrate(c: &Container, user: Option<&TestUser>, extra: &[&str]) -> Output {
+    let mut args = c.args(&["migrate"]);
+    args.extend(extra);
+    args.extend(["--progress", "never"]);
+    match user {
+        Some(u) => run(&mut idshift_as(u, &args)),
+        None => run(&mut idshift(&args)),
+    }
+}
+
+#[test]
+fn migrate_a_real_container_as_root() {
+    let Some(_) = require!(Root) else { return };
+    let Some(src) = test_rootfs() else { return };
+    let c = container(&src, "c1", 100000, None);
+    decorate(&c.rootfs, 100000);
+    let before = snapshot(&c.rootfs);
+
+    let out = migrate(&c, None, &["--to", "300000"]);
+    assert_code(&out, 0);
+    assert_shifted(&before, &snapshot(&c.rootfs), &plus(200000));
+    // Only the two idmap lines changed, in place.
+    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
+    assert_eq!(unmapped_files(&c, None), "");
+    let passwd = c.rootfs.join("usr/bin/passwd");
+    let mut a = c.args(&["exec", "--container"]);
+    a.extend(["--", "stat", "-c", "%u:%g %a", passwd.to_str().unwrap()]);
+    let out = run(&mut idshift(&a));
+    assert_eq!(stdout(&out), "0:0 4755\n");
+
+    // The same migrate again changes nothing.
+    let after = snapshot(&c.rootfs);
+    let out = migrate(&c, None, &["--to", "300000"]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("already names"), "{}", stdout(&out));
+    assert_same_tree(&snapshot(&c.rootfs), &after, "the rootfs");
+
+    // --to-map and --dry-run: nothing written.
+    let out = migrate(&c, None, &["--to-map", "b:0:400000:65536", "--dry-run"]);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("would name 'u:0:400000:65536 g:0:400000:65536'"),
+        "{}",
+        stdout(&out)
+    );
+    assert_same_tree(&snapshot(&c.rootfs), &after, "the rootfs");
+    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
+}
+
+#[test]
+fn unprivileged_migrate_between_the_users_two_ranges() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let Some(src) = test_rootfs() else { return };
+    let user = env.user();
+    let c = container(&src, "c1", 200000, Some(user));
+    decorate(&c.rootfs, 200000);
+    let before = snapshot(&c.rootfs);
+
+    let out = migrate(&c, Some(user), &["--to", "300000"]);
+    assert_code(&out, 0);
+    let moved = snapshot(&c.rootfs);
+    assert_shifted(&before, &moved, &plus(100000));
+    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
+    assert_eq!(
+        owner(&c.config),
+        (user.uid, user.gid),
+        "the config changed owner"
+    );
+    assert_eq!(unmapped_files(&c, Some(user)), "");
+
+    // Back with --to auto: the user's first free block is 200000 again; every byte as before
+    // (but the atimes `find` just set).
+    let out = migrate(&c, Some(user), &["--to", "auto"]);
+    assert_code(&out, 0);
+    assert_same_tree(
+        &without_times_and_inodes(&snapshot(&c.rootfs)),
+        &without_times_and_inodes(&before),
+        "the rootfs",
+    );
+    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 200000));
+}
+
+#[test]
+fn unprivileged_refusals_change_nothing() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let Some(src) = test_rootfs() else { return };
+    let user = env.user();
+    let c = container(&src, "c1", 200000, Some(user));
+    let before = snapshot(&c.rootfs);
+    let config = c.config_now();
+    // A range the user does not own, as a target and as a source.
+    let out = migrate(&c, Some(user), &["--to", "100000"]);
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("host uids 100000-165535 of the TO map") && err.contains("not delegated to"),
+        "{err}"
+    );
+    let root = c.rootfs.to_str().unwrap();
+    let out = run(&mut idshift_as(
+        user,
+        &[
+            "shift",
+            root,
+            "--from",
+            "b:0:100000:65536",
+            "--to",
+            "b:0:300000:65536",
+        ],
+    ));
+    assert_code(&out, 3);
+    // The host view needs root.
+    let out = run(&mut idshift_as(
+        user,
+        &["shift", root, "b:0:200000:65536", "-r"],
+    ));
+    assert_code(&out, 3);
+    assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
+    assert_same_tree(&snapshot(&c.rootfs), &before, "the rootfs");
+    assert_eq!(c.config_now(), config);
+}
+
+// Inside the namespace a host-root (v2) capability or an ACL entry naming a foreign id could not
+// be written back after the chown: those inodes are reported and left whole; root finishes them.
+#[test]
+fn unprivileged_shift_leaves_what_it_could_not_restore() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let user = env.user();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let root = tmp.path().join("rootfs");
+    std::fs::create_dir(&root).unwrap();
+    for f in ["plain", "hostcap", "foreignacl", "nscap"] {
+        std::fs::write(root.join(f), f).unwrap();
+    }
+    let v3 = caps::encode(&caps::decode(&CAP_NET_RAW_V2).unwrap().with_rootid(200000));
+    set_xattr(&root.join("nscap"), caps::NAME, &v3);
+    set_xattr(&root.join("foreignacl"), acl::ACCESS, &sample_acl()); // names 70000
+    let out = run(&mut idshift(&[
+        "shift",
+        root.to_str().unwrap(),
+        "b:0:200000:65536",
+        "--progress",
+        "never",
+    ]));
+    assert_code(&out, 0);
+    // After that shift, which made every capability the container's: one of host root's.
+    set_xattr(&root.join("hostcap"), caps::NAME, &CAP_NET_RAW_V2);
+    std::os::unix::fs::chown(tmp.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let before = snapshot(&root);
+
+    let args = [
+        "shift",
+        root.to_str().unwrap(),
+        "--from",
+        "b:0:200000:65536",
+        "--to",
+        "b:0:300000:65536",
+        "--progress",
+        "never",
+    ];
+    let out = run(&mut idshift_as(user, &args));
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("hostcap: keep xattrs: its file capability belongs to root id 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("foreignacl: keep xattrs: its ACL names uid -1 (unmapped)"),
+        "{err}"
+    );
+    let after = snapshot(&root);
+    for f in ["hostcap", "foreignacl"] {
+        assert_eq!(after[Path::new(f)], before[Path::new(f)], "{f} was touched");
+    }
+    assert_eq!(owner(&root.join("plain")), (300000, 300000));
+    let nscap = caps::decode(&get_xattr(&root.join("nscap"), caps::NAME).unwrap()).unwrap();
+    assert_eq!(nscap.rootid, 300000);
+
+    // Root runs the same shift and finishes the two.
+    let out = run(&mut idshift(&args));
+    assert_code(&out, 0);
+    assert_eq!(owner(&root.join("hostcap")), (300000, 300000));
+    assert_eq!(
+        get_xattr(&root.join("hostcap"), caps::NAME).unwrap(),
+        CAP_NET_RAW_V2.to_vec()
+    );
+    assert_eq!(owner(&root.join("foreignacl")), (300000, 300000));
+}
+
+/// The invariant a killed migrate must keep: the config names the new map only if the rootfs
+/// records it and no shift is pending.
+fn config_is_honest(c: &Container, new_base: u32) {
+    let names_new = c.config_now() == config_text(&c.lxcpath, &c.name, new_base);
+    if names_new {
+        let rec = get_xattr(&c.rootfs, c"user.idshift.map").unwrap_or_default();
+        let rec = String::from_utf8_lossy(&rec);
+        assert!(
+            rec.starts_with(&format!("u:0:{new_base}:65536 g:0:{new_base}:65536\n")),
+            "{rec}"
+        );
+        assert!(get_xattr(&c.rootfs, c"user.idshift.pending").is_none());
+    }
+}
+
+fn killed(out: &Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    out.status.signal() == Some(9) || out.status.code() == Some(128 + 9)
+}
+
+#[test]
+fn migrate_killed_at_every_step_finishes_on_rerun() {
+    let Some(_) = require!(Root) else { return };
+    let sample = tempfile::tempdir().unwrap();
+    let src = sample.path().join("rootfs");
+    build_sample(&src);
+    let reference = {
+        let c = container(&src, "c1", 100000, None);
+        assert_code(&migrate(&c, None, &["--to", "200000"]), 0);
+        without_times_and_inodes(&snapshot(&c.rootfs))
+    };
+    let mut step = 1;
+    loop {
+        let c = container(&src, "c1", 100000, None);
+        let mut args = c.args(&["migrate"]);
+        args.extend(["--to", "200000", "--progress", "never"]);
+        let out = run(idshift(&args).env("IDSHIFT_CRASH_AFTER_STEPS", step.to_string()));
+        if !killed(&out) {
+            assert_code(&out, 0);
+            assert!(step > 10, "only {step} kill points");
+            break;
+        }
+        config_is_honest(&c, 200000);
+        let again = migrate(&c, None, &["--to", "200000"]);
+        assert_code(&again, 0);
+        assert_same_tree(
+            &without_times_and_inodes(&snapshot(&c.rootfs)),
+            &reference,
+            &format!("killed before step {step}"),
+        );
+        assert_eq!(
+            c.config_now(),
+            config_text(&c.lxcpath, "c1", 200000),
+            "step {step}"
+        );
+        step += 1;
+    }
+}
+
+#[test]
+fn unprivileged_migrate_killed_midway_finishes_on_rerun() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let Some(src) = test_rootfs() else { return };
+    let user = env.user();
+    let reference = {
+        let c = container(&src, "c1", 200000, Some(user));
+        assert_code(&migrate(&c, Some(user), &["--to", "300000"]), 0);
+        without_times_and_inodes(&snapshot(&c.rootfs))
+    };
+    for step in [1, 2, 3, 50, 2000, 6000] {
+        let c = container(&src, "c1", 200000, Some(user));
+        let mut args = c.args(&["migrate"]);
+        args.extend(["--to", "auto", "--progress", "never"]);
+        let mut cmd = idshift_as(user, &args);
+        cmd.env("IDSHIFT_CRASH_AFTER_STEPS", step.to_string());
+        let out = run(&mut cmd);
+        assert!(
+            killed(&out),
+            "step {step}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+        config_is_honest(&c, 300000);
+        // `auto` resumes the interrupted target, not some other free block.
+        let again = migrate(&c, Some(user), &["--to", "auto"]);
+        assert_code(&again, 0);
+        assert_same_tree(
+            &without_times_and_inodes(&snapshot(&c.rootfs)),
+            &reference,
+            &format!("killed before step {step}"),
+        );
+        assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
+    }
+}
+
+#[test]
+fn migrate_error_paths() {
+    let Some(_) = require!(Root) else { return };
+    let sample = tempfile::tempdir().unwrap();
+    let src = sample.path().join("rootfs");
+    build_sample(&src);
+    let c = container(&src, "c1", 100000, None);
+    let lxcpath = c.lxcpath.to_str().unwrap();
+    let one_line = |out: &Output, code: i32, want: &str| {
+        assert_code(out, code);
+        let err = stderr(out);
+        assert!(err.contains(want), "wanted '{want}' in: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    };
+    one_line(
+        &run(&mut idshift(&[
+            "migrate", "nope", "-P", lxcpath, "--to", "200000",
+        ])),
+        2,
+        "container 'nope' not found",
+    );
+    one_line(
+        &run(&mut idshift(&[
+            "migrate", "c1", "-P", lxcpath, "--to", "x2",
+        ])),
+        2,
+        "--to 'x2': expected a host id",
+    );
+
+    // A config without lxc.idmap (a privileged container).
+    std::fs::create_dir(c.lxcpath.join("priv")).unwrap();
+    std::fs::write(
+        c.lxcpath.join("priv/config"),
+        "lxc.arch = linux64\nlxc.rootfs.path = dir:/nonexistent\n",
+    )
+    .unwrap();
+    one_line(
+        &run(&mut idshift(&[
+            "migrate", "priv", "-P", lxcpath, "--to", "200000",
+        ])),
+        2,
+        "no lxc.idmap lines",
+    );
+    // A rootfs that is not there.
+    std::fs::create_dir(c.lxcpath.join("gone")).unwrap();
+    std::fs::write(
+        c.lxcpath.join("gone/config"),
+        config_text(&c.lxcpath, "gone", 100000),
+    )
+    .unwrap();
+    one_line(
+        &run(&mut idshift(&[
+            "migrate", "gone", "-P", lxcpath, "--to", "200000",
+        ])),
+        2,
+        "rootfs",
+    );
+}
+
+#[test]
+fn migrate_refuses_a_running_container() {
+    let Some(_) = require!(Root) else { return };
+    let Some(src) = test_rootfs() else { return };
+    let c = container(&src, "c1", 100000, None);
+    let lxcpath = c.lxcpath.to_str().unwrap();
+    let one_line = |out: &Output, code: i32, want: &str| {
+        assert_code(out, code);
+        let err = stderr(out);
+        assert!(err.contains(want), "wanted '{want}' in: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    };
+    // The processes below read files in the rootfs (atimes): compare the rest.
+    let before = without_times_and_inodes(&snapshot(&c.rootfs));
+    let config = c.config_now();
+    // A process with its root in the rootfs (as `lxc-start -F` leaves one)...
+    let mut chrooted = Command::new("chroot")
+        .arg(&c.rootfs)
+        .args(["/bin/sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = run(&mut idshift(&[
+        "migrate", "c1", "-P", lxcpath, "--to", "200000",
+    ]));
+    let _ = chrooted.kill();
+    let _ = chrooted.wait();
+    one_line(&out, 3, "container 'c1' is running (process ");
+    // ...and LXC's monitor process, whose title names the lxcpath and the container.
+    let title = format!("[lxc monitor] {lxcpath} c1");
+    let mut monitor = Command::new("bash")
+        .args(["-c", &format!("exec -a '{title}' sleep 30")])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = run(&mut idshift(&[
+        "migrate", "c1", "-P", lxcpath, "--to", "200000",
+    ]));
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    one_line(&out, 3, "container 'c1' is running (its monitor process");
+    assert_same_tree(
+        &without_times_and_inodes(&snapshot(&c.rootfs)),
+        &before,
+        "the rootfs",
+    );
+    assert_eq!(c.config_now(), config);
+}
+
+#[test]
+fn exec_rootfs_fixes_up_a_stopped_container_unprivileged() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let Some(src) = test_rootfs() else { return };
+    let user = env.user();
+    let c = container(&src, "c1", 200000, Some(user));
+    let rootfs = c.rootfs.to_str().unwrap();
+    let mut args = c.args(&["exec", "--container"]);
+    args.extend([
+        "--rootfs",
+        rootfs,
+        "--",
+        "sh",
+        "-c",
+        "echo pid=$$ home=$HOME path=$PATH; id -u; dpkg -l | grep -c '^ii'; ls /proc | grep -c '^[0-9]'; \
+         passwd -d root >/dev/null && useradd -m bob && echo hi > /root/note && head -c1 /dev/urandom | wc -c",
+    ]);
+    let out = run(&mut idshift_as(user, &args));
+    assert_code(&out, 0);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines[0],
+        "pid=2 home=/root path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(lines[1], "0");
+    assert!(lines[2].parse::<u32>().unwrap() > 50, "dpkg -l: {lines:?}");
+    assert!(
+        lines[3].parse::<u32>().unwrap() < 10,
+        "a fresh /proc shows only the namespace's processes: {lines:?}"
+    );
+    assert_eq!(lines[4], "1");
+    // What the command wrote is owned by the container's ids on the host.
+    assert_eq!(owner(&c.rootfs.join("home/bob")), (201000, 201000));
+    assert_eq!(owner(&c.rootfs.join("root/note")), (200000, 200000));
+    let shadow = std::fs::read_to_string(c.rootfs.join("etc/shadow")).unwrap();
+    assert!(shadow.starts_with("root::"), "{shadow}");
+    assert!(shadow.contains("\nbob:"), "{shadow}");
+    let shadow_gid = std::fs::read_to_string(c.rootfs.join("etc/group"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("shadow:"))
+        .unwrap()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse::<u32>()
+        .unwrap();
+    assert_eq!(
+        owner(&c.rootfs.join("etc/shadow")),
+        (200000, 200000 + shadow_gid)
+    );
+    // Nothing was left mounted on the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(rootfs), "{mounts}");
+
+    // The command's own status comes back; an unknown command is 127; a missing rootfs 125.
+    let mut a = c.args(&["exec", "--container"]);
+    a.extend(["--rootfs", rootfs, "--", "sh", "-c", "exit 7"]);
+    assert_code(&run(&mut idshift_as(user, &a)), 7);
+    let mut a = c.args(&["exec", "--container"]);
+    a.extend(["--rootfs", rootfs, "--", "no-such-command"]);
+    assert_code(&run(&mut idshift_as(user, &a)), 127);
+    let missing = format!("{rootfs}-missing");
+    let mut a = c.args(&["exec", "--container"]);
+    a.extend(["--rootfs", missing.as_str(), "--", "true"]);
+    let out = run(&mut idshift_as(user, &a));
+    assert_code(&out, 125);
+    assert!(stderr(&out).contains(&missing), "{}", stderr(&out));
+}
+
+#[test]
+fn exec_rootfs_forwards_signals_through_its_pid_1() {
+    let Some(_) = require!(Root) else { return };
+    let Some(src) = test_rootfs() else { return };
+    let c = container(&src, "c1", 100000, None);
+    let mut args = c.args(&["exec", "--container"]);
+    args.extend(["--rootfs", c.rootfs.to_str().unwrap(), "--", "sleep", "60"]);
+    let start = std::time::Instant::now();
+    let child = idshift(&args).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 128 + 15);
+    assert!(
+        start.elapsed().as_secs() < 30,
+        "the signal did not reach the command"
+    );
+}

@@ -507,6 +507,11 @@ fn init(
     become_ids(Some(0), Some(0), setgroups, &status);
     enter_rootfs(&status);
     become_ids(uid, gid, setgroups, &status);
+    // After the id changes, which clear it. (Its parent is outside this PID namespace, so
+    // getppid() is 0 here and cannot tell whether that parent is still there.)
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail(&status, Stage::Prepare, e);
+    }
     let me = nix::unistd::getpid();
     match sys::fork() {
         Err(e) => fail(&status, Stage::Prepare, e),

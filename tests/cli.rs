@@ -15,7 +15,9 @@ fn completions_for_every_shell() {
         assert_code(&out, 0);
         let text = stdout(&out);
         assert!(text.contains(marker), "{shell}: {marker} missing");
-        for sub in ["exec", "shift", "status", "ranges"] {
+        for sub in [
+            "exec", "shift", "status", "ranges", "migrate", "mount", "umount",
+        ] {
             assert!(text.contains(sub), "{shell}: no {sub}");
         }
     }
@@ -45,6 +47,9 @@ fn man_pages_render() {
         "idshift-shift.1",
         "idshift-status.1",
         "idshift-ranges.1",
+        "idshift-migrate.1",
+        "idshift-mount.1",
+        "idshift-umount.1",
     ] {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
         assert!(text.contains(".SH SYNOPSIS"), "{page}");
@@ -67,6 +72,7 @@ fn help_and_version() {
         "--map <SPEC>",
         "--container <NAME>",
         "--oci-config",
+        "--rootfs <DIR>",
         "Exit status",
         "127",
     ] {

@@ -563,3 +563,111 @@ fn exec_rootfs_forwards_signals_through_its_pid_1() {
         "the signal did not reach the command"
     );
 }
+
+/// Stops the container when the test ends.
+struct Started<'a>(&'a Container);
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("lxc-stop")
+            .args([
+                "-k",
+                "-n",
+                &self.0.name,
+                "-P",
+                self.0.lxcpath.to_str().unwrap(),
+            ])
+            .output();
+    }
+}
+
+fn lxc(tool: &str, c: &Container, rest: &[&str]) -> Output {
+    let mut cmd = Command::new(tool);
+    cmd.args(["-n", &c.name, "-P", c.lxcpath.to_str().unwrap()])
+        .args(rest);
+    run(&mut cmd)
+}
+
+/// The container as LXC really runs it: refused while running (lxc-info and the monitor process
+/// say so), migrated once stopped, and after migrating back it starts again and its files are
+/// root's inside.
+#[test]
+fn a_real_lxc_container_running_then_migrated_and_started_again() {
+    let Some(_) = require!(Root) else { return };
+    let Some(src) = test_rootfs() else { return };
+    if !on_path("lxc-start") {
+        eprintln!("skipped: LXC is not installed (run .ci/setup-test-env)");
+        return;
+    }
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    if !subuid.lines().any(|l| l.starts_with("root:100000:")) {
+        eprintln!("skipped: root has no root:100000:65536 in /etc/subuid (run .ci/setup-test-env)");
+        return;
+    }
+    let c = container(&src, "r1", 100000, None);
+    // No network (the test machine may have no lxcbr0) and an init that just waits.
+    let config = c.config_now().replace(
+        "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
+        "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
+    );
+    std::fs::write(&c.config, &config).unwrap();
+    let log = c.tmp.path().join("lxc.log");
+    let start = |c: &Container| {
+        lxc(
+            "lxc-start",
+            c,
+            &["-d", "-l", "INFO", "-o", log.to_str().unwrap()],
+        )
+    };
+    let out = start(&c);
+    if out.status.code() != Some(0) {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .take(3)
+            .collect();
+        eprintln!("skipped: this machine cannot start LXC containers: {errors:?}");
+        return;
+    }
+    let started = Started(&c);
+    assert_eq!(
+        stdout(&lxc("lxc-info", &c, &["-s", "-H"])).trim(),
+        "RUNNING"
+    );
+
+    let before = without_times_and_inodes(&snapshot(&c.rootfs));
+    let out = migrate(&c, None, &["--to", "300000"]);
+    assert_code(&out, 3);
+    assert!(
+        stderr(&out).contains("container 'r1' is running (lxc-info says RUNNING)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same_tree(
+        &without_times_and_inodes(&snapshot(&c.rootfs)),
+        &before,
+        "the rootfs",
+    );
+    assert_eq!(c.config_now(), config);
+
+    drop(started);
+    assert_eq!(
+        stdout(&lxc("lxc-info", &c, &["-s", "-H"])).trim(),
+        "STOPPED"
+    );
+    assert_code(&migrate(&c, None, &["--to", "300000"]), 0);
+    assert_eq!(owner(&c.rootfs.join("usr/bin/passwd")), (300000, 300000));
+    assert_code(&migrate(&c, None, &["--to", "100000"]), 0);
+    assert_eq!(c.config_now(), config);
+
+    assert_code(&start(&c), 0);
+    let _started = Started(&c);
+    let out = lxc(
+        "lxc-attach",
+        &c,
+        &["--", "stat", "-c", "%u:%g %a", "/usr/bin/passwd"],
+    );
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "0:0 4755\n");
+}

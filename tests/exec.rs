@@ -319,12 +319,25 @@ fn the_command_dies_when_idshift_dies() {
 #[test]
 fn interactive_shell_on_a_terminal_has_job_control() {
     let Some(_) = require!(Root) else { return };
+    job_control_on_a_terminal("-m b:0:100000:65536");
+}
+
+/// The same under `--rootfs`, where the shell is PID 2 behind idshift's PID 1.
+#[test]
+fn interactive_shell_in_a_rootfs_has_job_control() {
+    let Some(_) = require!(Root) else { return };
+    let Some(rootfs) = test_rootfs() else { return };
+    // The host-view rootfs as it is (identity map); bash writes no history into it.
+    job_control_on_a_terminal(&format!("-m b:0:0:65536 --rootfs {}", rootfs.display()));
+}
+
+fn job_control_on_a_terminal(exec_args: &str) {
     if !on_path("script") || !on_path("bash") {
         eprintln!("skipped: needs script(1) and bash");
         return;
     }
     let cmd = format!(
-        "{} exec -m b:0:100000:65536 -- bash --norc --noprofile -i",
+        "{} exec {exec_args} -- bash --norc --noprofile -i",
         bin().display()
     );
     let mut child = Command::new("script")
@@ -333,6 +346,7 @@ fn interactive_shell_on_a_terminal_has_job_control() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env("PS1", "$ ")
+        .env("HISTFILE", "/dev/null")
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();

@@ -15,7 +15,7 @@ use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -201,9 +201,11 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
         Some(dir) => Action::ExecIn(&argv, RootfsPlan::new(dir, spec.uid.unwrap_or(0))?),
     };
     let plan = ChildPlan {
-        uid: spec.uid.filter(|_| spec.map.has(IdKind::Uid)),
-        gid: spec.gid.filter(|_| spec.map.has(IdKind::Gid)),
-        setgroups: spec.map.has(IdKind::Gid) && mapper.setgroups_allowed(&spec.map),
+        ids: Ids {
+            uid: spec.uid.filter(|_| spec.map.has(IdKind::Uid)),
+            gid: spec.gid.filter(|_| spec.map.has(IdKind::Gid)),
+            setgroups: spec.map.has(IdKind::Gid) && mapper.setgroups_allowed(&spec.map),
+        },
         action,
     };
     let describe = Describe {
@@ -226,9 +228,11 @@ pub fn call(map: &IdMap, mapper: &Mapper, f: impl FnOnce() -> u8) -> Result<i32>
         return Err(Error::Usage("the map is empty".into()));
     }
     let plan = ChildPlan {
-        uid: None,
-        gid: None,
-        setgroups: false,
+        ids: Ids {
+            uid: None,
+            gid: None,
+            setgroups: false,
+        },
         action: Action::Call(Box::new(f)),
     };
     launch(map, mapper, plan, &Describe::default())
@@ -237,10 +241,8 @@ pub fn call(map: &IdMap, mapper: &Mapper, f: impl FnOnce() -> u8) -> Result<i32>
 /// The `--rootfs` plan, built before the fork.
 struct RootfsPlan {
     dir: CString,
-    /// The container's `PATH`, searched inside the chroot.
-    path: Vec<CString>,
-    /// The caller's environment with the container's `PATH` and `HOME`.
-    env: Vec<CString>,
+    /// `HOME` inside: `/root` for uid 0, else `/`.
+    home: &'static str,
 }
 
 /// `PATH` inside a container, as Debian's root gets it.
@@ -255,26 +257,10 @@ impl RootfsPlan {
                 dir.display()
             )));
         }
-        let home = if uid == 0 { "/root" } else { "/" };
-        let mut env: Vec<CString> = std::env::vars_os()
-            .filter(|(k, _)| k != "PATH" && k != "HOME")
-            .filter_map(|(k, v)| {
-                let mut kv = k.into_vec();
-                kv.push(b'=');
-                kv.extend(v.as_bytes());
-                CString::new(kv).ok()
-            })
-            .collect();
-        env.push(CString::new(format!("PATH={CONTAINER_PATH}")).expect("no NUL"));
-        env.push(CString::new(format!("HOME={home}")).expect("no NUL"));
         Ok(RootfsPlan {
             dir: CString::new(dir.as_os_str().as_bytes())
                 .map_err(|_| Error::Usage("the --rootfs path contains a NUL byte".into()))?,
-            path: CONTAINER_PATH
-                .split(':')
-                .map(|d| CString::new(d).expect("no NUL"))
-                .collect(),
-            env,
+            home: if uid == 0 { "/root" } else { "/" },
         })
     }
 }
@@ -377,10 +363,17 @@ enum Action<'a> {
     Call(Box<dyn FnOnce() -> u8 + 'a>),
 }
 
-struct ChildPlan<'a> {
+/// The ids the command runs as inside; `None` keeps the (unmapped) one.
+#[derive(Clone, Copy)]
+struct Ids {
     uid: Option<u32>,
     gid: Option<u32>,
+    /// Whether `setgroups` may be called (not after an unprivileged direct `gid_map` write).
     setgroups: bool,
+}
+
+struct ChildPlan<'a> {
+    ids: Ids,
     action: Action<'a>,
 }
 
@@ -415,10 +408,9 @@ fn child(plan: ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, paren
         // The parent could not write the maps and reports why.
         sys::exit_now(125);
     }
-    let ids = plan_ids(&plan);
     match plan.action {
         Action::Exec(argv) => {
-            become_ids(plan.uid, plan.gid, plan.setgroups, &status);
+            become_ids(plan.ids, &status);
             // After the id changes, which clear it: the command dies with idshift.
             prepare_exec(&status, old_mask, parent);
             let Err(e) = nix::unistd::execvp(&argv[0], argv);
@@ -429,7 +421,9 @@ fn child(plan: ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, paren
             // The first child in the new PID namespace is its PID 1.
             match sys::fork() {
                 Err(e) => fail(&status, Stage::Prepare, e),
-                Ok(nix::unistd::ForkResult::Child) => init(&ids, argv, &rootfs, status, old_mask),
+                Ok(nix::unistd::ForkResult::Child) => {
+                    init(plan.ids, argv, &rootfs, status, old_mask)
+                }
                 Ok(nix::unistd::ForkResult::Parent { child }) => {
                     drop(status);
                     relay(child)
@@ -448,15 +442,10 @@ fn child(plan: ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, paren
     }
 }
 
-/// The ids to become: uid, gid, whether `setgroups` is allowed.
-fn plan_ids(plan: &ChildPlan) -> (Option<u32>, Option<u32>, bool) {
-    (plan.uid, plan.gid, plan.setgroups)
-}
-
 /// Drops supplementary groups (where allowed) and becomes `gid` and `uid`.
-fn become_ids(uid: Option<u32>, gid: Option<u32>, setgroups: bool, status: &OwnedFd) {
-    if let Some(gid) = gid {
-        if setgroups {
+fn become_ids(ids: Ids, status: &OwnedFd) {
+    if let Some(gid) = ids.gid {
+        if ids.setgroups {
             if let Err(e) = nix::unistd::setgroups(&[]) {
                 fail(status, Stage::Setgroups, e);
             }
@@ -466,7 +455,7 @@ fn become_ids(uid: Option<u32>, gid: Option<u32>, setgroups: bool, status: &Owne
             fail(status, Stage::Setresgid, e);
         }
     }
-    if let Some(uid) = uid {
+    if let Some(uid) = ids.uid {
         let uid = Uid::from_raw(uid);
         if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
             fail(status, Stage::Setresuid, e);
@@ -495,18 +484,16 @@ fn prepare_exec(status: &OwnedFd, old_mask: &SigSet, parent: Pid) {
 }
 
 /// PID 1 of the new PID namespace, in the rootfs: mounts, chroot, then the command as PID 2.
-fn init(
-    ids: &(Option<u32>, Option<u32>, bool),
-    argv: &[CString],
-    rootfs: &RootfsPlan,
-    status: OwnedFd,
-    old_mask: &SigSet,
-) -> ! {
-    let (uid, gid, setgroups) = *ids;
+fn init(ids: Ids, argv: &[CString], rootfs: &RootfsPlan, status: OwnedFd, old_mask: &SigSet) -> ! {
     // Mounting needs the namespace's root (validated to be mapped); the ids asked for come after.
-    become_ids(Some(0), Some(0), setgroups, &status);
+    let root = Ids {
+        uid: Some(0),
+        gid: Some(0),
+        ..ids
+    };
+    become_ids(root, &status);
     enter_rootfs(&status);
-    become_ids(uid, gid, setgroups, &status);
+    become_ids(ids, &status);
     // After the id changes, which clear it. (Its parent is outside this PID namespace, so
     // getppid() is 0 here and cannot tell whether that parent is still there.)
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
@@ -517,8 +504,12 @@ fn init(
         Err(e) => fail(&status, Stage::Prepare, e),
         Ok(nix::unistd::ForkResult::Child) => {
             prepare_exec(&status, old_mask, me);
-            let e = exec_in_path(argv, rootfs);
-            fail(&status, Stage::Exec, e)
+            // The caller's environment with the container's PATH (which execvp searches, inside
+            // the chroot) and HOME. This process is single-threaded.
+            std::env::set_var("PATH", CONTAINER_PATH);
+            std::env::set_var("HOME", rootfs.home);
+            let Err(e) = nix::unistd::execvp(&argv[0], argv);
+            fail(&status, Stage::Exec, exec_errno(&argv[0], e))
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(status);
@@ -603,63 +594,15 @@ fn minimal_dev() -> std::result::Result<(), Errno> {
     Ok(())
 }
 
-/// `execve`s the command, searching the container's `PATH` (not the caller's) for a bare name.
-fn exec_in_path(argv: &[CString], rootfs: &RootfsPlan) -> Errno {
-    let name = argv[0].as_bytes();
-    if name.contains(&b'/') {
-        let Err(e) = nix::unistd::execve(&argv[0], argv, &rootfs.env);
-        return e;
-    }
-    let mut found = Errno::ENOENT;
-    for dir in &rootfs.path {
-        let mut full = dir.as_bytes().to_vec();
-        full.push(b'/');
-        full.extend(name);
-        let full = CString::new(full).expect("no NUL");
-        let Err(e) = nix::unistd::execve(&full, argv, &rootfs.env);
-        // Like execvp: a file that exists but cannot be run is remembered, then keep looking.
-        if e != Errno::ENOENT && e != Errno::ENOTDIR {
-            found = e;
-        }
-    }
-    found
-}
-
-/// Waits for `child`, passing forwarded signals on, reaping every other child too (as PID 1
-/// must), and exits with the child's status (128+N for signal N).
+/// PID 1 under `--rootfs` (and its parent): waits for `child`, passing forwarded signals on and
+/// reaping every other child too (as PID 1 must), and exits with the child's status (128+N for
+/// signal N).
 fn relay(child: Pid) -> ! {
-    let signals = match SignalFd::with_flags(&forwarded_and_sigchld(), SfdFlags::SFD_CLOEXEC) {
-        Ok(fd) => fd,
-        Err(_) => sys::exit_now(wait_blocking(child).unwrap_or(125)),
+    let code = match SignalFd::with_flags(&forwarded_and_sigchld(), SfdFlags::SFD_CLOEXEC) {
+        Ok(signals) => forward_until_exit(child, &signals, true),
+        Err(_) => wait_blocking(child),
     };
-    loop {
-        let info = match signals.read_signal() {
-            Ok(Some(info)) => info,
-            Ok(None) | Err(Errno::EINTR) => continue,
-            Err(_) => sys::exit_now(wait_blocking(child).unwrap_or(125)),
-        };
-        let signo = info.ssi_signo as i32;
-        if signo == libc::SIGCHLD {
-            loop {
-                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(status) if status.pid() == Some(child) => {
-                        if let Some(code) = exit_code(status) {
-                            sys::exit_now(code);
-                        }
-                    }
-                    Ok(_) => {}
-                }
-            }
-            continue;
-        }
-        if info.ssi_code == libc::SI_KERNEL {
-            continue;
-        }
-        if let Ok(sig) = Signal::try_from(signo) {
-            let _ = kill(child, sig);
-        }
-    }
+    sys::exit_now(code.unwrap_or(125))
 }
 
 /// `execvp` answers EACCES when some directory of `PATH` cannot be searched (common inside a
@@ -784,6 +727,18 @@ fn supervise(
     }
     // The command runs: from here on the child is reaped below, not killed.
     guard.0 = None;
+    forward_until_exit(child, signals, false)
+}
+
+/// Passes the forwarded signals that arrive on `signals` on to `child` until it ends, and
+/// returns its exit code (128+N for signal N). With `reap_others` every other child that ends
+/// is reaped too: PID 1 inherits the orphans of its namespace.
+fn forward_until_exit(child: Pid, signals: &SignalFd, reap_others: bool) -> Result<i32> {
+    let reap = if reap_others {
+        Pid::from_raw(-1)
+    } else {
+        child
+    };
     loop {
         let info = match signals.read_signal() {
             Ok(Some(info)) => info,
@@ -795,14 +750,21 @@ fn supervise(
         };
         let signo = info.ssi_signo as i32;
         if signo == libc::SIGCHLD {
-            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-                Ok(status) => match exit_code(status) {
-                    Some(code) => return Ok(code),
-                    None => continue,
-                },
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(Error::sys("waitpid", e)),
+            // One SIGCHLD may stand for several children that ended.
+            loop {
+                match waitpid(reap, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => break,
+                    Ok(status) if status.pid() == Some(child) => {
+                        if let Some(code) = exit_code(status) {
+                            return Ok(code);
+                        }
+                    }
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) if reap_others => break,
+                    Err(e) => return Err(Error::sys("waitpid", e)),
+                }
             }
+            continue;
         }
         // A signal the terminal sent to the whole foreground process group reached the command
         // already; only signals sent to idshift alone are passed on.

@@ -100,40 +100,36 @@ pub fn rewrite_idmap(text: &str, map: &IdMap) -> String {
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim_start();
         let key = trimmed.split_once('=').map(|(k, _)| k.trim());
-        if !matches!(key, Some("lxc.idmap" | "lxc.id_map")) || trimmed.starts_with('#') {
-            out.push_str(line);
-            continue;
-        }
-        if !written {
-            let indent = &line[..line.len() - trimmed.len()];
-            let key = key.unwrap_or("lxc.idmap");
-            for e in map.all_entries() {
-                out.push_str(&format!(
-                    "{indent}{key} = {} {} {} {}\n",
-                    e.kind.letter(),
-                    e.ns_start,
-                    e.host_start,
-                    e.count
-                ));
+        match key {
+            Some(key @ ("lxc.idmap" | "lxc.id_map")) if !trimmed.starts_with('#') => {
+                if !written {
+                    push_idmap_lines(&mut out, &line[..line.len() - trimmed.len()], key, map);
+                    written = true;
+                }
             }
-            written = true;
+            _ => out.push_str(line),
         }
     }
     if !written {
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
-        for e in map.all_entries() {
-            out.push_str(&format!(
-                "lxc.idmap = {} {} {} {}\n",
-                e.kind.letter(),
-                e.ns_start,
-                e.host_start,
-                e.count
-            ));
-        }
+        push_idmap_lines(&mut out, "", "lxc.idmap", map);
     }
     out
+}
+
+/// `{indent}{key} = u 0 100000 65536`, one line per entry of `map`.
+fn push_idmap_lines(out: &mut String, indent: &str, key: &str, map: &IdMap) {
+    for e in map.all_entries() {
+        out.push_str(&format!(
+            "{indent}{key} = {} {} {} {}\n",
+            e.kind.letter(),
+            e.ns_start,
+            e.host_start,
+            e.count
+        ));
+    }
 }
 
 /// `u 0 100000 65536` → a spec; LXC knows only `u` and `g`.

@@ -101,6 +101,13 @@ mod tests {
         }
     }
 
+    fn alice() -> User {
+        User {
+            name: "alice".into(),
+            uid: 1000,
+        }
+    }
+
     fn view(text: &str) -> View {
         View::Map(IdMap::parse_list(text).unwrap())
     }
@@ -108,10 +115,7 @@ mod tests {
     #[test]
     fn maps_the_delegated_ranges_and_own_ids_onto_themselves() {
         let dir = tempfile::tempdir().unwrap();
-        let alice = User {
-            name: "alice".into(),
-            uid: 1000,
-        };
+        let alice = alice();
         let map = namespace_map(
             &view("b:0:200000:65536"),
             &view("b:0:300000:65536"),
@@ -131,10 +135,7 @@ mod tests {
     fn refuses_ranges_not_delegated_and_the_host_view() {
         let dir = tempfile::tempdir().unwrap();
         let f = files(dir.path());
-        let alice = User {
-            name: "alice".into(),
-            uid: 1000,
-        };
+        let alice = alice();
         let err = namespace_map(
             &view("b:0:200000:65536"),
             &view("b:0:100000:65536"),

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -14,11 +13,6 @@ use idshift::shift::{acl, caps};
 
 fn plus(delta: i64) -> impl Fn(idshift::idmap::IdKind, u32) -> Option<u32> {
     move |_, id| u32::try_from(i64::from(id) + delta).ok()
-}
-
-fn owner(p: &Path) -> (u32, u32) {
-    let m = std::fs::symlink_metadata(p).unwrap();
-    (m.uid(), m.gid())
 }
 
 /// Inside the container's namespace, the files of `rootfs` owned by an unmapped id.
@@ -369,20 +363,14 @@ fn migrate_error_paths() {
     build_sample(&src);
     let c = container(&src, "c1", 100000, None);
     let lxcpath = c.lxcpath.to_str().unwrap();
-    let one_line = |out: &Output, code: i32, want: &str| {
-        assert_code(out, code);
-        let err = stderr(out);
-        assert!(err.contains(want), "wanted '{want}' in: {err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-    };
-    one_line(
+    assert_one_error_line(
         &run(&mut idshift(&[
             "migrate", "nope", "-P", lxcpath, "--to", "200000",
         ])),
         2,
         "container 'nope' not found",
     );
-    one_line(
+    assert_one_error_line(
         &run(&mut idshift(&[
             "migrate", "c1", "-P", lxcpath, "--to", "x2",
         ])),
@@ -397,7 +385,7 @@ fn migrate_error_paths() {
         "lxc.arch = linux64\nlxc.rootfs.path = dir:/nonexistent\n",
     )
     .unwrap();
-    one_line(
+    assert_one_error_line(
         &run(&mut idshift(&[
             "migrate", "priv", "-P", lxcpath, "--to", "200000",
         ])),
@@ -411,7 +399,7 @@ fn migrate_error_paths() {
         config_text(&c.lxcpath, "gone", 100000),
     )
     .unwrap();
-    one_line(
+    assert_one_error_line(
         &run(&mut idshift(&[
             "migrate", "gone", "-P", lxcpath, "--to", "200000",
         ])),
@@ -426,12 +414,6 @@ fn migrate_refuses_a_running_container() {
     let Some(src) = test_rootfs() else { return };
     let c = container(&src, "c1", 100000, None);
     let lxcpath = c.lxcpath.to_str().unwrap();
-    let one_line = |out: &Output, code: i32, want: &str| {
-        assert_code(out, code);
-        let err = stderr(out);
-        assert!(err.contains(want), "wanted '{want}' in: {err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-    };
     // The processes below read files in the rootfs (atimes): compare the rest.
     let before = without_times_and_inodes(&snapshot(&c.rootfs));
     let config = c.config_now();
@@ -447,7 +429,7 @@ fn migrate_refuses_a_running_container() {
     ]));
     let _ = chrooted.kill();
     let _ = chrooted.wait();
-    one_line(&out, 3, "container 'c1' is running (process ");
+    assert_one_error_line(&out, 3, "container 'c1' is running (process ");
     // ...and LXC's monitor process, whose title names the lxcpath and the container.
     let title = format!("[lxc monitor] {lxcpath} c1");
     let mut monitor = Command::new("bash")
@@ -460,7 +442,7 @@ fn migrate_refuses_a_running_container() {
     ]));
     let _ = monitor.kill();
     let _ = monitor.wait();
-    one_line(&out, 3, "container 'c1' is running (its monitor process");
+    assert_one_error_line(&out, 3, "container 'c1' is running (its monitor process");
     assert_same_tree(
         &without_times_and_inodes(&snapshot(&c.rootfs)),
         &before,

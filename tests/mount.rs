@@ -17,6 +17,19 @@ impl Drop for Mounted {
     }
 }
 
+/// A fresh filesystem of type `fs` mounted at `at`, unmounted when the guard drops.
+fn mount_fs(fs: &str, at: &Path) -> Mounted {
+    nix::mount::mount(
+        Some(fs),
+        at,
+        Some(fs),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    Mounted(at.to_path_buf())
+}
+
 fn mount_shows_the_tree_shifted(base: &Path) {
     let tmp = tempfile::tempdir_in(base).unwrap();
     let src = tmp.path().join("src");
@@ -63,9 +76,7 @@ fn mount_shows_the_tree_shifted(base: &Path) {
 
     // A chown through the mount lands on disk mapped back: 100001:100002 is 1:2.
     nix::unistd::chown(&dst.join("etc"), Some(100001.into()), Some(100002.into())).unwrap();
-    let etc = std::fs::symlink_metadata(src.join("etc")).unwrap();
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!((etc.uid(), etc.gid()), (1, 2));
+    assert_eq!(owner(&src.join("etc")), (1, 2));
 
     let out = run(&mut idshift(&["umount", dst.to_str().unwrap()]));
     assert_code(&out, 0);
@@ -83,15 +94,7 @@ fn mount_on_ext4_or_the_root_filesystem() {
 fn mount_on_tmpfs() {
     let Some(_) = require!(Root) else { return };
     let tmp = tempfile::tempdir().unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        tmp.path(),
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    let _fs = Mounted(tmp.path().to_path_buf());
+    let _fs = mount_fs("tmpfs", tmp.path());
     mount_shows_the_tree_shifted(tmp.path());
 }
 
@@ -106,21 +109,8 @@ fn recursive_mount_shows_submounts_too() {
     );
     std::fs::create_dir_all(&sub).unwrap();
     std::fs::create_dir(&dst).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &sub,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    let _sub = Mounted(sub.clone());
+    let _sub = mount_fs("tmpfs", &sub);
     std::fs::write(sub.join("f"), b"x").unwrap();
-    let owner = |p: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(p).unwrap();
-        (m.uid(), m.gid())
-    };
     for (flag, want) in [(None, None), (Some("--recursive"), Some((200000, 200000)))] {
         let mut args = vec!["mount", "-m", "b:0:200000:65536"];
         args.extend(flag);
@@ -146,31 +136,16 @@ fn a_filesystem_without_idmapped_mounts_is_named() {
     std::fs::create_dir(&src).unwrap();
     std::fs::create_dir(&dst).unwrap();
     // ramfs has no FS_ALLOW_IDMAP.
-    nix::mount::mount(
-        Some("ramfs"),
-        &src,
-        Some("ramfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    let _fs = Mounted(src.clone());
+    let _fs = mount_fs("ramfs", &src);
     let out = run(&mut idshift(&[
         "mount",
         "-m",
-        // Wide enough for the sample's outliers: through an idmapped mount an unmapped id shows
-        // as the overflow id (owners) or -1 (ACL entries).
-        "b:0:100000:131072",
+        "b:0:100000:65536",
         src.to_str().unwrap(),
         dst.to_str().unwrap(),
     ]));
-    assert_code(&out, 1);
-    let err = stderr(&out);
-    assert!(
-        err.contains("does not support idmapped mounts") && err.contains("(ramfs)"),
-        "{err}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = assert_one_error_line(&out, 1, "does not support idmapped mounts");
+    assert!(err.contains("(ramfs)"), "{err}");
     // Nothing was mounted at DST.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(dst.to_str().unwrap()), "{mounts}");
@@ -189,15 +164,7 @@ fn umount_refuses_what_idshift_did_not_mount() {
         "{}",
         stderr(&out)
     );
-    nix::mount::mount(
-        Some("tmpfs"),
-        &dir,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
-    let _fs = Mounted(dir.clone());
+    let _fs = mount_fs("tmpfs", &dir);
     let out = run(&mut idshift(&["umount", dir.to_str().unwrap()]));
     assert_code(&out, 2);
     assert!(

@@ -186,6 +186,23 @@ pub fn assert_code(out: &Output, code: i32) {
     );
 }
 
+/// Asserts the exit code and that stderr is one line containing `want`; returns that line.
+#[track_caller]
+pub fn assert_one_error_line(out: &Output, code: i32, want: &str) -> String {
+    assert_code(out, code);
+    let err = stderr(out);
+    assert!(err.contains(want), "wanted '{want}' in: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
+/// The owner and group of `path` itself (not following a symlink).
+pub fn owner(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).unwrap();
+    (m.uid(), m.gid())
+}
+
 /// `/proc/PID/{uid,gid}_map` lines as (ns, host, count).
 pub type ProcMap = Vec<(u32, u32, u32)>;
 

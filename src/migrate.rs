@@ -177,11 +177,9 @@ pub fn running(lxcpath: &Path, name: &str, rootfs: &Path) -> Option<String> {
             continue;
         };
         let dir = entry.path();
+        // The monitor's title replaces its argv[0] (the first NUL-separated field).
         if let Ok(cmdline) = std::fs::read(dir.join("cmdline")) {
-            let title = String::from_utf8_lossy(&cmdline);
-            let title = title.trim_end_matches('\0');
-            if title.trim_end_matches('/') == monitor || title.starts_with(&format!("{monitor}\0"))
-            {
+            if cmdline.split(|&b| b == 0).next() == Some(monitor.as_bytes()) {
                 return Some(format!("its monitor process {pid} exists"));
             }
         }

@@ -263,6 +263,11 @@ pub struct ShiftCommon {
     /// Print each change.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+
+    /// Go ahead although the tree is in use (a process has its root or working directory in
+    /// it, or LXC says its container is running); says what it overrides.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -332,6 +337,11 @@ pub struct ExecArgs {
     /// For scripted fix-ups of a stopped container, as its own root.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+
+    /// With --rootfs: go ahead although the rootfs is in use (a process has its root or working
+    /// directory in it, or LXC says the --container is running); says what it overrides.
+    #[arg(long, requires = "rootfs")]
+    pub force: bool,
 
     /// The uid to run the command as, inside the namespace [default: 0].
     #[arg(long, value_name = "UID")]

@@ -193,7 +193,10 @@ pub fn run(keep: bool) -> Result<()> {
     println!("home/alice/notes, a hardlink, and a symlink to the host's /etc/passwd.");
 
     heading(&format!("idshift status {}", root.display()));
-    print!("{}", status::scan(&root, None, threads, false)?.render());
+    print!(
+        "{}",
+        status::scan(&root, None, threads, false, &crate::report::Printer)?.render()
+    );
 
     heading(&format!("idshift shift {} {MAP}", root.display()));
     let opts = shift::ShiftOptions {
@@ -207,12 +210,12 @@ pub fn run(keep: bool) -> Result<()> {
         verbose: true,
         progress: shift::Progress::Never,
     };
-    print!("{}", shift::run(&opts)?.render());
+    print!("{}", shift::run(&opts, &crate::report::Printer)?.render());
 
     heading(&format!("idshift status {} --map {MAP}", root.display()));
     print!(
         "{}",
-        status::scan(&root, Some(&map), threads, false)?.render()
+        status::scan(&root, Some(&map), threads, false, &crate::report::Printer)?.render()
     );
 
     heading("on the host: owned by the container's range; the symlink's target untouched");

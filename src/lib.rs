@@ -12,9 +12,11 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod idmap;
+pub mod inuse;
 pub mod migrate;
 pub mod mount;
 pub mod ranges;
+pub mod report;
 pub mod shift;
 pub mod status;
 pub mod sys;
@@ -60,7 +62,7 @@ fn error_status(err: &Error) -> u8 {
 
 /// Prints an error as one line and returns its exit status.
 fn report(err: Error) -> ExitCode {
-    eprintln!("idshift: {err}");
+    report::err_line(&err.to_string());
     ExitCode::from(error_status(&err))
 }
 
@@ -111,7 +113,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Exec(args) => match exec(args) {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(err) => {
-                eprintln!("idshift: {err}");
+                report::err_line(&err.to_string());
                 ExitCode::from(match err {
                     Error::Exec {
                         errno: nix::errno::Errno::ENOENT,
@@ -169,6 +171,17 @@ fn exec(args: ExecArgs) -> Result<i32> {
     } else {
         args.command
     };
+    if let Some(rootfs) = &args.rootfs {
+        let container = args.source.container.as_deref().map(|name| {
+            let lxcpath = args.source.lxcpath.clone().unwrap_or_else(default_lxcpath);
+            (lxcpath, name.to_string())
+        });
+        refuse_in_use(
+            rootfs,
+            container.as_ref().map(|(p, n)| (p.as_path(), n.as_str())),
+            args.force,
+        )?;
+    }
     let spec = ExecSpec {
         uid: target(IdKind::Uid, args.uid)?,
         gid: target(IdKind::Gid, args.gid)?,
@@ -179,16 +192,26 @@ fn exec(args: ExecArgs) -> Result<i32> {
     userns::run(&spec, &Mapper::default())
 }
 
-/// Prints a report as JSON or as its text.
-fn print_report(json: bool, report: &impl serde::Serialize, text: impl FnOnce() -> String) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).expect("serializable")
-        );
-    } else {
-        print!("{}", text());
+/// Refuses (exit 3; under `exec`, 125) a tree that is in use, unless `force`, which says what
+/// it overrides.
+fn refuse_in_use(
+    dir: &std::path::Path,
+    container: Option<(&std::path::Path, &str)>,
+    force: bool,
+) -> Result<()> {
+    let Some(why) = inuse::in_use(dir, container) else {
+        return Ok(());
+    };
+    let dir = report::escape_path(dir);
+    if force {
+        report::err_line(&format!(
+            "warning: --force: going ahead on {dir} although it is in use: {why}"
+        ));
+        return Ok(());
     }
+    Err(Error::Refused(format!(
+        "{dir}: in use: {why}; stop what uses it first (or give --force)"
+    )))
 }
 
 fn threads(asked: Option<u16>) -> usize {
@@ -259,6 +282,13 @@ fn shift_options(
 fn shift(args: ShiftArgs) -> Result<u8> {
     let (from, to) = args.views()?;
     let opts = shift_options(args.dir.clone(), from, to, &args.common);
+    let container = args.from_container.as_ref().or(args.to_container.as_ref());
+    let lxcpath = args.lxcpath.clone().unwrap_or_else(default_lxcpath);
+    refuse_in_use(
+        &opts.dir,
+        container.map(|name| (lxcpath.as_path(), name.as_str())),
+        args.common.force,
+    )?;
     run_shift(&opts, args.common.json)
 }
 
@@ -282,7 +312,7 @@ fn run_shift(opts: &shift::ShiftOptions, json: bool) -> Result<u8> {
     )?;
     let code = userns::call(&ns, &Mapper::default(), || {
         shift_and_print(opts, json).unwrap_or_else(|err| {
-            eprintln!("idshift: {err}");
+            report::err_line(&err.to_string());
             error_status(&err)
         })
     })?;
@@ -290,11 +320,8 @@ fn run_shift(opts: &shift::ShiftOptions, json: bool) -> Result<u8> {
 }
 
 fn shift_and_print(opts: &shift::ShiftOptions, json: bool) -> Result<u8> {
-    let summary = shift::run(opts)?;
-    for w in &summary.warnings {
-        eprintln!("idshift: warning: {w}");
-    }
-    print_report(json, &summary, || summary.render());
+    let summary = shift::run(opts, &report::Printer)?;
+    report::print(json, &summary, || summary.render());
     Ok(if summary.error_count > 0 {
         exit::FAILED
     } else {
@@ -316,11 +343,12 @@ fn migrate(args: MigrateArgs) -> Result<u8> {
     let lxcpath = args.lxcpath.clone().unwrap_or_else(default_lxcpath);
     let m = migrate::prepare(&args.name, &lxcpath, &target)?;
     let c = &args.common;
+    refuse_in_use(&m.rootfs, Some((&lxcpath, &m.name)), c.force)?;
     let note = |text: String| {
         if c.json {
-            eprintln!("idshift: {text}")
+            report::err_line(&text)
         } else {
-            println!("{text}")
+            report::out(&format!("{text}\n"))
         }
     };
     if m.from != m.to {
@@ -332,13 +360,13 @@ fn migrate(args: MigrateArgs) -> Result<u8> {
         );
         let code = run_shift(&opts, c.json)?;
         if code != 0 {
-            eprintln!(
-                "idshift: container '{}': {} still names '{}': the rootfs shift did not finish; \
-                 fix what is listed and run the same migrate again",
+            report::err_line(&format!(
+                "container '{}': {} still names '{}': the rootfs shift did not finish; fix what \
+                 is listed and run the same migrate again",
                 m.name,
                 m.config.path.display(),
                 m.from
-            );
+            ));
             return Ok(code);
         }
     }
@@ -376,8 +404,9 @@ fn status(args: StatusArgs) -> Result<()> {
         map.as_ref(),
         threads(args.threads),
         args.cross_mounts,
+        &report::Printer,
     )?;
-    print_report(args.json, &s, || s.render());
+    report::print(args.json, &s, || s.render());
     Ok(())
 }
 
@@ -392,6 +421,6 @@ fn ranges(args: RangesArgs) -> Result<()> {
         (None, Some(_)) => ranges::lxcpath_of(&user)?,
     };
     let r = ranges::gather(&user, &SubIdFiles::default(), &lxcpath)?;
-    print_report(args.json, &r, || r.render());
+    report::print(args.json, &r, || r.render());
     Ok(())
 }

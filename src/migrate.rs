@@ -49,11 +49,6 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
             config.path.display()
         )));
     }
-    if let Some(why) = running(lxcpath, name, &rootfs) {
-        return Err(Error::Refused(format!(
-            "container '{name}' is running ({why}); stop it first (lxc-stop -n {name})"
-        )));
-    }
     let to = match target {
         Target::Map(map) => map.clone(),
         Target::Base(base) => moved(&from, *base)?,
@@ -121,15 +116,15 @@ pub fn moved(from: &IdMap, base: u32) -> Result<IdMap> {
 /// The map an interrupted migrate was moving the rootfs to: a pending shift from `from`, or a
 /// finished one whose map the config does not name yet.
 fn unfinished_target(rootfs: &Path, from: &IdMap) -> Result<Option<IdMap>> {
-    let root = shift::open_root(rootfs)?;
-    if let Some((pending, _)) = state::find_pending(root.as_fd(), rootfs)? {
-        if let (View::Map(f), View::Map(t)) = (&pending.from, &pending.to) {
+    let tree = shift::Tree::open(rootfs)?;
+    if let state::Found::Pending(j) = state::find(&tree)? {
+        if let (View::Map(f), View::Map(t)) = (&j.header.from, &j.header.to) {
             if f == from {
                 return Ok(Some(t.clone()));
             }
         }
     }
-    match state::recorded(root.as_fd()) {
+    match state::recorded(tree.root.as_fd()) {
         Some(View::Map(m)) if &m != from => Ok(Some(m)),
         _ => Ok(None),
     }
@@ -146,55 +141,6 @@ fn free_block(lxcpath: &Path) -> Result<u32> {
             user.name
         ))
     })
-}
-
-/// Why the container looks running, if it does: `lxc-info` says so, its `[lxc monitor]`
-/// process exists, or some process has its root directory in the rootfs.
-pub fn running(lxcpath: &Path, name: &str, rootfs: &Path) -> Option<String> {
-    if let Ok(out) = std::process::Command::new("lxc-info")
-        .args(["-s", "-H", "-n", name, "-P"])
-        .arg(lxcpath)
-        .stderr(std::process::Stdio::null())
-        .output()
-    {
-        let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && !state.is_empty() && state != "STOPPED" {
-            return Some(format!("lxc-info says {state}"));
-        }
-    }
-    let monitor = format!(
-        "[lxc monitor] {} {name}",
-        lxcpath.display().to_string().trim_end_matches('/')
-    );
-    let root_id = std::fs::metadata(rootfs).ok().map(|m| (m.dev(), m.ino()));
-    let procs = std::fs::read_dir("/proc").ok()?;
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let dir = entry.path();
-        // The monitor's title replaces its argv[0] (the first NUL-separated field).
-        if let Ok(cmdline) = std::fs::read(dir.join("cmdline")) {
-            if cmdline.split(|&b| b == 0).next() == Some(monitor.as_bytes()) {
-                return Some(format!("its monitor process {pid} exists"));
-            }
-        }
-        // Readable for root (and for the caller's own processes): a process inside the rootfs.
-        if let (Some(id), Ok(m)) = (root_id, std::fs::metadata(dir.join("root"))) {
-            if (m.dev(), m.ino()) == id {
-                let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-                return Some(format!(
-                    "process {pid} ({}) runs in its rootfs",
-                    comm.trim()
-                ));
-            }
-        }
-    }
-    None
 }
 
 /// The config text with the new map, or `None` if it already names it.

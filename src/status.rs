@@ -10,17 +10,20 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap};
+use crate::shift::state::{self, Found};
 use crate::shift::walk::{self, At, Visitor};
-use crate::shift::{caps, open_root, state};
+use crate::shift::{caps, ways_out, Reporter, Tree};
 use crate::sys::fs::Stat;
 use crate::sys::xattr;
 
 /// The ids are bucketed in blocks of this many.
 pub const BLOCK: u32 = 65536;
 
-/// What `status` reports.
+/// What `status` reports (`"schema": 1` in JSON).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
+    pub schema: u32,
+    #[serde(serialize_with = "crate::report::ser_path")]
     pub dir: PathBuf,
     pub inodes: u64,
     pub directories: u64,
@@ -50,7 +53,14 @@ pub struct Status {
     pub outlier_inodes: Option<u64>,
     pub outlier_ids: Vec<String>,
     pub recorded_map: Option<String>,
+    /// Inodes whose ids the recorded map's host side does not cover: the record is stale (the
+    /// tree was changed by another tool since), or the tree holds outliers.
+    pub record_contradicted_by: Option<u64>,
     pub pending_shift: Option<String>,
+    /// How to end the pending shift: finish it, or roll it back.
+    pub pending_finish: Option<String>,
+    pub pending_rollback: Option<String>,
+    #[serde(serialize_with = "crate::report::ser_paths")]
     pub mounts_skipped: Vec<PathBuf>,
     pub errors: u64,
 }
@@ -67,6 +77,8 @@ pub struct Facts {
 
 struct Scan<'a> {
     map: Option<&'a IdMap>,
+    record: Option<IdMap>,
+    reporter: &'a dyn Reporter,
     acc: Mutex<Status>,
     outliers: Mutex<BTreeMap<(IdKind, u32), u64>>,
 }
@@ -156,6 +168,11 @@ impl Visitor for Scan<'_> {
                 }
                 *acc.outlier_inodes.get_or_insert(0) += out as u64;
             }
+            if let Some(rec) = &self.record {
+                let outside = rec.to_ns(IdKind::Uid, f.uid).is_none()
+                    || rec.to_ns(IdKind::Gid, f.gid).is_none();
+                *acc.record_contradicted_by.get_or_insert(0) += outside as u64;
+            }
         }
         drop(acc);
         if !outliers.is_empty() {
@@ -167,7 +184,12 @@ impl Visitor for Scan<'_> {
     }
 
     fn error(&self, path: PathBuf, op: &'static str, errno: Errno) {
-        eprintln!("idshift: {}: {op}: {}", path.display(), errno.desc());
+        self.reporter.inode_error(&crate::shift::inode::InodeError {
+            path,
+            op,
+            errno: errno as i32,
+            message: errno.desc().to_string(),
+        });
         self.acc.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
     }
 
@@ -181,21 +203,62 @@ impl Visitor for Scan<'_> {
 }
 
 /// Scans DIR; `map`, when given, is the map the tree should be in (host side), for outliers.
-pub fn scan(dir: &Path, map: Option<&IdMap>, threads: usize, cross_mounts: bool) -> Result<Status> {
-    let root = open_root(dir)?;
-    let st = crate::sys::fs::statx(root.as_fd(), None)
-        .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
-    let pending = state::find_pending(root.as_fd(), dir)?;
-    let recorded = state::recorded(root.as_fd());
+pub fn scan(
+    dir: &Path,
+    map: Option<&IdMap>,
+    threads: usize,
+    cross_mounts: bool,
+    reporter: &dyn Reporter,
+) -> Result<Status> {
+    let tree = Tree::open(dir)?;
+    let st = tree.stat;
+    let journal = crate::report::escape_path(&tree.journal_path());
+    let (mut pending, mut finish, mut rollback) = (None, None, None);
+    match state::find(&tree)? {
+        Found::Nothing | Found::Abandoned => {}
+        Found::Pending(j) if j.done => {
+            pending = Some(format!(
+                "none (the shift {} completed; its journal {journal} is removed by the next run)",
+                j.header
+            ))
+        }
+        Found::Pending(j) => {
+            let h = &j.header;
+            let (f, b) = ways_out(dir, &h.from, &h.to);
+            pending = Some(format!("{h} (journal {journal})"));
+            finish = Some(f);
+            rollback = Some(b);
+        }
+        Found::Unusable { why, .. } => {
+            pending = Some(format!(
+                "journal {journal} is not used: {why} (the next shift moves it aside)"
+            ))
+        }
+        Found::Lost => {
+            pending = Some(format!(
+                "marked as under a shift, but its journal {journal} is gone"
+            ))
+        }
+    }
+    let recorded = state::recorded(tree.root.as_fd());
+    let record = match &recorded {
+        Some(crate::shift::View::Map(m)) => Some(m.clone()),
+        _ => None,
+    };
     let scan = Scan {
         map,
+        record,
+        reporter,
         acc: Mutex::new(Status {
+            schema: 1,
             dir: dir.to_path_buf(),
             root_uid: st.uid,
             root_gid: st.gid,
             outlier_inodes: map.map(|_| 0),
             recorded_map: recorded.map(|v| v.to_string()),
-            pending_shift: pending.map(|(p, _)| format!("{p} (journal {})", p.journal.display())),
+            pending_shift: pending,
+            pending_finish: finish,
+            pending_rollback: rollback,
             ..Status::default()
         }),
         outliers: Mutex::new(BTreeMap::new()),
@@ -204,7 +267,7 @@ pub fn scan(dir: &Path, map: Option<&IdMap>, threads: usize, cross_mounts: bool)
         .num_threads(threads)
         .build()
         .map_err(|e| Error::Failed(format!("cannot start {threads} threads: {e}")))?;
-    walk::walk(&pool, root, dir, cross_mounts, &scan)
+    walk::walk(&pool, tree.root.as_fd(), dir, cross_mounts, &scan)
         .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
     let mut status = scan.acc.into_inner().unwrap_or_else(|e| e.into_inner());
     status.outlier_ids = scan
@@ -251,7 +314,7 @@ impl Status {
     pub fn render(&self) -> String {
         let mut out = format!(
             "{}: {} inodes ({} directories, {} files, {} symlinks, {} other)\n",
-            self.dir.display(),
+            crate::report::escape_path(&self.dir),
             self.inodes,
             self.directories,
             self.files,
@@ -261,13 +324,23 @@ impl Status {
         out += &format!("  root owned by:   {}:{}\n", self.root_uid, self.root_gid);
         out += &format!("  appears to use:  {}\n", self.apparent_map);
         out += &format!(
-            "  recorded map:    {}\n",
-            self.recorded_map.as_deref().unwrap_or("none")
+            "  recorded map:    {}{}\n",
+            self.recorded_map.as_deref().unwrap_or("none"),
+            match self.record_contradicted_by {
+                Some(n) if n > 0 => format!(
+                    " (contradicted: {n} inodes hold ids outside it; changed by another tool \
+                     since, or outliers)"
+                ),
+                _ => String::new(),
+            }
         );
         out += &format!(
             "  unfinished shift: {}\n",
             self.pending_shift.as_deref().unwrap_or("none")
         );
+        if let (Some(f), Some(b)) = (&self.pending_finish, &self.pending_rollback) {
+            out += &format!("    finish it:     {f}\n    roll it back:  {b}\n");
+        }
         out += &format!("  uids by block:   {}\n", blocks(&self.uid_blocks));
         out += &format!("  gids by block:   {}\n", blocks(&self.gid_blocks));
         out += &format!(
@@ -313,7 +386,10 @@ impl Status {
             out += "\n";
         }
         for m in &self.mounts_skipped {
-            out += &format!("  mount point not scanned: {}\n", m.display());
+            out += &format!(
+                "  mount point not scanned: {}\n",
+                crate::report::escape_path(m)
+            );
         }
         if self.errors > 0 {
             out += &format!(

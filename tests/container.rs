@@ -429,7 +429,7 @@ fn migrate_refuses_a_running_container() {
     ]));
     let _ = chrooted.kill();
     let _ = chrooted.wait();
-    assert_one_error_line(&out, 3, "container 'c1' is running (process ");
+    assert_one_error_line(&out, 3, "in use: process ");
     // ...and LXC's monitor process, whose title names the lxcpath and the container.
     let title = format!("[lxc monitor] {lxcpath} c1");
     let mut monitor = Command::new("bash")
@@ -442,7 +442,11 @@ fn migrate_refuses_a_running_container() {
     ]));
     let _ = monitor.kill();
     let _ = monitor.wait();
-    assert_one_error_line(&out, 3, "container 'c1' is running (its monitor process");
+    assert_one_error_line(
+        &out,
+        3,
+        "in use: container 'c1' is running (its monitor process",
+    );
     assert_same_tree(
         &without_times_and_inodes(&snapshot(&c.rootfs)),
         &before,

@@ -104,6 +104,17 @@ pub fn remap(bytes: &[u8], map: impl Fn(IdKind, u32) -> Option<u32>) -> Result<R
     })
 }
 
+/// The first `ACL_USER` or `ACL_GROUP` id named twice in an ACL, if any (the kernel and libacl
+/// refuse such an ACL; a remap can produce one when an entry maps onto an id already named).
+pub fn duplicate(bytes: &[u8]) -> Option<(IdKind, u32)> {
+    let entries = decode(bytes).ok()?;
+    let mut seen = std::collections::HashSet::new();
+    entries
+        .iter()
+        .filter_map(|e| Some((e.id_kind()?, e.id)))
+        .find(|&k| !seen.insert(k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

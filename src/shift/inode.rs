@@ -2,10 +2,17 @@
 //! `fchownat` → restore setuid/setgid (never on a symlink) → rewrite `security.capability` with
 //! the shifted rootid → rewrite the ACLs.
 //!
-//! Which inodes a resumed run skips: those a journal record does not cover and whose ctime is at
-//! or after the shift's threshold — a plan of one step is atomic, so such an inode is done. Plans
-//! of more steps are journaled (with the inode's original state) before their first step, and a
-//! journaled inode is always brought to its target from that original, whatever step it reached.
+//! **The disk decides.** What an inode needs comes from the ids it holds now: an id in FROM's
+//! host ranges is shifted, an id in TO's ranges (after an interrupted run) is done, any other
+//! id is an outlier and stays. The journal is consulted only where the ids cannot say it alone:
+//! an inode whose change takes several steps (a chown drops setuid bits and capabilities that
+//! must be written back), and, when FROM and TO overlap, every inode the shift changes (its new
+//! ids look like ids still to shift). Such inodes are journaled with their identity (device,
+//! inode, birth time) and original state before their first step; a record is applied only to
+//! the inode it was taken from, and only while the inode holds the record's original ids or
+//! their translation — anything else means another process changed it since, and the inode is
+//! shifted from what it holds now. A record never writes an id that FROM/TO do not produce, nor
+//! a mode bit or capability beyond what the shift itself would have restored.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
@@ -16,10 +23,11 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 
-use super::state::{format_record, Journal, Original, Records};
+use super::state::{format_record, Journal, Original, RecordKind, Records};
 use super::walk::{At, Visitor};
-use super::{acl, caps, crash_point, Translation};
+use super::{acl, caps, crash_point, Reporter, Translation};
 use crate::idmap::{IdKind, IdMap};
+use crate::report::escape_path;
 use crate::sys::fs::{self as sysfs, Stat};
 use crate::sys::xattr;
 
@@ -35,12 +43,16 @@ pub struct Stats {
     pub acls_rewritten: AtomicU64,
     pub outlier_inodes: AtomicU64,
     pub acl_outlier_entries: AtomicU64,
+    /// Inodes with an id only FROM maps (not TO): certainly not shifted.
+    pub from_only: AtomicU64,
+    pub records_used: AtomicU64,
     pub errors: AtomicU64,
 }
 
 /// A failure at one inode.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct InodeError {
+    #[serde(serialize_with = "crate::report::ser_path")]
     pub path: PathBuf,
     pub op: &'static str,
     pub errno: i32,
@@ -53,7 +65,72 @@ pub struct Outlier {
     pub kind: &'static str,
     pub id: u32,
     pub inodes: u64,
+    #[serde(serialize_with = "crate::report::ser_path")]
     pub example: PathBuf,
+}
+
+/// Which way a run goes relative to the shift it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// FROM → TO (a fresh shift or its resumption).
+    Forward,
+    /// Back from a pending FROM → TO shift to every inode's original state.
+    Rollback,
+}
+
+/// How ids are judged in this run.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    /// The shift's translation, FROM → TO (also in a rollback).
+    pub tr: &'a Translation,
+    pub direction: Direction,
+    /// FROM and TO share host ids.
+    pub overlap: bool,
+    /// An earlier run may have changed inodes: ids in TO's ranges are done, not outliers.
+    pub partial: bool,
+}
+
+/// What to do with one id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Map(u32),
+    Done,
+    Outlier,
+}
+
+impl Rules<'_> {
+    fn fate(&self, kind: IdKind, id: u32) -> Fate {
+        let fwd = self.tr.apply(kind, id);
+        let back = self.tr.unapply(kind, id);
+        match self.direction {
+            Direction::Forward => match (fwd, back) {
+                (Some(new), _) => Fate::Map(new),
+                (None, Some(_)) if self.partial => Fate::Done,
+                _ => Fate::Outlier,
+            },
+            // An inode the forward run changed so that its ids lie in FROM too has a record;
+            // without one, such ids were never changed and stay.
+            Direction::Rollback => match (back, fwd) {
+                (Some(old), None) => Fate::Map(old),
+                (Some(old), Some(_)) if !self.overlap => Fate::Map(old),
+                (_, Some(_)) => Fate::Done,
+                (None, None) => Fate::Outlier,
+            },
+        }
+    }
+
+    /// Every id translated forward (FROM → TO), others kept: the target of a forward record.
+    fn forward(&self, kind: IdKind, id: u32) -> Option<u32> {
+        Some(self.tr.apply(kind, id).unwrap_or(id))
+    }
+
+    /// The fate as a translation: mapped ids change, all others stay.
+    fn fresh(&self, kind: IdKind, id: u32) -> Option<u32> {
+        Some(match self.fate(kind, id) {
+            Fate::Map(new) => new,
+            _ => id,
+        })
+    }
 }
 
 /// The set of hardlinked inodes seen, sharded to keep threads apart.
@@ -76,7 +153,7 @@ pub struct Plan {
     name: Option<CString>,
     key: (u64, u64),
     symlink: bool,
-    orig: Original,
+    from: (u32, u32),
     uid: u32,
     gid: u32,
     chown: bool,
@@ -84,16 +161,30 @@ pub struct Plan {
     caps: Option<Vec<u8>>,
     acl_access: Option<Vec<u8>>,
     acl_default: Option<Vec<u8>>,
-    journal: bool,
+    /// The record to journal before the first step, if the inode needs one.
+    record: Option<(RecordKind, Original)>,
 }
 
 impl Plan {
+    fn steps(&self) -> usize {
+        [
+            self.chown,
+            self.mode.is_some(),
+            self.caps.is_some(),
+            self.acl_access.is_some(),
+            self.acl_default.is_some(),
+        ]
+        .iter()
+        .filter(|&&s| s)
+        .count()
+    }
+
     fn describe(&self, path: &Path) -> String {
         let mut parts = Vec::new();
         if self.chown {
             parts.push(format!(
                 "owner {}:{} -> {}:{}",
-                self.orig.uid, self.orig.gid, self.uid, self.gid
+                self.from.0, self.from.1, self.uid, self.gid
             ));
         }
         if let Some(m) = self.mode {
@@ -108,21 +199,62 @@ impl Plan {
         if self.acl_default.is_some() {
             parts.push("default ACL remapped".into());
         }
-        format!("{}: {}", path.display(), parts.join(", "))
+        format!("{}: {}", escape_path(path), parts.join(", "))
     }
+}
+
+/// Translates the ids of a state (owner, capability rootid, ACL entries) with `f`
+/// (`None` = keep the id). Fails on an undecodable value or an ACL that would name one id twice.
+fn translate(
+    o: &Original,
+    f: &dyn Fn(IdKind, u32) -> Option<u32>,
+) -> Result<Original, (&'static str, String)> {
+    let id = |kind, x| f(kind, x).unwrap_or(x);
+    let caps = match &o.caps {
+        None => None,
+        Some(c) => Some(
+            caps::remap(c, |root| f(IdKind::Uid, root))
+                .map_err(|e| ("decode capability", e.to_string()))?
+                .unwrap_or_else(|| c.clone()),
+        ),
+    };
+    let remap_acl = |v: &Option<Vec<u8>>| -> Result<Option<Vec<u8>>, (&'static str, String)> {
+        let Some(bytes) = v else { return Ok(None) };
+        let r =
+            acl::remap(bytes, |k, x| Some(id(k, x))).map_err(|e| ("decode ACL", e.to_string()))?;
+        let value = r.value.unwrap_or_else(|| bytes.clone());
+        if let Some((kind, dup)) = acl::duplicate(&value) {
+            return Err((
+                "remap ACL",
+                format!(
+                    "its ACL would name {} {dup} twice (an entry maps onto one already there); \
+                     left as it is",
+                    kind.name()
+                ),
+            ));
+        }
+        Ok(Some(value))
+    };
+    Ok(Original {
+        btime: o.btime,
+        uid: id(IdKind::Uid, o.uid),
+        gid: id(IdKind::Gid, o.gid),
+        mode: o.mode,
+        caps,
+        acl_access: remap_acl(&o.acl_access)?,
+        acl_default: remap_acl(&o.acl_default)?,
+    })
 }
 
 /// Everything the shift visitor needs; counters and lists fill up as the walk goes.
 pub struct ShiftVisitor<'a> {
-    pub tr: &'a Translation,
+    pub rules: Rules<'a>,
     pub dry_run: bool,
     pub verbose: bool,
-    /// The ctime threshold of this shift; `None` in a dry run of a fresh tree.
-    pub since_ns: Option<i128>,
-    /// Whether an earlier run of this shift may have changed inodes.
-    pub resuming: bool,
-    pub records: &'a Records,
+    pub forward: &'a Records,
+    pub rollback: &'a Records,
     pub journal: Option<&'a Journal>,
+    pub reporter: &'a dyn Reporter,
     /// The map of the user namespace the shift runs in, `None` in the initial one: a value
     /// naming an id outside it could not be written back, so its inode is left untouched.
     pub namespace: Option<IdMap>,
@@ -133,23 +265,25 @@ pub struct ShiftVisitor<'a> {
     mounts: Mutex<Vec<PathBuf>>,
 }
 
-/// How many per-inode errors are kept for the summary (all are counted and printed).
+/// How many per-inode errors are kept for the summary (all are counted and reported).
 const MAX_KEPT_ERRORS: usize = 1000;
 
 impl<'a> ShiftVisitor<'a> {
     pub fn new(
-        tr: &'a Translation,
-        records: &'a Records,
+        rules: Rules<'a>,
+        forward: &'a Records,
+        rollback: &'a Records,
         journal: Option<&'a Journal>,
+        reporter: &'a dyn Reporter,
     ) -> ShiftVisitor<'a> {
         ShiftVisitor {
-            tr,
+            rules,
             dry_run: journal.is_none(),
             verbose: false,
-            since_ns: None,
-            resuming: false,
-            records,
+            forward,
+            rollback,
             journal,
+            reporter,
             namespace: None,
             links: LinkSet::new(),
             stats: Stats::default(),
@@ -190,21 +324,10 @@ impl<'a> ShiftVisitor<'a> {
         map.entry((kind, id)).or_insert_with(|| (0, at.path())).0 += 1;
     }
 
-    /// Maps one id; an id FROM does not map stays and is listed.
-    fn map_id(&self, kind: IdKind, id: u32, at: &At<'_>, outlier: &mut bool) -> u32 {
-        match self.tr.apply(kind, id) {
-            Some(new) => new,
-            None => {
-                self.outlier(kind, id, at);
-                *outlier = true;
-                id
-            }
-        }
-    }
-
     /// The inode's ids, mode and the xattrs a shift touches, as they are now.
-    fn read_original(&self, at: &At<'_>, st: &Stat) -> Result<Original, (&'static str, Errno)> {
+    fn read_current(&self, at: &At<'_>, st: &Stat) -> Result<Original, (&'static str, Errno)> {
         let mut orig = Original {
+            btime: st.btime_ns,
             uid: st.uid,
             gid: st.gid,
             mode: st.mode,
@@ -237,18 +360,72 @@ impl<'a> ShiftVisitor<'a> {
         Ok(orig)
     }
 
-    fn remap_acl(&self, value: &Option<Vec<u8>>, at: &At<'_>) -> Result<Option<Vec<u8>>, String> {
-        let Some(bytes) = value else { return Ok(None) };
-        let r = acl::remap(bytes, |k, id| self.tr.apply(k, id)).map_err(|e| e.to_string())?;
-        if !r.outliers.is_empty() {
-            self.stats
-                .acl_outlier_entries
-                .fetch_add(r.outliers.len() as u64, Relaxed);
-            for (kind, id) in r.outliers {
-                self.outlier(kind, id, at);
+    /// Counts the outliers and certainly-unshifted ids of a state judged afresh.
+    fn judge(&self, cur: &Original, at: &At<'_>) -> bool {
+        let mut outlier = false;
+        let mut from_only = false;
+        for (kind, id) in [(IdKind::Uid, cur.uid), (IdKind::Gid, cur.gid)] {
+            match self.rules.fate(kind, id) {
+                Fate::Outlier => {
+                    self.outlier(kind, id, at);
+                    outlier = true;
+                }
+                Fate::Map(_) => {
+                    from_only |= self.rules.direction == Direction::Forward
+                        && self.rules.tr.unapply(kind, id).is_none();
+                }
+                Fate::Done => {}
             }
         }
-        Ok(r.value)
+        for value in [&cur.acl_access, &cur.acl_default].into_iter().flatten() {
+            for e in acl::decode(value).unwrap_or_default() {
+                if let Some(kind) = e.id_kind() {
+                    if self.rules.fate(kind, e.id) == Fate::Outlier {
+                        self.stats.acl_outlier_entries.fetch_add(1, Relaxed);
+                        self.outlier(kind, e.id, at);
+                    }
+                }
+            }
+        }
+        if outlier {
+            self.stats.outlier_inodes.fetch_add(1, Relaxed);
+        }
+        if from_only {
+            self.stats.from_only.fetch_add(1, Relaxed);
+        }
+        outlier
+    }
+
+    /// The record that speaks for this inode in this run, as (start, goal) states: the inode
+    /// must hold the start's or the goal's ids, else the record does not apply.
+    fn recorded(
+        &self,
+        key: (u64, u64),
+        st: &Stat,
+    ) -> Result<Option<(Original, Original)>, (&'static str, String)> {
+        let r = &self.rules;
+        let same = |o: &Original| o.btime == st.btime_ns;
+        let holds = |a: &Original, b: &Original| {
+            (st.uid, st.gid) == (a.uid, a.gid) || (st.uid, st.gid) == (b.uid, b.gid)
+        };
+        if let Some(o) = self.forward.get(&key).filter(|o| same(o)) {
+            let shifted = translate(o, &|k, id| r.forward(k, id))?;
+            if holds(o, &shifted) {
+                return Ok(Some(match r.direction {
+                    Direction::Forward => (o.clone(), shifted),
+                    Direction::Rollback => (shifted, o.clone()),
+                }));
+            }
+        }
+        if r.direction == Direction::Rollback {
+            if let Some(o) = self.rollback.get(&key).filter(|o| same(o)) {
+                let back = translate(o, &|k, id| r.fresh(k, id))?;
+                if holds(o, &back) {
+                    return Ok(Some((o.clone(), back)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn plan(&self, at: At<'_>, st: &Stat) -> Option<Plan> {
@@ -257,89 +434,146 @@ impl<'a> ShiftVisitor<'a> {
             self.stats.hardlinks_skipped.fetch_add(1, Relaxed);
             return None;
         }
-        let record = self.records.get(&key);
-        let touched = self.since_ns.is_some_and(|t| st.ctime_ns >= t);
-        if record.is_none() && self.resuming && touched {
-            self.stats.already_done.fetch_add(1, Relaxed);
-            return None;
-        }
-        let orig = match record {
-            Some(r) => r.clone(),
-            None => match self.read_original(&at, st) {
-                Ok(o) => o,
-                Err((op, e)) => {
-                    self.error(at.path(), op, e);
-                    return None;
-                }
-            },
-        };
-        let mut outlier = false;
-        let uid = self.map_id(IdKind::Uid, orig.uid, &at, &mut outlier);
-        let gid = self.map_id(IdKind::Gid, orig.gid, &at, &mut outlier);
-        if outlier {
-            self.stats.outlier_inodes.fetch_add(1, Relaxed);
-        }
-        let chown = (uid, gid) != (orig.uid, orig.gid);
-        let symlink = st.is_symlink();
-        let mode = (chown && !symlink && !st.is_dir() && orig.mode & 0o6000 != 0)
-            .then_some(orig.mode & 0o7777);
-        let caps = match &orig.caps {
-            None => None,
-            Some(c) => match caps::remap(c, |root| self.tr.apply(IdKind::Uid, root)) {
-                Ok(new) => {
-                    let target = new.unwrap_or_else(|| c.clone());
-                    (chown || &target != c).then_some(target)
-                }
-                Err(e) => {
-                    self.error_msg(at.path(), "decode capability", e.to_string());
-                    return None;
-                }
-            },
-        };
-        let remapped = (
-            self.remap_acl(&orig.acl_access, &at),
-            self.remap_acl(&orig.acl_default, &at),
-        );
-        let (acl_access, acl_default) = match remapped {
-            (Ok(a), Ok(d)) => (a, d),
-            (Err(e), _) | (_, Err(e)) => {
-                self.error_msg(at.path(), "decode ACL", e);
+        let cur = match self.read_current(&at, st) {
+            Ok(o) => o,
+            Err((op, e)) => {
+                self.error(at.path(), op, e);
                 return None;
             }
         };
-        if let Some(why) = self.cannot_write_back(caps.as_deref(), [&acl_access, &acl_default]) {
+        let planned = match self.recorded(key, st) {
+            Ok(Some((start, goal))) => {
+                self.stats.records_used.fetch_add(1, Relaxed);
+                self.between(&start, &goal, &cur, st)
+            }
+            Ok(None) => self.afresh(&cur, st, &at),
+            Err(e) => Err(e),
+        };
+        let mut plan = match planned {
+            Ok(p) => p,
+            Err((op, msg)) => {
+                self.error_msg(at.path(), op, msg);
+                return None;
+            }
+        };
+        if let Some(why) =
+            self.cannot_write_back(plan.caps.as_deref(), [&plan.acl_access, &plan.acl_default])
+        {
             self.error_msg(at.path(), "keep xattrs", why);
             return None;
         }
-        let steps = [
-            chown,
-            mode.is_some(),
-            caps.is_some(),
-            acl_access.is_some(),
-            acl_default.is_some(),
-        ]
-        .iter()
-        .filter(|&&s| s)
-        .count();
-        if steps == 0 {
+        if plan.steps() == 0 {
+            self.stats.already_done.fetch_add(1, Relaxed);
             return None;
         }
-        // A fresh inode already past the threshold (a ctime in the future) could not be told
-        // from a changed one after a crash: journal it too.
-        let journal = record.is_none() && (steps > 1 || (!self.resuming && touched));
-        Some(Plan {
-            name: at.name.map(|n| n.to_owned()),
-            key,
-            symlink,
-            orig,
-            uid,
-            gid,
+        plan.name = at.name.map(|n| n.to_owned());
+        plan.key = key;
+        plan.symlink = st.is_symlink();
+        Some(plan)
+    }
+
+    /// The plan for an inode no record speaks for: every id judged by what it is now.
+    fn afresh(
+        &self,
+        cur: &Original,
+        st: &Stat,
+        at: &At<'_>,
+    ) -> Result<Plan, (&'static str, String)> {
+        self.judge(cur, at);
+        let goal = translate(cur, &|k, id| self.rules.fresh(k, id))?;
+        let chown = (goal.uid, goal.gid) != (cur.uid, cur.gid);
+        let mode = (chown && !st.is_symlink() && !st.is_dir() && cur.mode & 0o6000 != 0)
+            .then_some(cur.mode & 0o7777);
+        let caps = goal
+            .caps
+            .clone()
+            .filter(|c| chown || Some(c) != cur.caps.as_ref());
+        let changed =
+            |a: &Option<Vec<u8>>, b: &Option<Vec<u8>>| (a != b).then(|| a.clone()).flatten();
+        let mut plan = Plan {
+            name: None,
+            key: (0, 0),
+            symlink: false,
+            from: (cur.uid, cur.gid),
+            uid: goal.uid,
+            gid: goal.gid,
             chown,
             mode,
             caps,
-            acl_access,
-            acl_default,
-            journal,
+            acl_access: changed(&goal.acl_access, &cur.acl_access),
+            acl_default: changed(&goal.acl_default, &cur.acl_default),
+            record: None,
+        };
+        let steps = plan.steps();
+        plan.record = match self.rules.direction {
+            Direction::Forward if steps > 1 || (steps > 0 && self.rules.overlap) => {
+                Some((RecordKind::Forward, cur.clone()))
+            }
+            Direction::Rollback if steps > 1 => Some((RecordKind::Rollback, cur.clone())),
+            _ => None,
+        };
+        Ok(plan)
+    }
+
+    /// The plan for an inode a record speaks for: from `start` to `goal`, given what the inode
+    /// holds now. Only the setuid/setgid bits, capability and ACLs the shift itself would have
+    /// kept are restored; a mode whose permission bits were changed since keeps its new bits.
+    fn between(
+        &self,
+        start: &Original,
+        goal: &Original,
+        cur: &Original,
+        st: &Stat,
+    ) -> Result<Plan, (&'static str, String)> {
+        let chown = (cur.uid, cur.gid) != (goal.uid, goal.gid);
+        let plain = !st.is_symlink() && !st.is_dir();
+        let same_perms = cur.mode & 0o1777 == goal.mode & 0o1777;
+        let want = cur.mode & 0o7777 | if same_perms { goal.mode & 0o6000 } else { 0 };
+        let mode =
+            (plain && want & 0o6000 != 0 && (chown || want != cur.mode & 0o7777)).then_some(want);
+        let fresh = |v: &Vec<u8>| -> Result<Vec<u8>, (&'static str, String)> {
+            let o = Original {
+                caps: Some(v.clone()),
+                ..Original::default()
+            };
+            Ok(translate(&o, &|k, id| self.rules.fresh(k, id))?
+                .caps
+                .unwrap_or_default())
+        };
+        let caps = match (&goal.caps, &cur.caps) {
+            (Some(g), None) => Some(g.clone()),
+            (Some(g), Some(c)) if Some(c) == start.caps.as_ref() || c == g => Some(g.clone()),
+            (_, Some(c)) => Some(fresh(c)?),
+            (None, None) => None,
+        }
+        .filter(|c| chown || Some(c) != cur.caps.as_ref());
+        let acl = |g: &Option<Vec<u8>>, s: &Option<Vec<u8>>, c: &Option<Vec<u8>>| {
+            if c == g {
+                Ok(None)
+            } else if c == s {
+                Ok(g.clone())
+            } else {
+                let o = Original {
+                    acl_access: c.clone(),
+                    ..Original::default()
+                };
+                let t = translate(&o, &|k, id| self.rules.fresh(k, id))?;
+                Ok(t.acl_access.filter(|t| Some(t) != c.as_ref()))
+            }
+        };
+        Ok(Plan {
+            name: None,
+            key: (0, 0),
+            symlink: false,
+            from: (cur.uid, cur.gid),
+            uid: goal.uid,
+            gid: goal.gid,
+            chown,
+            mode,
+            caps,
+            acl_access: acl(&goal.acl_access, &start.acl_access, &cur.acl_access)?,
+            acl_default: acl(&goal.acl_default, &start.acl_default, &cur.acl_default)?,
+            record: None,
         })
     }
 
@@ -426,28 +660,29 @@ impl<'a> ShiftVisitor<'a> {
     }
 
     fn error(&self, path: PathBuf, op: &'static str, errno: Errno) {
-        self.error_msg(path, op, errno.desc().to_string());
-        if let Some(e) = self
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_mut()
-        {
-            e.errno = errno as i32;
-        }
+        self.push_error(InodeError {
+            path,
+            op,
+            errno: errno as i32,
+            message: errno.desc().to_string(),
+        });
     }
 
     fn error_msg(&self, path: PathBuf, op: &'static str, message: String) {
-        eprintln!("idshift: {}: {op}: {message}", path.display());
+        self.push_error(InodeError {
+            path,
+            op,
+            errno: 0,
+            message,
+        });
+    }
+
+    fn push_error(&self, e: InodeError) {
+        self.reporter.inode_error(&e);
         self.stats.errors.fetch_add(1, Relaxed);
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if errors.len() < MAX_KEPT_ERRORS {
-            errors.push(InodeError {
-                path,
-                op,
-                errno: 0,
-                message,
-            });
+            errors.push(e);
         }
     }
 }
@@ -467,30 +702,35 @@ impl Visitor for ShiftVisitor<'_> {
             None => dir_path.to_path_buf(),
             Some(n) => dir_path.join(super::walk::os(n)),
         };
-        let mut journaled = true;
-        if let Some(journal) = self.journal {
+        let mut journal_error = None;
+        if let (Some(journal), false) = (self.journal, self.dry_run) {
             let text: String = batch
                 .iter()
-                .filter(|p| p.journal)
-                .map(|p| format_record(p.key, &p.orig))
+                .filter_map(|p| p.record.as_ref().map(|(k, o)| format_record(*k, p.key, o)))
                 .collect();
             if !text.is_empty() {
                 if let Err(e) = journal.append(&text) {
-                    journaled = false;
-                    self.error_msg(dir_path.to_path_buf(), "write journal", e.to_string());
+                    journal_error = Some(e);
                 }
             }
         }
         for plan in &batch {
             if self.verbose {
-                println!("{}", plan.describe(&path_of(plan)));
+                self.reporter.change(&plan.describe(&path_of(plan)));
             }
             if self.dry_run {
                 self.count(plan);
                 continue;
             }
-            if plan.journal && !journaled {
-                continue; // never change what could not be recorded
+            if let (Some(e), Some(_)) = (&journal_error, &plan.record) {
+                // Never change what could not be recorded first.
+                self.push_error(InodeError {
+                    path: path_of(plan),
+                    op: "write journal",
+                    errno: e.raw_os_error().unwrap_or(0),
+                    message: format!("{e}; left unchanged"),
+                });
+                continue;
             }
             match self.apply(dir, plan) {
                 Ok(()) => self.count(plan),
@@ -508,5 +748,103 @@ impl Visitor for ShiftVisitor<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shift::View;
+
+    fn tr(from: &str, to: &str) -> Translation {
+        Translation::new(&from.parse::<View>().unwrap(), &to.parse::<View>().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fates_forward_and_back() {
+        let t = tr("host", "b:0:100000:65536");
+        let mut r = Rules {
+            tr: &t,
+            direction: Direction::Forward,
+            overlap: t.overlaps(),
+            partial: false,
+        };
+        assert!(!r.overlap);
+        assert_eq!(r.fate(IdKind::Uid, 5), Fate::Map(100005));
+        assert_eq!(
+            r.fate(IdKind::Uid, 100005),
+            Fate::Outlier,
+            "fresh: an outlier"
+        );
+        r.partial = true;
+        assert_eq!(r.fate(IdKind::Uid, 100005), Fate::Done, "resumed: done");
+        assert_eq!(r.fate(IdKind::Uid, 70000), Fate::Outlier);
+        r.direction = Direction::Rollback;
+        assert_eq!(r.fate(IdKind::Uid, 100005), Fate::Map(5));
+        assert_eq!(r.fate(IdKind::Uid, 5), Fate::Done);
+        assert_eq!(r.fate(IdKind::Uid, 70000), Fate::Outlier);
+    }
+
+    #[test]
+    fn overlapping_ids_are_left_by_a_rollback_without_a_record() {
+        let t = tr("b:0:100000:65536", "b:0:100007:65536");
+        let r = Rules {
+            tr: &t,
+            direction: Direction::Rollback,
+            overlap: t.overlaps(),
+            partial: true,
+        };
+        assert!(r.overlap);
+        assert_eq!(
+            r.fate(IdKind::Uid, 100010),
+            Fate::Done,
+            "in both: never changed"
+        );
+        assert_eq!(r.fate(IdKind::Uid, 165540), Fate::Map(165533), "only in TO");
+        assert_eq!(r.fate(IdKind::Uid, 100003), Fate::Done, "only in FROM");
+    }
+
+    #[test]
+    fn translate_refuses_an_acl_that_would_name_an_id_twice() {
+        use acl::*;
+        let bytes = encode(&[
+            AclEntry {
+                tag: TAG_USER_OBJ,
+                perm: 6,
+                id: UNDEFINED_ID,
+            },
+            AclEntry {
+                tag: TAG_USER,
+                perm: 6,
+                id: 5,
+            },
+            AclEntry {
+                tag: TAG_USER,
+                perm: 4,
+                id: 100005,
+            },
+            AclEntry {
+                tag: TAG_GROUP_OBJ,
+                perm: 4,
+                id: UNDEFINED_ID,
+            },
+            AclEntry {
+                tag: TAG_MASK,
+                perm: 6,
+                id: UNDEFINED_ID,
+            },
+            AclEntry {
+                tag: TAG_OTHER,
+                perm: 0,
+                id: UNDEFINED_ID,
+            },
+        ]);
+        let t = tr("host", "b:0:100000:65536");
+        let o = Original {
+            acl_access: Some(bytes),
+            ..Original::default()
+        };
+        let err = translate(&o, &|k, id| t.apply(k, id)).unwrap_err();
+        assert!(err.1.contains("uid 100005 twice"), "{err:?}");
     }
 }

@@ -9,24 +9,22 @@ pub mod caps;
 pub mod delegated;
 pub mod inode;
 pub mod state;
+pub mod tree;
 pub mod walk;
 
 use std::fmt;
-use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap, MapError};
 use crate::sys::fs as sysfs;
-use inode::{InodeError, Outlier, ShiftVisitor};
-use state::{Journal, Pending};
+use inode::{Direction, InodeError, Outlier, Rules, ShiftVisitor};
+use state::{Found, Journal};
+pub use tree::Tree;
 
 /// How a tree's ids are read: as host ids, or as a container's ids through its map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,9 +102,27 @@ impl Translation {
         Ok(Translation { map })
     }
 
-    /// The new host id of old host id `id`; `None` for an outlier.
+    /// The new host id of old host id `id` (an id in FROM's host ranges); `None` otherwise.
     pub fn apply(&self, kind: IdKind, id: u32) -> Option<u32> {
         self.map.to_host(kind, id)
+    }
+
+    /// The old host id that `id` (an id in TO's host ranges) came from; `None` otherwise.
+    pub fn unapply(&self, kind: IdKind, id: u32) -> Option<u32> {
+        self.map.to_ns(kind, id)
+    }
+
+    /// Whether some host id lies in both FROM's and TO's ranges: such an id alone cannot say
+    /// whether its inode was shifted already.
+    pub fn overlaps(&self) -> bool {
+        IdKind::BOTH.into_iter().any(|kind| {
+            let entries = self.map.entries(kind);
+            entries.iter().any(|a| {
+                entries
+                    .iter()
+                    .any(|b| a.ns_range().intersect(b.host_range()).is_some())
+            })
+        })
     }
 }
 
@@ -133,17 +149,23 @@ pub struct ShiftOptions {
     pub progress: Progress,
 }
 
-/// The result of a shift, printed as text or JSON.
+/// The result of a shift, printed as text or JSON (`"schema": 1`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Summary {
+    pub schema: u32,
+    #[serde(serialize_with = "crate::report::ser_path")]
     pub dir: PathBuf,
     pub from: String,
     pub to: String,
     pub dry_run: bool,
-    /// The tree already carried TO and no shift was pending: nothing was scanned.
+    /// The tree records TO, no shift was pending, and the walk found nothing to change.
     pub already_shifted: bool,
     /// An interrupted run of the same shift was finished.
     pub resumed: bool,
+    /// A pending shift was rolled back (this run was its exact reverse).
+    pub rolled_back: bool,
+    /// Journal records of the pending shift this run could use.
+    pub records: u64,
     pub inodes: u64,
     pub changed: u64,
     pub already_done: u64,
@@ -154,6 +176,7 @@ pub struct Summary {
     pub outlier_inodes: u64,
     pub acl_outlier_entries: u64,
     pub outliers: Vec<Outlier>,
+    #[serde(serialize_with = "crate::report::ser_paths")]
     pub mounts_skipped: Vec<PathBuf>,
     pub error_count: u64,
     pub errors: Vec<InodeError>,
@@ -165,12 +188,15 @@ pub struct Summary {
 impl Summary {
     fn new(o: &ShiftOptions) -> Summary {
         Summary {
+            schema: 1,
             dir: o.dir.clone(),
             from: o.from.to_string(),
             to: o.to.to_string(),
             dry_run: o.dry_run,
             already_shifted: false,
             resumed: false,
+            rolled_back: false,
+            records: 0,
             inodes: 0,
             changed: 0,
             already_done: 0,
@@ -192,6 +218,8 @@ impl Summary {
 
     /// The human-readable report.
     pub fn render(&self) -> String {
+        use crate::report::escape_path;
+        let dir = escape_path(&self.dir);
         let mut out = String::new();
         let verb = if self.dry_run {
             "would change"
@@ -200,24 +228,26 @@ impl Summary {
         };
         if self.already_shifted {
             return format!(
-                "{}: already shifted to '{}'; nothing to do\n",
-                self.dir.display(),
-                self.to
+                "{dir}: already shifted to '{}': {} inodes checked, nothing to do\n",
+                self.to, self.inodes
             );
         }
+        let how = if self.rolled_back {
+            format!(
+                " (rolled back the pending shift from '{}' to '{}', {} journal records)",
+                self.to, self.from, self.records
+            )
+        } else if self.resumed {
+            format!(
+                " (resumed: {} already done, {} journal records)",
+                self.already_done, self.records
+            )
+        } else {
+            String::new()
+        };
         out += &format!(
-            "{}: {} inodes scanned, owner {verb} on {}{}\n",
-            self.dir.display(),
-            self.inodes,
-            self.changed,
-            if self.resumed {
-                format!(
-                    " (resumed: {} done by the interrupted run)",
-                    self.already_done
-                )
-            } else {
-                String::new()
-            }
+            "{dir}: {} inodes scanned, owner {verb} on {}{how}\n",
+            self.inodes, self.changed,
         );
         out += &format!(
             "  setuid/setgid restored: {}, capabilities rewritten: {}, ACLs rewritten: {}, hardlinks seen again: {}\n",
@@ -234,7 +264,7 @@ impl Summary {
                     o.kind,
                     o.id,
                     o.inodes,
-                    o.example.display()
+                    escape_path(&o.example)
                 );
             }
             if self.outliers.len() > 20 {
@@ -244,12 +274,18 @@ impl Summary {
         for m in &self.mounts_skipped {
             out += &format!(
                 "  mount point left alone (use --cross-mounts): {}\n",
-                m.display()
+                escape_path(m)
             );
         }
         if self.error_count > 0 {
+            let (finish, back) = ways_out(
+                &self.dir,
+                &self.from.parse().unwrap_or(View::Host),
+                &self.to.parse().unwrap_or(View::Host),
+            );
             out += &format!(
-                "  {} inodes could not be changed (listed above); fix the cause and run the same command again\n",
+                "  {} inodes could not be changed (listed above); the shift stays pending: fix \
+                 the cause and run the same command again ({finish}), or its reverse ({back})\n",
                 self.error_count
             );
         }
@@ -264,7 +300,10 @@ impl Summary {
 /// The test hook behind `IDSHIFT_CRASH_AFTER_STEPS=N`: the process kills itself with SIGKILL
 /// before its Nth change to the disk (journal writes, chown, chmod, xattr writes, the final
 /// bookkeeping), so tests can check that the same command finishes the job from any point.
+/// Only in builds with debug assertions (the test builds); a release binary has no such hook.
+#[cfg(debug_assertions)]
 pub(crate) fn crash_point() {
+    use std::sync::OnceLock;
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
     static STEPS: AtomicU64 = AtomicU64::new(0);
     let limit = LIMIT.get_or_init(|| {
@@ -279,46 +318,25 @@ pub(crate) fn crash_point() {
     }
 }
 
-/// A time no earlier ctime can reach and no later one can fall below: after the fine-grained
-/// clock was read, wait until the coarse clock (what the kernel stamps ctimes with) is past it.
-/// On filesystems with whole-second timestamps the threshold is a whole second.
-fn ctime_threshold(whole_seconds: bool) -> i128 {
-    use nix::time::{clock_gettime, ClockId};
-    let now = |id| {
-        clock_gettime(id)
-            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
-            .unwrap_or(0)
-    };
-    let mut fine = now(ClockId::CLOCK_REALTIME);
-    if whole_seconds {
-        fine = (fine / 1_000_000_000 + 1) * 1_000_000_000 - 1;
-    }
-    loop {
-        let coarse = now(ClockId::CLOCK_REALTIME_COARSE);
-        if coarse > fine {
-            return if whole_seconds { fine + 1 } else { coarse };
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub(crate) fn crash_point() {}
 
 /// Opens DIR itself, refusing a symlink in its last component and anything but a directory.
 pub fn open_root(dir: &Path) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Usage(format!("{}: path contains a NUL byte", dir.display())))?;
-    sysfs::open_dir(None, &c).map_err(|e| match e {
-        Errno::ELOOP => Error::Usage(format!(
-            "{}: is a symlink; refusing to follow it (give the real directory)",
-            dir.display()
-        )),
-        Errno::ENOTDIR if dir.is_symlink() => Error::Usage(format!(
-            "{}: is a symlink; refusing to follow it (give the real directory)",
-            dir.display()
-        )),
-        Errno::ENOTDIR => Error::Usage(format!("{}: not a directory", dir.display())),
-        Errno::ENOENT => Error::Usage(format!("{}: no such directory", dir.display())),
-        e => Error::sys(format!("{}: open", dir.display()), e),
-    })
+    Tree::open(dir).map(|t| t.root)
+}
+
+/// The two commands that end a pending shift `from` → `to` of `dir`: finishing it, and rolling
+/// it back.
+pub fn ways_out(dir: &Path, from: &View, to: &View) -> (String, String) {
+    let dir = crate::report::escape_path(dir);
+    let cmd = |a: &View, b: &View| match (a, b) {
+        (View::Host, View::Map(m)) => format!("idshift shift {dir} {m}"),
+        (View::Map(m), View::Host) => format!("idshift shift -r {dir} {m}"),
+        (a, b) => format!("idshift shift {dir} --from {a} --to {b}"),
+    };
+    (cmd(from, to), cmd(to, from))
 }
 
 fn pool(threads: usize) -> Result<rayon::ThreadPool> {
@@ -352,17 +370,17 @@ fn show_progress(counter: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
                 last = Instant::now();
                 let n = counter.load(Relaxed);
                 let rate = n as f64 / start.elapsed().as_secs_f64();
-                match total {
-                    Some(t) => eprintln!("idshift: {n}/{t} inodes, {rate:.0}/s"),
-                    None => eprintln!("idshift: {n} inodes, {rate:.0}/s"),
-                }
+                crate::report::err_line(&match total {
+                    Some(t) => format!("{n}/{t} inodes, {rate:.0}/s"),
+                    None => format!("{n} inodes, {rate:.0}/s"),
+                });
             }
         }
         return;
     }
     let style = |template: &str| {
         indicatif::ProgressStyle::with_template(template)
-            .expect("valid template")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .with_key(
                 "rate",
                 |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
@@ -384,69 +402,206 @@ fn show_progress(counter: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
     bar.finish_and_clear();
 }
 
-/// Runs a shift. `Err(Error::Refused)` when the tree may not be shifted as asked (exit 3).
-pub fn run(opts: &ShiftOptions) -> Result<Summary> {
-    let start = Instant::now();
-    let tr = Translation::new(&opts.from, &opts.to)?;
-    let root = open_root(&opts.dir)?;
-    let root_file = File::from(root.try_clone().map_err(|e| Error::io(&opts.dir, e))?);
-    sysfs::raise_nofile_limit();
-    let mut summary = Summary::new(opts);
-    if opts.to.root_is_host_root() && !opts.from.root_is_host_root() {
-        summary.warnings.push(
-            "container root becomes host uid 0: the container's setuid-root files are now setuid root on the host"
-                .into(),
-        );
-    }
+/// Where a shift stands when the walk begins.
+struct Start {
+    journal: Option<Journal>,
+    direction: Direction,
+    /// An earlier run may have changed inodes.
+    partial: bool,
+    /// The tree records TO already: the walk verifies that claim.
+    verify_record: bool,
+}
 
-    let pending = state::find_pending(root.as_fd(), &opts.dir)?;
-    let (since_ns, records, resuming) = match pending {
-        Some((p, records)) => {
-            if p.from != opts.from || p.to != opts.to {
-                return Err(Error::Refused(format!(
-                    "{}: an unfinished shift {p} is pending (journal {}); run that shift again to finish it",
-                    opts.dir.display(),
-                    p.journal.display()
-                )));
-            }
-            summary.resumed = true;
-            (Some(p.since_ns), records, true)
-        }
-        None => {
-            if let Some(rec) = state::recorded(root.as_fd()) {
-                if rec == opts.to {
-                    summary.already_shifted = true;
-                    summary.seconds = start.elapsed().as_secs_f64();
-                    return Ok(summary);
+/// Reads what lies beside the tree and decides how this run starts: fresh, resuming the
+/// pending shift, or rolling it back. Refuses (exit 3) a different shift on a pending tree,
+/// and anything the disk and the hints together cannot settle.
+fn start(
+    tree: &Tree,
+    opts: &ShiftOptions,
+    overlap: bool,
+    reporter: &dyn Reporter,
+    summary: &mut Summary,
+) -> Result<Start> {
+    let dir = crate::report::escape_path(&opts.dir);
+    let journal_path = crate::report::escape_path(&tree.journal_path());
+    let mut warn = |text: String| {
+        reporter.warning(&text);
+        summary.warnings.push(text);
+    };
+    let marked = matches!(
+        crate::sys::xattr::get(tree.root.as_fd(), None, state::PENDING_XATTR),
+        Ok(Some(_))
+    );
+    let mut partial = false;
+    match state::find(tree)? {
+        Found::Pending(j) => {
+            let h = &j.header;
+            let direction = if h.from == opts.from && h.to == opts.to {
+                Some(Direction::Forward)
+            } else if h.from == opts.to && h.to == opts.from {
+                Some(Direction::Rollback)
+            } else {
+                None
+            };
+            match direction {
+                Some(direction) => {
+                    return Ok(Start {
+                        journal: Some(*j),
+                        direction,
+                        partial: true,
+                        verify_record: false,
+                    })
                 }
-                if rec != opts.from {
+                // A completed shift's leftover journal: another shift may begin.
+                None if j.done => {
+                    if !opts.dry_run {
+                        state::remove(tree)?;
+                    }
+                }
+                None => {
+                    let (finish, back) = ways_out(&opts.dir, &h.from, &h.to);
                     return Err(Error::Refused(format!(
-                        "{}: the tree records map '{rec}', not the FROM map '{}'; shift from '{rec}' \
-                         (or remove the user.idshift.map xattr if the record is stale)",
-                        opts.dir.display(),
-                        opts.from
+                        "{dir}: an unfinished shift {h} is pending (journal {journal_path}); \
+                         finish it ({finish}) or roll it back ({back}) first"
                     )));
                 }
             }
-            (None, state::Records::new(), false)
+        }
+        Found::Nothing => {}
+        Found::Abandoned => {
+            if !opts.dry_run {
+                state::remove(tree)?;
+            }
+        }
+        Found::Unusable { why, maybe_ours } => {
+            if overlap && (maybe_ours || marked) {
+                return Err(Error::Refused(format!(
+                    "{journal_path}: not used: {why}; with overlapping FROM and TO ranges its \
+                     records are needed to tell shifted inodes from unshifted ones, so nothing \
+                     was changed (run the shift as the journal's owner)"
+                )));
+            }
+            partial = marked || maybe_ours;
+            if opts.dry_run {
+                warn(format!(
+                    "{journal_path}: not used: {why}; a real run moves it aside"
+                ));
+            } else {
+                let aside = state::set_aside(tree)?;
+                warn(format!(
+                    "{journal_path}: not used: {why}; moved aside to {}",
+                    crate::report::escape_path(&aside)
+                ));
+            }
+        }
+        Found::Lost => {
+            if overlap {
+                return Err(Error::Refused(format!(
+                    "{dir}: marked as under a shift, but its journal {journal_path} is gone: \
+                     with overlapping FROM and TO ranges shifted inodes cannot be told from \
+                     unshifted ones without it; nothing was changed"
+                )));
+            }
+            partial = true;
+            warn(format!(
+                "{dir}: marked as under a shift, but its journal {journal_path} is gone: \
+                 shifting from what each inode holds (setuid bits and capabilities an \
+                 interrupted run had not written back are lost)"
+            ));
+        }
+    }
+    let mut verify_record = false;
+    if let Some(rec) = state::recorded(tree.root.as_fd()) {
+        if rec == opts.to {
+            partial = true;
+            verify_record = true;
+        } else if rec != opts.from {
+            return Err(Error::Refused(format!(
+                "{dir}: the tree records map '{rec}', not the FROM map '{}'; shift from '{rec}', \
+                 or, if another tool changed the tree since, remove the stale record \
+                 (setfattr -x user.idshift.map {dir})",
+                opts.from
+            )));
+        }
+    }
+    Ok(Start {
+        journal: None,
+        direction: Direction::Forward,
+        partial,
+        verify_record,
+    })
+}
+
+/// Runs a shift (or the rollback of a pending one), reporting per-inode events to `reporter`.
+/// `Err(Error::Refused)` when the tree may not be shifted as asked (exit 3).
+pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
+    let started = Instant::now();
+    let tr = Translation::new(&opts.from, &opts.to)?;
+    let tree = Tree::open(&opts.dir)?;
+    tree.lock()?;
+    sysfs::raise_nofile_limit();
+    let mut summary = Summary::new(opts);
+    let dir = crate::report::escape_path(&opts.dir);
+    let overlap = tr.overlaps();
+    if overlap && tree.stat.btime_ns.is_none() {
+        return Err(Error::Refused(format!(
+            "{dir}: FROM and TO share host ids, and this filesystem keeps no birth times to tell \
+             an inode from a new one that reuses its number after a crash; shift in two steps \
+             through a free range instead; nothing was changed"
+        )));
+    }
+    let begin = start(&tree, opts, overlap, reporter, &mut summary)?;
+    // In a rollback the rules speak of the pending shift, TO → FROM undone.
+    let pending_tr;
+    let fwd = match begin.direction {
+        Direction::Forward => &tr,
+        Direction::Rollback => {
+            pending_tr = Translation::new(&opts.to, &opts.from)?;
+            &pending_tr
         }
     };
+    let rules = Rules {
+        tr: fwd,
+        direction: begin.direction,
+        overlap,
+        partial: begin.partial,
+    };
+    summary.resumed = begin.journal.is_some() && begin.direction == Direction::Forward;
+    summary.rolled_back = begin.direction == Direction::Rollback;
+    if summary.resumed || summary.rolled_back {
+        let j = begin.journal.as_ref().expect("a pending journal");
+        summary.records = (j.forward.len() + j.rollback.len()) as u64;
+    }
+    if opts.to.root_is_host_root() && !opts.from.root_is_host_root() {
+        let text = "container root becomes host uid 0: the container's setuid-root files are \
+                    now setuid root on the host";
+        reporter.warning(text);
+        summary.warnings.push(text.into());
+    }
     let pool = pool(opts.threads)?;
+    let empty = state::Records::new();
+    let namespace = crate::userns::current_map()?;
 
-    if opts.strict && !resuming {
-        let mut check = ShiftVisitor::new(&tr, &records, None);
-        check.since_ns = since_ns;
+    // A read-only pass first where the run must know the whole tree before changing it:
+    // --strict (outliers), or a record of TO that overlapping ranges cannot check inode by inode.
+    let check_overlap = begin.verify_record && overlap;
+    if begin.journal.is_none() && (opts.strict || check_overlap) {
+        let mut check = ShiftVisitor::new(rules, &empty, &empty, None, &Quiet);
+        check.namespace = namespace.clone();
         walk::walk(
             &pool,
-            root.try_clone().map_err(|e| Error::io(&opts.dir, e))?,
+            tree.root.as_fd(),
             &opts.dir,
             opts.cross_mounts,
             &check,
         )
-        .map_err(|e| Error::sys(format!("{}: stat", opts.dir.display()), e))?;
-        let n = check.stats.outlier_inodes.load(Relaxed)
-            + check.stats.acl_outlier_entries.load(Relaxed);
-        if n > 0 {
+        .map_err(|e| Error::sys(format!("{dir}: stat"), e))?;
+        let s = &check.stats;
+        let (inodes, entries) = (
+            s.outlier_inodes.load(Relaxed),
+            s.acl_outlier_entries.load(Relaxed),
+        );
+        if opts.strict && inodes + entries > 0 {
             let ids: Vec<String> = check
                 .outliers()
                 .iter()
@@ -454,69 +609,58 @@ pub fn run(opts: &ShiftOptions) -> Result<Summary> {
                 .map(|o| format!("{} {}", o.kind, o.id))
                 .collect();
             return Err(Error::Refused(format!(
-                "{}: --strict: {n} ids outside the FROM map ({}); nothing was changed",
-                opts.dir.display(),
+                "{dir}: --strict: {inodes} inodes and {entries} ACL entries hold ids outside the \
+                 FROM map ({}); nothing was changed",
                 ids.join(", ")
             )));
         }
-    }
-
-    // Set up the journal (not in a dry run): header with the threshold, then DIR's own record,
-    // then the pending mark on DIR.
-    let mut journal = None;
-    let mut pend = None;
-    let mut since_ns = since_ns;
-    let mut records = records;
-    if !opts.dry_run {
-        let path = state::journal_path(&opts.dir)?;
-        if resuming {
-            journal = Some(Journal::reopen(&path)?);
-            pend = Some(Pending {
-                from: opts.from.clone(),
-                to: opts.to.clone(),
-                since_ns: since_ns.expect("resuming has a threshold"),
-                journal: path,
-            });
-        } else {
-            let st = sysfs::statx(root.as_fd(), None)
-                .map_err(|e| Error::sys(format!("{}: stat", opts.dir.display()), e))?;
-            let whole = st.ctime_ns % 1_000_000_000 == 0 && st.mtime_ns % 1_000_000_000 == 0;
-            let p = Pending {
-                from: opts.from.clone(),
-                to: opts.to.clone(),
-                since_ns: ctime_threshold(whole),
-                journal: path,
-            };
-            let j = Journal::create(&p)?;
-            // DIR's own original: the pending mark changes DIR's ctime.
-            let root_orig = read_root_original(&root, &st)?;
-            j.append(&state::format_record((st.dev, st.ino), &root_orig))
-                .map_err(|e| Error::io(&p.journal, e))?;
-            records.insert((st.dev, st.ino), root_orig);
-            state::mark_pending(&root_file, &p)?;
-            since_ns = Some(p.since_ns);
-            journal = Some(j);
-            pend = Some(p);
+        if check_overlap {
+            let left = s.from_only.load(Relaxed);
+            if left > 0 {
+                return Err(Error::Refused(format!(
+                    "{dir}: the tree records map '{}', but {left} inodes hold ids only the FROM \
+                     map '{}' covers: another tool changed it since, and with overlapping ranges \
+                     the other inodes cannot be told apart; nothing was changed",
+                    opts.to, opts.from
+                )));
+            }
+            summary.already_shifted = true;
+            summary.inodes = s.inodes.load(Relaxed);
+            summary.already_done = s.already_done.load(Relaxed);
+            summary.seconds = started.elapsed().as_secs_f64();
+            return Ok(summary);
         }
     }
 
-    let mut visitor = ShiftVisitor::new(&tr, &records, journal.as_ref());
+    let journal = match (begin.journal, opts.dry_run) {
+        (j @ Some(_), _) => j,
+        (None, true) => None,
+        (None, false) => Some(Journal::create(&tree, &opts.from, &opts.to)?),
+    };
+    let (forward, rollback) = journal
+        .as_ref()
+        .map_or((&empty, &empty), |j| (&j.forward, &j.rollback));
+    let mut visitor = ShiftVisitor::new(rules, forward, rollback, journal.as_ref(), reporter);
     visitor.dry_run = opts.dry_run;
     visitor.verbose = opts.verbose;
-    visitor.since_ns = since_ns;
-    visitor.resuming = resuming;
-    visitor.namespace = crate::userns::current_map()?;
-    let total = state::recorded_inodes(root.as_fd());
+    visitor.namespace = namespace;
+    let total = state::recorded_inodes(tree.root.as_fd());
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         if wants_progress(opts.progress) {
             scope.spawn(|| show_progress(&visitor.stats.inodes, total, &done));
         }
-        let walked = walk::walk(&pool, root, &opts.dir, opts.cross_mounts, &visitor);
+        let walked = walk::walk(
+            &pool,
+            tree.root.as_fd(),
+            &opts.dir,
+            opts.cross_mounts,
+            &visitor,
+        );
         done.store(true, Relaxed);
         walked
     })
-    .map_err(|e| Error::sys(format!("{}: stat", opts.dir.display()), e))?;
+    .map_err(|e| Error::sys(format!("{dir}: stat"), e))?;
 
     let s = &visitor.stats;
     summary.inodes = s.inodes.load(Relaxed);
@@ -532,28 +676,47 @@ pub fn run(opts: &ShiftOptions) -> Result<Summary> {
     summary.outliers = visitor.outliers();
     summary.errors = visitor.errors();
     summary.mounts_skipped = visitor.mounts_skipped();
-    if let (Some(p), 0) = (&pend, summary.error_count) {
-        state::finish(&root_file, p, summary.inodes)?;
+    drop(visitor);
+    if begin.verify_record && summary.changed > 0 {
+        let text = format!(
+            "{dir}: the tree recorded map '{}', but {} inodes were still in '{}' (another tool \
+             changed it since): shifted them",
+            opts.to, summary.changed, opts.from
+        );
+        reporter.warning(&text);
+        summary.warnings.push(text);
     }
-    summary.seconds = start.elapsed().as_secs_f64();
+    if begin.verify_record && summary.changed == 0 && summary.error_count == 0 {
+        summary.already_shifted = true;
+    }
+    if let (Some(j), 0) = (journal, summary.error_count) {
+        if !opts.dry_run {
+            let done = (begin.direction == Direction::Forward).then_some(&opts.to);
+            j.finish(&tree, done, summary.inodes)?;
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
     summary.inodes_per_second = summary.inodes as f64 / summary.seconds.max(1e-9);
     Ok(summary)
 }
 
-/// DIR's own original state, for its journal record.
-fn read_root_original(root: &OwnedFd, st: &sysfs::Stat) -> Result<state::Original> {
-    let get = |attr| {
-        crate::sys::xattr::get(root.as_fd(), None, attr)
-            .map_err(|e| Error::sys("reading the directory's ACLs", e))
-    };
-    Ok(state::Original {
-        uid: st.uid,
-        gid: st.gid,
-        mode: st.mode,
-        caps: None,
-        acl_access: get(acl::ACCESS)?,
-        acl_default: get(acl::DEFAULT)?,
-    })
+/// Where per-inode events are reported.
+pub trait Reporter: Sync {
+    /// One change, for `-v`.
+    fn change(&self, line: &str);
+    /// An inode that could not be shifted (the walk goes on).
+    fn inode_error(&self, e: &InodeError);
+    /// Something the user should know before reading the summary.
+    fn warning(&self, text: &str);
+}
+
+/// A reporter that reports nothing (read-only pre-scans).
+struct Quiet;
+
+impl Reporter for Quiet {
+    fn change(&self, _: &str) {}
+    fn inode_error(&self, _: &InodeError) {}
+    fn warning(&self, _: &str) {}
 }
 
 #[cfg(test)]
@@ -601,17 +764,5 @@ mod tests {
         for s in ["host", "u:0:100000:65536 g:0:100000:65536"] {
             assert_eq!(view(s).to_string(), s);
         }
-    }
-
-    #[test]
-    fn threshold_is_past_now() {
-        use nix::time::{clock_gettime, ClockId};
-        let before = clock_gettime(ClockId::CLOCK_REALTIME).unwrap();
-        let t = ctime_threshold(false);
-        let before = before.tv_sec() as i128 * 1_000_000_000 + before.tv_nsec() as i128;
-        assert!(t > before);
-        let w = ctime_threshold(true);
-        assert_eq!(w % 1_000_000_000, 0);
-        assert!(w > before);
     }
 }

@@ -171,14 +171,17 @@ impl<V: Visitor> Walk<'_, V> {
     }
 }
 
-/// Walks the tree under `root` (already opened with `O_NOFOLLOW`) on `pool`.
+/// Walks the tree under `root` (already opened with `O_NOFOLLOW`) on `pool`. The walk reads
+/// the root through a new open of it, so the caller's fd (and its directory offset, and any
+/// lock on it) is left as it was: two walks of one root see the same entries.
 pub fn walk<V: Visitor>(
     pool: &rayon::ThreadPool,
-    root: OwnedFd,
+    root: BorrowedFd<'_>,
     root_path: &Path,
     cross_mounts: bool,
     visitor: &V,
 ) -> Result<(), Errno> {
+    let root = sysfs::open_dir(Some(root), c".")?;
     let st = sysfs::statx(root.as_fd(), None)?;
     let walk = Walk {
         visitor,

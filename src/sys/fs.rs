@@ -20,12 +20,16 @@ pub struct Stat {
     pub gid: u32,
     pub nlink: u32,
     pub ino: u64,
+    pub size: u64,
     /// The device, as `makedev(major, minor)`.
     pub dev: u64,
     /// The mount the inode was reached through (`STATX_MNT_ID`); 0 if the kernel has none.
     pub mnt_id: u64,
     /// Status change time, in nanoseconds since the epoch.
     pub ctime_ns: i128,
+    /// Birth time, where the filesystem keeps one (`STATX_BTIME`): with `(dev, ino)` it tells
+    /// an inode from a later one that reuses its number.
+    pub btime_ns: Option<i128>,
     pub mtime_ns: i128,
     pub atime_ns: i128,
 }
@@ -65,7 +69,7 @@ pub fn statx(dir: BorrowedFd, name: Option<&CStr>) -> Result<Stat, Errno> {
         } else {
             0
         };
-    let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID;
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID | libc::STATX_BTIME;
     // SAFETY: the path is a valid C string, `buf` is a writable statx of the right size.
     let r = unsafe {
         libc::statx(
@@ -85,6 +89,7 @@ pub fn statx(dir: BorrowedFd, name: Option<&CStr>) -> Result<Stat, Errno> {
         gid: s.stx_gid,
         nlink: s.stx_nlink,
         ino: s.stx_ino,
+        size: s.stx_size,
         dev: libc::makedev(s.stx_dev_major, s.stx_dev_minor),
         mnt_id: if s.stx_mask & libc::STATX_MNT_ID != 0 {
             s.stx_mnt_id
@@ -92,6 +97,7 @@ pub fn statx(dir: BorrowedFd, name: Option<&CStr>) -> Result<Stat, Errno> {
             0
         },
         ctime_ns: ns(s.stx_ctime),
+        btime_ns: (s.stx_mask & libc::STATX_BTIME != 0).then(|| ns(s.stx_btime)),
         mtime_ns: ns(s.stx_mtime),
         atime_ns: ns(s.stx_atime),
     })
@@ -104,7 +110,17 @@ pub fn statx(dir: BorrowedFd, name: Option<&CStr>) -> Result<Stat, Errno> {
 /// # References
 ///  - [Linux](https://man7.org/linux/man-pages/man2/openat.2.html)
 pub fn open_dir(dir: Option<BorrowedFd>, name: &CStr) -> Result<OwnedFd, Errno> {
-    let base = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    open_dir_flags(dir, name, libc::O_NOFOLLOW)
+}
+
+/// `openat(AT_FDCWD, path, O_DIRECTORY)`—Open a directory by path, following symlinks (for
+/// the parent of a tree: only a tree's own last component must not be a symlink).
+pub fn open_dir_following(path: &CStr) -> Result<OwnedFd, Errno> {
+    open_dir_flags(None, path, 0)
+}
+
+fn open_dir_flags(dir: Option<BorrowedFd>, name: &CStr, extra: i32) -> Result<OwnedFd, Errno> {
+    let base = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | extra;
     let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     for flags in [base | libc::O_NOATIME, base] {
         // SAFETY: valid C string; the returned fd, if any, is owned by us alone.
@@ -119,8 +135,12 @@ pub fn open_dir(dir: Option<BorrowedFd>, name: &CStr) -> Result<OwnedFd, Errno> 
     Err(Errno::EPERM)
 }
 
-/// `openat(dir, name, O_PATH|O_NOFOLLOW)`—A handle on any inode, opening nothing.
-fn open_path(dir: BorrowedFd, name: &CStr) -> Result<OwnedFd, Errno> {
+/// `openat(dir, name, O_PATH|O_NOFOLLOW)`—A handle on any inode, opening nothing: a symlink,
+/// a FIFO or a device is not opened, only named, so it can be checked before it is read.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/openat.2.html) (`O_PATH`)
+pub fn open_path(dir: BorrowedFd, name: &CStr) -> Result<OwnedFd, Errno> {
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: valid C string; the returned fd, if any, is owned by us alone.
     let fd = Errno::result(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
@@ -198,6 +218,73 @@ impl AsFdBorrowed for OwnedFd {
 /// `/proc/self/fd/N` for an fd, as a C string.
 pub(crate) fn proc_fd_path(fd: &impl AsRawFd) -> std::ffi::CString {
     std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
+}
+
+/// Reopens an `O_PATH` handle for reading and writing (appending) through its
+/// `/proc/self/fd` link: the same inode, never a path resolved anew.
+pub fn reopen_rw(handle: &OwnedFd) -> Result<std::fs::File, Errno> {
+    let link = proc_fd_path(handle);
+    let flags = libc::O_RDWR | libc::O_APPEND | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+    // SAFETY: valid C string; the returned fd, if any, is owned by us alone.
+    let fd = Errno::result(unsafe { libc::open(link.as_ptr(), flags) })?;
+    // SAFETY: open returned a new, open fd.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `openat(dir, name, O_CREAT|O_EXCL|O_WRONLY|O_NOFOLLOW, 0600)`—Create a new private file.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/openat.2.html)
+pub fn create_private(dir: BorrowedFd, name: &CStr) -> Result<std::fs::File, Errno> {
+    let flags = libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_WRONLY
+        | libc::O_APPEND
+        | libc::O_NOFOLLOW
+        | libc::O_CLOEXEC
+        | libc::O_NOCTTY;
+    // SAFETY: valid fd and C string; the returned fd, if any, is owned by us alone.
+    let fd = Errno::result(unsafe {
+        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o600 as libc::c_uint)
+    })?;
+    // SAFETY: openat returned a new, open fd.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// `unlinkat(dir, name, 0)`—Remove a file entry of `dir`.
+pub fn unlink(dir: BorrowedFd, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: valid fd and C string.
+    Errno::result(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
+}
+
+/// `renameat2(dir, from, dir, to, RENAME_NOREPLACE)`—Rename within one directory, never over
+/// an existing entry.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/rename.2.html)
+pub fn rename_noreplace(dir: BorrowedFd, from: &CStr, to: &CStr) -> Result<(), Errno> {
+    // SAFETY: valid fd and C strings.
+    let r = unsafe {
+        libc::renameat2(
+            dir.as_raw_fd(),
+            from.as_ptr(),
+            dir.as_raw_fd(),
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `flock(fd, LOCK_EX|LOCK_NB)`—Take the exclusive lock on an open file (a tree's root), or
+/// fail with `EWOULDBLOCK` when another open file description holds it. Released when every
+/// fd of this description is closed, also when the process dies.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/flock.2.html)
+pub fn try_lock_exclusive(fd: BorrowedFd) -> Result<(), Errno> {
+    // SAFETY: valid fd.
+    Errno::result(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
 }
 
 /// `fsync(fd)`—Make what was written to a file (or a directory's entries and xattrs) durable.

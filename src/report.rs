@@ -1,0 +1,181 @@
+//! The one place that prints: per-inode lines and warnings from the engines, and the final
+//! reports as text or JSON.
+//!
+//! A closed stdout (`idshift shift -v DIR MAP | head -1`) stops the printing, never the work:
+//! every write checks for `EPIPE` and from then on prints nothing more to that stream, and the
+//! exit status still tells how the work went.
+//!
+//! Paths are printed with [`escape_path`], in text and in JSON alike: valid UTF-8 as it is, every
+//! byte that is not part of valid UTF-8 as `\xNN`, and a backslash as `\\`, so that a file name
+//! that is not UTF-8 is shown (and can be told from one that spells `\xNN` out) without loss.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use crate::shift::inode::InodeError;
+use crate::shift::Reporter;
+
+/// A path as text: UTF-8 as it is, other bytes as `\xNN`, `\` as `\\`.
+pub fn escape_path(path: &Path) -> String {
+    escape_bytes(path.as_os_str().as_encoded_bytes())
+}
+
+/// Bytes as text, escaped as [`escape_path`] says.
+pub fn escape_bytes(mut bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                push_escaped(&mut out, s);
+                return out;
+            }
+            Err(e) => {
+                let (good, rest) = bytes.split_at(e.valid_up_to());
+                push_escaped(&mut out, std::str::from_utf8(good).expect("valid prefix"));
+                let bad = e.error_len().unwrap_or(rest.len());
+                for b in &rest[..bad] {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+                bytes = &rest[bad..];
+            }
+        }
+    }
+}
+
+fn push_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// `serialize_with` for a path: the escaped text.
+pub fn ser_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&escape_path(path))
+}
+
+/// `serialize_with` for a list of paths.
+pub fn ser_paths<S: serde::Serializer>(
+    paths: &[std::path::PathBuf],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(paths.iter().map(|p| escape_path(p)))
+}
+
+/// A stream that stops printing, quietly, once its reader is gone.
+struct Stream {
+    closed: AtomicBool,
+    lock: Mutex<()>,
+}
+
+impl Stream {
+    const fn new() -> Stream {
+        Stream {
+            closed: AtomicBool::new(false),
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn write(&self, out: &mut dyn Write, text: &str) {
+        if self.closed.load(Relaxed) {
+            return;
+        }
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            // EPIPE or any other failure: the reader is gone; the work goes on.
+            self.closed.store(true, Relaxed);
+        }
+    }
+}
+
+static STDOUT: Stream = Stream::new();
+static STDERR: Stream = Stream::new();
+
+/// Prints to stdout; nothing more once stdout is closed.
+pub fn out(text: &str) {
+    STDOUT.write(&mut std::io::stdout().lock(), text);
+}
+
+/// Prints a line to stderr, prefixed `idshift: `.
+pub fn err_line(text: &str) {
+    STDERR.write(&mut std::io::stderr().lock(), &format!("idshift: {text}\n"));
+}
+
+/// Prints a report as JSON (versioned by its type) or as its text.
+pub fn print(json: bool, report: &impl serde::Serialize, text: impl FnOnce() -> String) {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(s) => out(&(s + "\n")),
+            Err(e) => err_line(&format!("cannot write the report as JSON: {e}")),
+        }
+    } else {
+        out(&text());
+    }
+}
+
+/// The reporter of the command line: `-v` lines to stdout, inode errors and warnings to stderr.
+pub struct Printer;
+
+impl Reporter for Printer {
+    fn change(&self, line: &str) {
+        out(&format!("{line}\n"));
+    }
+
+    fn inode_error(&self, e: &InodeError) {
+        err_line(&format!(
+            "{}: {}: {}",
+            escape_path(&e.path),
+            e.op,
+            e.message
+        ));
+    }
+
+    fn warning(&self, text: &str) {
+        err_line(&format!("warning: {text}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn paths_escape_bytes_that_are_not_utf8_and_backslashes() {
+        let p = |b: &[u8]| escape_path(Path::new(std::ffi::OsStr::from_bytes(b)));
+        assert_eq!(p(b"etc/passwd"), "etc/passwd");
+        assert_eq!(p("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(p(b"bad\xffname"), "bad\\xffname");
+        assert_eq!(
+            p(b"a\\xffb"),
+            "a\\\\xffb",
+            "a spelled-out escape stays distinct"
+        );
+        assert_eq!(p(b"\xe2\x82"), "\\xe2\\x82", "a cut-short sequence");
+        assert_eq!(p(b"\xc3\xa9\xc3"), "\u{e9}\\xc3");
+    }
+
+    #[test]
+    fn json_of_a_non_utf8_path_is_valid() {
+        #[derive(serde::Serialize)]
+        struct R {
+            #[serde(serialize_with = "ser_path")]
+            p: std::path::PathBuf,
+        }
+        let r = R {
+            p: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"x\xff")),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"p":"x\\xff"}"#);
+    }
+}

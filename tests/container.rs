@@ -199,7 +199,7 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
     .unwrap();
     let root = tmp.path().join("rootfs");
     std::fs::create_dir(&root).unwrap();
-    for f in ["plain", "hostcap", "foreignacl", "nscap"] {
+    for f in ["plain", "hostcap", "foreignacl", "nscap", "hostowned"] {
         std::fs::write(root.join(f), f).unwrap();
     }
     let v3 = caps::encode(&caps::decode(&CAP_NET_RAW_V2).unwrap().with_rootid(200000));
@@ -213,8 +213,10 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
         "never",
     ]));
     assert_code(&out, 0);
-    // After that shift, which made every capability the container's: one of host root's.
+    // After that shift, which made every capability the container's: one of host root's, and
+    // a file owned by a host id outside the user's ranges.
     set_xattr(&root.join("hostcap"), caps::NAME, &CAP_NET_RAW_V2);
+    std::os::unix::fs::lchown(root.join("hostowned"), Some(4242), Some(4242)).unwrap();
     std::os::unix::fs::chown(tmp.path(), Some(user.uid), Some(user.gid)).unwrap();
     let before = snapshot(&root);
 
@@ -239,17 +241,33 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
         err.contains("foreignacl: keep xattrs: its ACL names uid -1 (unmapped)"),
         "{err}"
     );
+    // Inside the namespace the foreign owner reads as the overflow id: said so, not passed off
+    // as the owner.
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "uid 65534 (the overflow id: its real owner is outside your delegated ranges)"
+        ),
+        "{text}"
+    );
     let after = snapshot(&root);
-    for f in ["hostcap", "foreignacl"] {
+    for f in ["hostcap", "foreignacl", "hostowned"] {
         assert_eq!(after[Path::new(f)], before[Path::new(f)], "{f} was touched");
     }
     assert_eq!(owner(&root.join("plain")), (300000, 300000));
     let nscap = caps::decode(&get_xattr(&root.join("nscap"), caps::NAME).unwrap()).unwrap();
     assert_eq!(nscap.rootid, 300000);
 
-    // Root runs the same shift and finishes the two.
+    // Root runs the same shift and finishes the two; the user's journal is not root's to
+    // trust: it is moved aside, and the shift goes on from what the inodes hold.
     let out = run(&mut idshift(&args));
     assert_code(&out, 0);
+    assert!(stdout(&out).contains("uid 4242: 1"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("not by you (uid 0)"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(owner(&root.join("hostcap")), (300000, 300000));
     assert_eq!(
         get_xattr(&root.join("hostcap"), caps::NAME).unwrap(),

@@ -64,6 +64,10 @@ pub struct InodeError {
 pub struct Outlier {
     pub kind: &'static str,
     pub id: u32,
+    /// Read inside a user namespace that does not map the real id (an unprivileged shift): `id`
+    /// is then the kernel's overflow id, not the owner's; the real id is outside the caller's
+    /// delegated ranges (`idshift status` as root shows it).
+    pub unmapped: bool,
     pub inodes: u64,
     #[serde(serialize_with = "crate::report::ser_path")]
     pub example: PathBuf,
@@ -299,6 +303,10 @@ impl<'a> ShiftVisitor<'a> {
             .map(|(&(kind, id), (n, path))| Outlier {
                 kind: kind.name(),
                 id,
+                unmapped: self
+                    .namespace
+                    .as_ref()
+                    .is_some_and(|ns| ns.to_host(kind, id).is_none()),
                 inodes: *n,
                 example: path.clone(),
             })

@@ -259,10 +259,17 @@ impl Summary {
                 self.outlier_inodes, self.acl_outlier_entries
             );
             for o in self.outliers.iter().take(20) {
+                let id = if o.unmapped {
+                    format!(
+                        "{} (the overflow id: its real owner is outside your delegated ranges)",
+                        o.id
+                    )
+                } else {
+                    o.id.to_string()
+                };
                 out += &format!(
-                    "    {} {}: {} (e.g. {})\n",
+                    "    {} {id}: {} (e.g. {})\n",
                     o.kind,
-                    o.id,
                     o.inodes,
                     escape_path(&o.example)
                 );

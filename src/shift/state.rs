@@ -685,10 +685,6 @@ mod tests {
             (&good.replace("tree 2049 12 5", "tree x 12 5"), "device"),
             (&good.replace("0123456789abcdef", "zz"), "id"),
             (&(good.clone() + "r 1 2 3\n"), "record is malformed"),
-            (
-                &(good.clone() + "done\nr 1 2 - 0 0 0 - - -\n"),
-                "after 'done'",
-            ),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err();

@@ -499,8 +499,21 @@ fn stale_record_does_not_make_the_shift_a_noop() {
         }
     }
     assert_eq!(owner(&root.join("bin/su")), (0, 0));
+    // `status` says the record is contradicted by the tree.
+    let st = run_ok(&mut status_cmd(&root, &[]));
+    assert_code(&st, 0);
+    assert!(
+        stdout(&st).contains("(contradicted: "),
+        "status does not report the stale record: {}",
+        describe(&st)
+    );
     let out = shift(&root, &[MAP]);
     assert_code(&out, 0);
+    assert!(
+        stderr(&out).contains("another tool"),
+        "the shift does not say the record was stale: {}",
+        describe(&out)
+    );
     let left: Vec<String> = all_paths(&root)
         .into_iter()
         .filter_map(|p| {
@@ -705,6 +718,37 @@ fn tree_in_use_is_refused_unless_forced() {
         drop(child);
     }
     c.done();
+}
+
+// `exec --rootfs` runs the same check: a rootfs in use is refused with 125 before anything
+// starts.
+#[test]
+fn exec_rootfs_on_a_tree_in_use_is_refused() {
+    let Some(_) = require!(Root) else { return };
+    let (_tmp, root) = sample();
+    let child = Chrooted::start(&root);
+    let pid = child.0.as_raw() as u32;
+    let marker = root.join("etc/exec-ran");
+    let cmd = format!("touch {}", marker.display());
+    let out = run_ok(&mut idshift(&[
+        "exec",
+        "-m",
+        MAP,
+        "--rootfs",
+        root.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &cmd,
+    ]));
+    assert_code(&out, 125);
+    let err = stderr(&out);
+    assert!(
+        err.contains("in use") && err.contains(&pid.to_string()) && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!marker.exists());
+    drop(child);
 }
 
 // ---------------------------------------------------------------------------------------------

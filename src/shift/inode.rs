@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -267,10 +267,24 @@ pub struct ShiftVisitor<'a> {
     outliers: Mutex<BTreeMap<(IdKind, u32), (u64, PathBuf)>>,
     errors: Mutex<Vec<InodeError>>,
     mounts: Mutex<Vec<PathBuf>>,
+    group: Mutex<Group>,
 }
 
 /// How many per-inode errors are kept for the summary (all are counted and reported).
 const MAX_KEPT_ERRORS: usize = 1000;
+
+/// A group commit is written once this many plans, or plans of this many directories (each
+/// holds its directory open), wait for their records.
+const GROUP_PLANS: usize = 4096;
+const GROUP_DIRS: usize = 256;
+
+/// Plans waiting for their records to be written and synced together.
+#[derive(Default)]
+struct Group {
+    text: String,
+    plans: usize,
+    dirs: Vec<(std::os::fd::OwnedFd, PathBuf, Vec<Plan>)>,
+}
 
 impl<'a> ShiftVisitor<'a> {
     pub fn new(
@@ -294,6 +308,7 @@ impl<'a> ShiftVisitor<'a> {
             outliers: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(Vec::new()),
             mounts: Mutex::new(Vec::new()),
+            group: Mutex::new(Group::default()),
         }
     }
 
@@ -667,6 +682,64 @@ impl<'a> ShiftVisitor<'a> {
         Ok(())
     }
 
+    /// Carries out one plan whose record, if it needs one, is durable.
+    fn carry_out(&self, dir: BorrowedFd<'_>, dir_path: &Path, plan: &Plan) {
+        let path_of = || match &plan.name {
+            None => dir_path.to_path_buf(),
+            Some(n) => dir_path.join(super::walk::os(n)),
+        };
+        if self.verbose {
+            self.reporter.change(&plan.describe(&path_of()));
+        }
+        if self.dry_run {
+            self.count(plan);
+            return;
+        }
+        match self.apply(dir, plan) {
+            Ok(()) => self.count(plan),
+            Err((op, e)) => self.error(path_of(), op, e),
+        }
+    }
+
+    /// A plan left undone because its record could not be written first.
+    fn left_unrecorded(&self, dir_path: &Path, plan: &Plan, e: &std::io::Error) {
+        self.push_error(InodeError {
+            path: match &plan.name {
+                None => dir_path.to_path_buf(),
+                Some(n) => dir_path.join(super::walk::os(n)),
+            },
+            op: "write journal",
+            errno: e.raw_os_error().unwrap_or(0),
+            message: format!("{e}; left unchanged"),
+        });
+    }
+
+    /// Writes a group's records with one sync, then carries out its plans; never changes what
+    /// could not be recorded first.
+    fn commit(&self, group: Group) {
+        if group.dirs.is_empty() {
+            return;
+        }
+        let journal = self
+            .journal
+            .expect("records are grouped only with a journal");
+        let written = journal.append(&group.text);
+        for (dir, dir_path, plans) in &group.dirs {
+            for plan in plans {
+                match &written {
+                    Ok(()) => self.carry_out(dir.as_fd(), dir_path, plan),
+                    Err(e) => self.left_unrecorded(dir_path, plan, e),
+                }
+            }
+        }
+    }
+
+    /// Commits what is still waiting; the walk calls this once it has visited every inode.
+    pub fn flush(&self) {
+        let group = std::mem::take(&mut *self.group.lock().unwrap_or_else(|e| e.into_inner()));
+        self.commit(group);
+    }
+
     fn error(&self, path: PathBuf, op: &'static str, errno: Errno) {
         self.push_error(InodeError {
             path,
@@ -706,44 +779,40 @@ impl Visitor for ShiftVisitor<'_> {
     }
 
     fn finish(&self, dir: BorrowedFd<'_>, dir_path: &Path, batch: Vec<Plan>) {
-        let path_of = |p: &Plan| match &p.name {
-            None => dir_path.to_path_buf(),
-            Some(n) => dir_path.join(super::walk::os(n)),
+        let (recorded, now): (Vec<Plan>, Vec<Plan>) = batch
+            .into_iter()
+            .partition(|p| p.record.is_some() && !self.dry_run && self.journal.is_some());
+        for plan in &now {
+            self.carry_out(dir, dir_path, plan);
+        }
+        if recorded.is_empty() {
+            return;
+        }
+        // Plans that need a record wait for a group commit: their records are written and
+        // synced with other directories' in one fdatasync, then they are carried out.
+        let dir = match dir.try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                for plan in &recorded {
+                    self.left_unrecorded(dir_path, plan, &e);
+                }
+                return;
+            }
         };
-        let mut journal_error = None;
-        if let (Some(journal), false) = (self.journal, self.dry_run) {
-            let text: String = batch
-                .iter()
-                .filter_map(|p| p.record.as_ref().map(|(k, o)| format_record(*k, p.key, o)))
-                .collect();
-            if !text.is_empty() {
-                if let Err(e) = journal.append(&text) {
-                    journal_error = Some(e);
+        let full = {
+            let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+            for p in &recorded {
+                if let Some((kind, o)) = &p.record {
+                    group.text += &format_record(*kind, p.key, o);
                 }
             }
-        }
-        for plan in &batch {
-            if self.verbose {
-                self.reporter.change(&plan.describe(&path_of(plan)));
-            }
-            if self.dry_run {
-                self.count(plan);
-                continue;
-            }
-            if let (Some(e), Some(_)) = (&journal_error, &plan.record) {
-                // Never change what could not be recorded first.
-                self.push_error(InodeError {
-                    path: path_of(plan),
-                    op: "write journal",
-                    errno: e.raw_os_error().unwrap_or(0),
-                    message: format!("{e}; left unchanged"),
-                });
-                continue;
-            }
-            match self.apply(dir, plan) {
-                Ok(()) => self.count(plan),
-                Err((op, e)) => self.error(path_of(plan), op, e),
-            }
+            group.plans += recorded.len();
+            group.dirs.push((dir, dir_path.to_path_buf(), recorded));
+            (group.plans >= GROUP_PLANS || group.dirs.len() >= GROUP_DIRS)
+                .then(|| std::mem::take(&mut *group))
+        };
+        if let Some(group) = full {
+            self.commit(group);
         }
     }
 

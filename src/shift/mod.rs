@@ -664,6 +664,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
             opts.cross_mounts,
             &visitor,
         );
+        visitor.flush();
         done.store(true, Relaxed);
         walked
     })

@@ -265,7 +265,9 @@ pub struct ShiftCommon {
     pub verbose: bool,
 
     /// Go ahead although the tree is in use (a process has its root or working directory in
-    /// it, or LXC says its container is running); says what it overrides.
+    /// it, or LXC says its container is running), or, as root, although the container belongs
+    /// to another user and its maps or paths go beyond what is delegated to them; says what it
+    /// overrides.
     #[arg(long)]
     pub force: bool,
 }
@@ -339,7 +341,9 @@ pub struct ExecArgs {
     pub rootfs: Option<PathBuf>,
 
     /// With --rootfs: go ahead although the rootfs is in use (a process has its root or working
-    /// directory in it, or LXC says the --container is running); says what it overrides.
+    /// directory in it, or LXC says the --container is running), or, as root, although the
+    /// --container belongs to another user and its map or rootfs go beyond what is delegated
+    /// to them; says what it overrides.
     #[arg(long, requires = "rootfs")]
     pub force: bool,
 

@@ -15,6 +15,7 @@ pub mod idmap;
 pub mod inuse;
 pub mod migrate;
 pub mod mount;
+pub mod policy;
 pub mod ranges;
 pub mod report;
 pub mod shift;
@@ -176,6 +177,20 @@ fn exec(args: ExecArgs) -> Result<i32> {
             let lxcpath = args.source.lxcpath.clone().unwrap_or_else(default_lxcpath);
             (lxcpath, name.to_string())
         });
+        if let Some((lxcpath, name)) = &container {
+            let container_dir = lxcpath.join(name);
+            let config = container_dir.join("config");
+            policy::check(
+                &policy::Subject {
+                    what: format!("container '{name}'"),
+                    paths: vec![&config, &container_dir, lxcpath, rootfs],
+                    rootfs_within: Some((rootfs, container_dir.clone())),
+                    maps: vec![("the container's", &map)],
+                },
+                args.force,
+                &warn,
+            )?;
+        }
         refuse_in_use(
             rootfs,
             container.as_ref().map(|(p, n)| (p.as_path(), n.as_str())),
@@ -190,6 +205,11 @@ fn exec(args: ExecArgs) -> Result<i32> {
         rootfs: args.rootfs,
     };
     userns::run(&spec, &Mapper::default())
+}
+
+/// Prints a warning line.
+fn warn(text: &str) {
+    report::err_line(&format!("warning: {text}"));
 }
 
 /// Refuses (exit 3; under `exec`, 125) a tree that is in use, unless `force`, which says what
@@ -284,6 +304,30 @@ fn shift(args: ShiftArgs) -> Result<u8> {
     let opts = shift_options(args.dir.clone(), from, to, &args.common);
     let container = args.from_container.as_ref().or(args.to_container.as_ref());
     let lxcpath = args.lxcpath.clone().unwrap_or_else(default_lxcpath);
+    for name in [&args.from_container, &args.to_container]
+        .into_iter()
+        .flatten()
+    {
+        let config = lxcpath.join(name).join("config");
+        let container_dir = lxcpath.join(name);
+        let maps: Vec<(&'static str, &IdMap)> = [("FROM", &opts.from), ("TO", &opts.to)]
+            .into_iter()
+            .filter_map(|(which, v)| match v {
+                shift::View::Map(m) => Some((which, m)),
+                shift::View::Host => None,
+            })
+            .collect();
+        policy::check(
+            &policy::Subject {
+                what: format!("container '{name}'"),
+                paths: vec![&config, &container_dir, &lxcpath],
+                rootfs_within: None,
+                maps,
+            },
+            args.common.force,
+            &warn,
+        )?;
+    }
     refuse_in_use(
         &opts.dir,
         container.map(|name| (lxcpath.as_path(), name.as_str())),
@@ -343,6 +387,17 @@ fn migrate(args: MigrateArgs) -> Result<u8> {
     let lxcpath = args.lxcpath.clone().unwrap_or_else(default_lxcpath);
     let m = migrate::prepare(&args.name, &lxcpath, &target)?;
     let c = &args.common;
+    let container_dir = lxcpath.join(&m.name);
+    policy::check(
+        &policy::Subject {
+            what: format!("container '{}'", m.name),
+            paths: vec![&m.config.path, &container_dir, &lxcpath, &m.rootfs],
+            rootfs_within: Some((&m.rootfs, container_dir.clone())),
+            maps: vec![("FROM", &m.from), ("TO", &m.to)],
+        },
+        c.force,
+        &warn,
+    )?;
     refuse_in_use(&m.rootfs, Some((&lxcpath, &m.name)), c.force)?;
     let note = |text: String| {
         if c.json {

@@ -1,0 +1,158 @@
+//! Root acting on a container another user controls is not steered by what that user wrote:
+//! a config naming host id 0 or ranges not delegated to the user, a rootfs outside the
+//! container's directory, a symlink of the user's on the way. `--force` overrides.
+
+mod common;
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::PathBuf;
+
+use common::tree::*;
+use common::*;
+
+/// A user-owned LXCPATH with container `c` whose config has `map_base` as its container root
+/// and `rootfs` as its rootfs; plus a root-owned "host directory" with a few files.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    lxcpath: PathBuf,
+    host_dir: PathBuf,
+}
+
+fn setup(user: &TestUser, map_base: u32, rootfs: Option<&str>) -> Setup {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let host_dir = tmp.path().join("host-etc");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::write(host_dir.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(host_dir.join("shadow"), "root:*:1::::::\n").unwrap();
+    let lxcpath = tmp.path().join("lxc");
+    let dir = lxcpath.join("c");
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    let rootfs = rootfs
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("dir:{}", host_dir.display()));
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "lxc.idmap = u 0 {map_base} 65536\nlxc.idmap = g 0 {map_base} 65536\n\
+             lxc.rootfs.path = {rootfs}\n"
+        ),
+    )
+    .unwrap();
+    for p in [&lxcpath, &dir, &dir.join("config")] {
+        std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    Setup {
+        _tmp: tmp,
+        lxcpath,
+        host_dir,
+    }
+}
+
+fn migrate(s: &Setup, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "migrate",
+        "c",
+        "-P",
+        s.lxcpath.to_str().unwrap(),
+        "--progress",
+        "never",
+    ];
+    args.extend(extra);
+    run(&mut idshift(&args))
+}
+
+// The issue's attack: `lxc.idmap = u 0 0 65536` + `lxc.rootfs.path = dir:/etc` in a user's
+// config, then root's migrate.
+#[test]
+fn root_migrate_of_a_users_config_naming_host_root_and_a_host_directory_is_refused() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let s = setup(env.user(), 0, None);
+    let before = snapshot(&s.host_dir);
+    let out = migrate(&s, &["--to", "1300000"]);
+    let err = assert_one_error_line(&out, 3, "belongs to idshift-test");
+    assert!(err.contains("onto host uid 0"), "{err}");
+    assert!(err.contains("lies outside"), "{err}");
+    assert_eq!(
+        snapshot(&s.host_dir),
+        before,
+        "the host directory was touched"
+    );
+    // The same maps through `shift --from-container`.
+    let out = run(&mut idshift(&[
+        "shift",
+        s.host_dir.to_str().unwrap(),
+        "--from-container",
+        "c",
+        "-P",
+        s.lxcpath.to_str().unwrap(),
+        "--to",
+        "b:0:1300000:65536",
+        "--progress",
+        "never",
+    ]));
+    assert_one_error_line(&out, 3, "onto host uid 0");
+    assert_eq!(snapshot(&s.host_dir), before);
+}
+
+#[test]
+fn root_migrate_to_ranges_not_delegated_or_a_rootfs_elsewhere_is_refused_unless_forced() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    // The map is the user's own range, but TO is not theirs.
+    let s = setup(env.user(), 200000, Some("dir:ROOTFS"));
+    let rootfs = s.lxcpath.join("c/rootfs");
+    let config = s.lxcpath.join("c/config");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("ROOTFS", rootfs.to_str().unwrap());
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(rootfs.join("f"), "x").unwrap();
+    std::os::unix::fs::lchown(rootfs.join("f"), Some(200000), Some(200000)).unwrap();
+    let out = migrate(&s, &["--to", "1300000"]);
+    let err = assert_one_error_line(&out, 3, "not delegated to idshift-test");
+    assert!(err.contains("1300000"), "{err}");
+    assert_eq!(owner(&rootfs.join("f")), (200000, 200000));
+    // Within the user's delegation (their second range), root may act for them.
+    let out = migrate(&s, &["--to", "300000"]);
+    assert_code(&out, 0);
+    assert_eq!(owner(&rootfs.join("f")), (300000, 300000));
+    // A rootfs outside the container's directory: refused, then forced (said so).
+    let outside = setup(env.user(), 200000, None);
+    let before = snapshot(&outside.host_dir);
+    let out = migrate(&outside, &["--to", "300000"]);
+    assert_one_error_line(&out, 3, "lies outside");
+    assert_eq!(snapshot(&outside.host_dir), before);
+    let out = migrate(&outside, &["--to", "300000", "--force"]);
+    assert_code(&out, 0);
+    assert!(
+        stderr(&out).contains("--force: acting as root on container 'c'"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_symlink_of_the_users_on_the_way_is_refused() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let s = setup(env.user(), 200000, None);
+    // The container directory is a symlink the user made, to a directory root owns.
+    let real = s.lxcpath.parent().unwrap().join("real-c");
+    std::fs::rename(s.lxcpath.join("c"), &real).unwrap();
+    symlink(&real, s.lxcpath.join("c")).unwrap();
+    std::os::unix::fs::lchown(
+        s.lxcpath.join("c"),
+        Some(env.user().uid),
+        Some(env.user().gid),
+    )
+    .unwrap();
+    let before = snapshot(&s.host_dir);
+    let out = migrate(&s, &["--to", "300000"]);
+    assert_one_error_line(&out, 3, "a symlink idshift-test controls");
+    assert_eq!(snapshot(&s.host_dir), before);
+}

@@ -209,6 +209,7 @@ pub fn run(keep: bool) -> Result<()> {
         strict: false,
         verbose: true,
         progress: shift::Progress::Never,
+        force: false,
     };
     print!("{}", shift::run(&opts, &crate::report::Printer)?.render());
 

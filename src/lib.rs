@@ -291,6 +291,7 @@ fn shift_options(
         cross_mounts: c.cross_mounts,
         strict: c.strict,
         verbose: c.verbose,
+        force: c.force,
         progress: match c.progress {
             ProgressArg::Auto => shift::Progress::Auto,
             ProgressArg::Always => shift::Progress::Always,

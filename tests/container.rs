@@ -258,9 +258,13 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
     let nscap = caps::decode(&get_xattr(&root.join("nscap"), caps::NAME).unwrap()).unwrap();
     assert_eq!(nscap.rootid, 300000);
 
-    // Root runs the same shift and finishes the two; the user's journal is not root's to
-    // trust: it is moved aside, and the shift goes on from what the inodes hold.
+    // Root runs the same shift: the user's journal is not root's to trust, so root refuses
+    // (it may hold records root cannot use) until told to go on from what the inodes hold.
     let out = run(&mut idshift(&args));
+    assert_one_error_line(&out, 3, "not by you (uid 0)");
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let out = run(&mut idshift(&forced));
     assert_code(&out, 0);
     assert!(stdout(&out).contains("uid 4242: 1"), "{}", stdout(&out));
     assert!(

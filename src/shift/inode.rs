@@ -123,11 +123,6 @@ impl Rules<'_> {
         }
     }
 
-    /// Every id translated forward (FROM → TO), others kept: the target of a forward record.
-    fn forward(&self, kind: IdKind, id: u32) -> Option<u32> {
-        Some(self.tr.apply(kind, id).unwrap_or(id))
-    }
-
     /// The fate as a translation: mapped ids change, all others stay.
     fn fresh(&self, kind: IdKind, id: u32) -> Option<u32> {
         Some(match self.fate(kind, id) {
@@ -135,6 +130,26 @@ impl Rules<'_> {
             _ => id,
         })
     }
+}
+
+/// How a record's start ids become its goal ids.
+#[derive(Clone, Copy, Debug)]
+enum Xlate {
+    /// FROM → TO.
+    Forward,
+    /// TO → FROM: undoing the forward shift.
+    Back,
+    /// The rollback's rule for ids without a record.
+    Rollback,
+}
+
+/// A record that speaks for an inode in this run.
+struct Speaks {
+    start: Original,
+    goal: Original,
+    xlate: Xlate,
+    /// The inode was finished after the record was taken.
+    done: bool,
 }
 
 /// The set of hardlinked inodes seen, sharded to keep threads apart.
@@ -167,6 +182,9 @@ pub struct Plan {
     acl_default: Option<Vec<u8>>,
     /// The record to journal before the first step, if the inode needs one.
     record: Option<(RecordKind, Original)>,
+    /// Once carried out, mark the inode's record done (`d DEV INO`), so that a later run never
+    /// restores from it what the inode lost after it was finished.
+    finished_mark: bool,
 }
 
 impl Plan {
@@ -247,6 +265,7 @@ fn translate(
         caps,
         acl_access: remap_acl(&o.acl_access)?,
         acl_default: remap_acl(&o.acl_default)?,
+        done: o.done,
     })
 }
 
@@ -262,6 +281,9 @@ pub struct ShiftVisitor<'a> {
     /// The map of the user namespace the shift runs in, `None` in the initial one: a value
     /// naming an id outside it could not be written back, so its inode is left untouched.
     pub namespace: Option<IdMap>,
+    /// When the pending shift began (ns since the epoch): in a rollback, an inode born since
+    /// then without a record was not changed by the shift and is left.
+    pub born_since: Option<i128>,
     links: LinkSet,
     pub stats: Stats,
     outliers: Mutex<BTreeMap<(IdKind, u32), (u64, PathBuf)>>,
@@ -303,6 +325,7 @@ impl<'a> ShiftVisitor<'a> {
             journal,
             reporter,
             namespace: None,
+            born_since: None,
             links: LinkSet::new(),
             stats: Stats::default(),
             outliers: Mutex::new(BTreeMap::new()),
@@ -419,36 +442,74 @@ impl<'a> ShiftVisitor<'a> {
         outlier
     }
 
-    /// The record that speaks for this inode in this run, as (start, goal) states: the inode
-    /// must hold the start's or the goal's ids, else the record does not apply.
+    /// The record that speaks for this inode in this run, if one does: it must have been taken
+    /// from this very inode (device, inode, birth time), and the inode must still hold, for at
+    /// least one of its owner and group, the record's start or goal id.
     fn recorded(
         &self,
         key: (u64, u64),
         st: &Stat,
-    ) -> Result<Option<(Original, Original)>, (&'static str, String)> {
+    ) -> Result<Option<Speaks>, (&'static str, String)> {
         let r = &self.rules;
         let same = |o: &Original| o.btime == st.btime_ns;
         let holds = |a: &Original, b: &Original| {
-            (st.uid, st.gid) == (a.uid, a.gid) || (st.uid, st.gid) == (b.uid, b.gid)
+            st.uid == a.uid || st.uid == b.uid || st.gid == a.gid || st.gid == b.gid
         };
         if let Some(o) = self.forward.get(&key).filter(|o| same(o)) {
-            let shifted = translate(o, &|k, id| r.forward(k, id))?;
+            let shifted = translate(o, &|k, id| Some(self.xlate(Xlate::Forward, k, id)))?;
             if holds(o, &shifted) {
                 return Ok(Some(match r.direction {
-                    Direction::Forward => (o.clone(), shifted),
-                    Direction::Rollback => (shifted, o.clone()),
+                    Direction::Forward => Speaks {
+                        start: o.clone(),
+                        goal: shifted,
+                        xlate: Xlate::Forward,
+                        done: o.done,
+                    },
+                    Direction::Rollback => Speaks {
+                        start: shifted,
+                        goal: o.clone(),
+                        xlate: Xlate::Back,
+                        done: o.done,
+                    },
                 }));
             }
         }
-        if r.direction == Direction::Rollback {
-            if let Some(o) = self.rollback.get(&key).filter(|o| same(o)) {
-                let back = translate(o, &|k, id| r.fresh(k, id))?;
-                if holds(o, &back) {
-                    return Ok(Some((o.clone(), back)));
-                }
+        // A rollback's record holds an inode's state before the rollback changed it.
+        if let Some(o) = self.rollback.get(&key).filter(|o| same(o)) {
+            let back = translate(o, &|k, id| Some(self.xlate(Xlate::Rollback, k, id)))?;
+            if holds(o, &back) {
+                return Ok(Some(match r.direction {
+                    Direction::Rollback => Speaks {
+                        start: o.clone(),
+                        goal: back,
+                        xlate: Xlate::Rollback,
+                        done: o.done,
+                    },
+                    Direction::Forward => Speaks {
+                        start: back,
+                        goal: o.clone(),
+                        xlate: Xlate::Forward,
+                        done: o.done,
+                    },
+                }));
             }
         }
         Ok(None)
+    }
+
+    /// One id through a record's translation (ids it does not map stay).
+    fn xlate(&self, x: Xlate, kind: IdKind, id: u32) -> u32 {
+        let tr = self.rules.tr;
+        match x {
+            Xlate::Forward => tr.apply(kind, id),
+            Xlate::Back => tr.unapply(kind, id),
+            Xlate::Rollback => match (tr.unapply(kind, id), tr.apply(kind, id)) {
+                (Some(old), None) => Some(old),
+                (Some(old), Some(_)) if !self.rules.overlap => Some(old),
+                _ => None,
+            },
+        }
+        .unwrap_or(id)
     }
 
     fn plan(&self, at: At<'_>, st: &Stat) -> Option<Plan> {
@@ -465,9 +526,20 @@ impl<'a> ShiftVisitor<'a> {
             }
         };
         let planned = match self.recorded(key, st) {
-            Ok(Some((start, goal))) => {
+            Ok(Some(speaks)) => {
                 self.stats.records_used.fetch_add(1, Relaxed);
-                self.between(&start, &goal, &cur, st)
+                self.between(&speaks, &cur, st)
+            }
+            // Born after the shift began and never recorded: the shift did not change it, so a
+            // rollback has nothing to return it to.
+            Ok(None)
+                if self.rules.direction == Direction::Rollback
+                    && self
+                        .born_since
+                        .is_some_and(|t| st.btime_ns.is_some_and(|b| b >= t)) =>
+            {
+                self.stats.already_done.fetch_add(1, Relaxed);
+                return None;
             }
             Ok(None) => self.afresh(&cur, st, &at),
             Err(e) => Err(e),
@@ -485,7 +557,7 @@ impl<'a> ShiftVisitor<'a> {
             self.error_msg(at.path(), "keep xattrs", why);
             return None;
         }
-        if plan.steps() == 0 {
+        if plan.steps() == 0 && plan.record.is_none() {
             self.stats.already_done.fetch_add(1, Relaxed);
             return None;
         }
@@ -526,77 +598,145 @@ impl<'a> ShiftVisitor<'a> {
             acl_access: changed(&goal.acl_access, &cur.acl_access),
             acl_default: changed(&goal.acl_default, &cur.acl_default),
             record: None,
+            finished_mark: false,
         };
         let steps = plan.steps();
+        // An outlier whose id lies in TO's ranges looks shifted afterwards: recorded unchanged,
+        // so that a rollback leaves it.
+        let outlier_in_to = [(IdKind::Uid, cur.uid), (IdKind::Gid, cur.gid)]
+            .into_iter()
+            .any(|(k, id)| {
+                self.rules.fate(k, id) == Fate::Outlier && self.rules.tr.unapply(k, id).is_some()
+            });
         plan.record = match self.rules.direction {
-            Direction::Forward if steps > 1 || (steps > 0 && self.rules.overlap) => {
+            Direction::Forward
+                if steps > 1 || (steps > 0 && self.rules.overlap) || outlier_in_to =>
+            {
                 Some((RecordKind::Forward, cur.clone()))
             }
             Direction::Rollback if steps > 1 => Some((RecordKind::Rollback, cur.clone())),
             _ => None,
         };
+        plan.finished_mark = plan.record.is_some();
         Ok(plan)
     }
 
-    /// The plan for an inode a record speaks for: from `start` to `goal`, given what the inode
-    /// holds now. Only the setuid/setgid bits, capability and ACLs the shift itself would have
-    /// kept are restored; a mode whose permission bits were changed since keeps its new bits.
+    /// The plan for an inode a record speaks for, from its `start` to its `goal`, judged id by
+    /// id: an id at the goal stays, an id at the start goes to the goal, any other id (changed
+    /// by another process since) is judged afresh. What a chown removed (setuid/setgid bits, a
+    /// capability) is restored from the record only while the record is not done (the inode
+    /// was not finished before the crash) and the inode holds exactly its start or goal ids;
+    /// setuid/setgid bits only if the permission bits were not changed since.
     fn between(
         &self,
-        start: &Original,
-        goal: &Original,
+        sp: &Speaks,
         cur: &Original,
         st: &Stat,
     ) -> Result<Plan, (&'static str, String)> {
-        let chown = (cur.uid, cur.gid) != (goal.uid, goal.gid);
+        let (start, goal) = (&sp.start, &sp.goal);
+        let fresh = |k, id| self.rules.fresh(k, id).unwrap_or(id);
+        let one = |k, c: u32, s: u32, g: u32| {
+            if c == g {
+                g
+            } else if c == s {
+                self.xlate(sp.xlate, k, c)
+            } else {
+                fresh(k, c)
+            }
+        };
+        let uid = one(IdKind::Uid, cur.uid, start.uid, goal.uid);
+        let gid = one(IdKind::Gid, cur.gid, start.gid, goal.gid);
+        let chown = (uid, gid) != (cur.uid, cur.gid);
+        let exact = (cur.uid == start.uid || cur.uid == goal.uid)
+            && (cur.gid == start.gid || cur.gid == goal.gid);
+        let restore = exact && !sp.done;
         let plain = !st.is_symlink() && !st.is_dir();
         let same_perms = cur.mode & 0o1777 == goal.mode & 0o1777;
-        let want = cur.mode & 0o7777 | if same_perms { goal.mode & 0o6000 } else { 0 };
+        let want = cur.mode & 0o7777
+            | if restore && same_perms {
+                goal.mode & 0o6000
+            } else {
+                0
+            };
         let mode =
             (plain && want & 0o6000 != 0 && (chown || want != cur.mode & 0o7777)).then_some(want);
-        let fresh = |v: &Vec<u8>| -> Result<Vec<u8>, (&'static str, String)> {
-            let o = Original {
-                caps: Some(v.clone()),
-                ..Original::default()
+        // A capability: its rootid judged like an id; the record's only where it was dropped.
+        let rootid = |v: &[u8]| caps::decode(v).ok().map(|c| c.rootid);
+        let cap_now = |c: &Vec<u8>| -> Result<Vec<u8>, (&'static str, String)> {
+            let (Some(r), s, g) = (
+                rootid(c),
+                start.caps.as_deref().and_then(rootid),
+                goal.caps.as_deref().and_then(rootid),
+            ) else {
+                return Ok(c.clone());
             };
-            Ok(translate(&o, &|k, id| self.rules.fresh(k, id))?
-                .caps
-                .unwrap_or_default())
+            let new = match (s, g) {
+                (_, Some(g)) if r == g => r,
+                (Some(s), Some(g)) if r == s => g,
+                _ => fresh(IdKind::Uid, r),
+            };
+            caps::remap(c, |_| Some(new))
+                .map(|v| v.unwrap_or_else(|| c.clone()))
+                .map_err(|e| ("decode capability", e.to_string()))
         };
         let caps = match (&goal.caps, &cur.caps) {
-            (Some(g), None) => Some(g.clone()),
-            (Some(g), Some(c)) if Some(c) == start.caps.as_ref() || c == g => Some(g.clone()),
-            (_, Some(c)) => Some(fresh(c)?),
-            (None, None) => None,
+            (Some(g), None) if restore => Some(g.clone()),
+            (_, Some(c)) => Some(cap_now(c)?),
+            _ => None,
         }
         .filter(|c| chown || Some(c) != cur.caps.as_ref());
+        // An ACL: each entry judged like an id (an entry of the goal stays, one of the start
+        // goes to the goal, a new one is judged afresh).
         let acl = |g: &Option<Vec<u8>>, s: &Option<Vec<u8>>, c: &Option<Vec<u8>>| {
+            let Some(bytes) = c else { return Ok(None) };
             if c == g {
-                Ok(None)
-            } else if c == s {
-                Ok(g.clone())
-            } else {
-                let o = Original {
-                    acl_access: c.clone(),
-                    ..Original::default()
-                };
-                let t = translate(&o, &|k, id| self.rules.fresh(k, id))?;
-                Ok(t.acl_access.filter(|t| Some(t) != c.as_ref()))
+                return Ok(None);
             }
+            let named = |v: &Option<Vec<u8>>| -> Vec<(IdKind, u32)> {
+                v.as_deref()
+                    .and_then(|b| acl::decode(b).ok())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|e| Some((e.id_kind()?, e.id)))
+                    .collect()
+            };
+            let (in_goal, in_start) = (named(g), named(s));
+            let r = acl::remap(bytes, |k, id| {
+                Some(if in_goal.contains(&(k, id)) {
+                    id
+                } else if in_start.contains(&(k, id)) {
+                    self.xlate(sp.xlate, k, id)
+                } else {
+                    fresh(k, id)
+                })
+            })
+            .map_err(|e| ("decode ACL", e.to_string()))?;
+            if let Some((kind, dup)) = r.value.as_deref().and_then(acl::duplicate) {
+                return Err((
+                    "remap ACL",
+                    format!(
+                        "its ACL would name {} {dup} twice (an entry maps onto one already \
+                         there); left as it is",
+                        kind.name()
+                    ),
+                ));
+            }
+            Ok(r.value)
         };
         Ok(Plan {
             name: None,
             key: (0, 0),
             symlink: false,
             from: (cur.uid, cur.gid),
-            uid: goal.uid,
-            gid: goal.gid,
+            uid,
+            gid,
             chown,
             mode,
             caps,
             acl_access: acl(&goal.acl_access, &start.acl_access, &cur.acl_access)?,
             acl_default: acl(&goal.acl_default, &start.acl_default, &cur.acl_default)?,
             record: None,
+            finished_mark: !sp.done,
         })
     }
 
@@ -688,7 +828,7 @@ impl<'a> ShiftVisitor<'a> {
             None => dir_path.to_path_buf(),
             Some(n) => dir_path.join(super::walk::os(n)),
         };
-        if self.verbose {
+        if self.verbose && plan.steps() > 0 {
             self.reporter.change(&plan.describe(&path_of()));
         }
         if self.dry_run {
@@ -696,7 +836,14 @@ impl<'a> ShiftVisitor<'a> {
             return;
         }
         match self.apply(dir, plan) {
-            Ok(()) => self.count(plan),
+            Ok(()) => {
+                self.count(plan);
+                if let (true, Some(journal)) = (plan.finished_mark, self.journal) {
+                    if let Err(e) = journal.mark_done(plan.key) {
+                        self.error_msg(path_of(), "write journal", e.to_string());
+                    }
+                }
+            }
             Err((op, e)) => self.error(path_of(), op, e),
         }
     }

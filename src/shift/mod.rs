@@ -147,6 +147,8 @@ pub struct ShiftOptions {
     pub strict: bool,
     pub verbose: bool,
     pub progress: Progress,
+    /// Go ahead, from what the inodes hold, although a pending shift's journal cannot be used.
+    pub force: bool,
 }
 
 /// The result of a shift, printed as text or JSON (`"schema": 1`).
@@ -451,6 +453,13 @@ fn start(
                 None
             };
             match direction {
+                // A completed shift's leftover journal: its reverse is a new shift, not a
+                // rollback.
+                Some(Direction::Rollback) if j.done => {
+                    if !opts.dry_run {
+                        state::remove(tree)?;
+                    }
+                }
                 Some(direction) => {
                     return Ok(Start {
                         journal: Some(*j),
@@ -481,14 +490,24 @@ fn start(
             }
         }
         Found::Unusable { why, maybe_ours } => {
-            if overlap && (maybe_ours || marked) {
+            let ours = maybe_ours || marked;
+            if overlap && ours {
                 return Err(Error::Refused(format!(
                     "{journal_path}: not used: {why}; with overlapping FROM and TO ranges its \
                      records are needed to tell shifted inodes from unshifted ones, so nothing \
                      was changed (run the shift as the journal's owner)"
                 )));
             }
-            partial = marked || maybe_ours;
+            if ours && !opts.force {
+                return Err(Error::Refused(format!(
+                    "{journal_path}: not used: {why}; it may hold an unfinished shift of this \
+                     tree, whose records this run cannot use: finish or roll it back as the \
+                     journal's owner, or give --force to shift from what the inodes hold now \
+                     (setuid bits and capabilities an interrupted run had not written back yet \
+                     are then lost); nothing was changed"
+                )));
+            }
+            partial = ours;
             if opts.dry_run {
                 warn(format!(
                     "{journal_path}: not used: {why}; a real run moves it aside"
@@ -502,18 +521,24 @@ fn start(
             }
         }
         Found::Lost => {
-            if overlap {
+            if overlap || !opts.force {
                 return Err(Error::Refused(format!(
-                    "{dir}: marked as under a shift, but its journal {journal_path} is gone: \
-                     with overlapping FROM and TO ranges shifted inodes cannot be told from \
-                     unshifted ones without it; nothing was changed"
+                    "{dir}: marked as under a shift (user.idshift.pending), but no journal of it \
+                     is at {journal_path} (removed, or the tree was reached through another \
+                     path): which shift is pending cannot be told; run it through the path it \
+                     was started on{}; nothing was changed",
+                    if overlap {
+                        ""
+                    } else {
+                        ", or give --force to shift from what the inodes hold now (setuid bits \
+                         and capabilities an interrupted run had not written back are then lost)"
+                    }
                 )));
             }
             partial = true;
             warn(format!(
-                "{dir}: marked as under a shift, but its journal {journal_path} is gone: \
-                 shifting from what each inode holds (setuid bits and capabilities an \
-                 interrupted run had not written back are lost)"
+                "--force: {dir} is marked as under a shift, but its journal {journal_path} is \
+                 gone: shifting from what each inode holds"
             ));
         }
     }
@@ -592,7 +617,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     // A read-only pass first where the run must know the whole tree before changing it:
     // --strict (outliers), or a record of TO that overlapping ranges cannot check inode by inode.
     let check_overlap = begin.verify_record && overlap;
-    if begin.journal.is_none() && (opts.strict || check_overlap) {
+    if opts.strict || (begin.journal.is_none() && check_overlap) {
         let mut check = ShiftVisitor::new(rules, &empty, &empty, None, &Quiet);
         check.namespace = namespace.clone();
         walk::walk(
@@ -647,7 +672,15 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     let (forward, rollback) = journal
         .as_ref()
         .map_or((&empty, &empty), |j| (&j.forward, &j.rollback));
+    if begin.direction == Direction::Rollback && tree.stat.btime_ns.is_none() {
+        return Err(Error::Refused(format!(
+            "{dir}: this filesystem keeps no birth times, so files created since the shift \
+             began cannot be told from files it shifted: a rollback is refused; finish the \
+             shift instead; nothing was changed"
+        )));
+    }
     let mut visitor = ShiftVisitor::new(rules, forward, rollback, journal.as_ref(), reporter);
+    visitor.born_since = journal.as_ref().map(|j| j.header.started);
     visitor.dry_run = opts.dry_run;
     visitor.verbose = opts.verbose;
     visitor.namespace = namespace;

@@ -53,6 +53,8 @@ pub struct Original {
     pub caps: Option<Vec<u8>>,
     pub acl_access: Option<Vec<u8>>,
     pub acl_default: Option<Vec<u8>>,
+    /// The inode was finished after this record was taken (a `d DEV INO` line followed it).
+    pub done: bool,
 }
 
 /// Which run wrote a record: the shift itself, or a rollback of it.
@@ -80,6 +82,8 @@ pub struct Header {
     pub to: View,
     /// `user.idshift.map` as it was before the shift began (restored by a rollback).
     pub previous: Option<Vec<u8>>,
+    /// When the journal was created, before the shift changed anything (ns since the epoch).
+    pub started: i128,
 }
 
 impl std::fmt::Display for Header {
@@ -170,6 +174,11 @@ pub fn format_record(kind: RecordKind, key: (u64, u64), o: &Original) -> String 
     )
 }
 
+fn parse_key(text: &str) -> Option<(u64, u64)> {
+    let (dev, ino) = text.split_once(' ')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}
+
 fn parse_record(line: &str) -> Option<(RecordKind, (u64, u64), Original)> {
     let f: Vec<&str> = line.split(' ').collect();
     let [kind, dev, ino, btime, uid, gid, mode, caps, acl, dacl] = f[..] else {
@@ -191,20 +200,22 @@ fn parse_record(line: &str) -> Option<(RecordKind, (u64, u64), Original)> {
             caps: unhex(caps)?,
             acl_access: unhex(acl)?,
             acl_default: unhex(dacl)?,
+            done: false,
         },
     ))
 }
 
 fn format_header(h: &Header) -> String {
     format!(
-        "{MAGIC}\ntree {} {} {} {}\nfrom {}\nto {}\nprevious {}\n",
+        "{MAGIC}\ntree {} {} {} {}\nfrom {}\nto {}\nprevious {}\nstarted {}\n",
         h.tree.dev,
         h.tree.ino,
         opt_num(h.tree.btime),
         h.id,
         h.from,
         h.to,
-        hex(&h.previous)
+        hex(&h.previous),
+        h.started
     )
 }
 
@@ -245,12 +256,14 @@ fn parse(text: &str) -> std::result::Result<Parsed, String> {
     let from: View = next("from ")?.parse().map_err(|_| bad("FROM map"))?;
     let to: View = next("to ")?.parse().map_err(|_| bad("TO map"))?;
     let previous = unhex(next("previous ")?).ok_or_else(|| bad("previous record"))?;
+    let started = next("started ")?.parse().map_err(|_| bad("start time"))?;
     let header = Header {
         tree,
         id: id.to_string(),
         from,
         to,
         previous,
+        started,
     };
     let (mut forward, mut rollback) = (Records::new(), Records::new());
     let mut done = false;
@@ -261,6 +274,14 @@ fn parse(text: &str) -> std::result::Result<Parsed, String> {
         // `done` ends a completed shift; a run that resumes it (new files since) appends more.
         done = line == "done";
         if done {
+            continue;
+        }
+        if let Some(key) = line.strip_prefix("d ").and_then(parse_key) {
+            for records in [&mut forward, &mut rollback] {
+                if let Some(o) = records.get_mut(&key) {
+                    o.done = true;
+                }
+            }
             continue;
         }
         match parse_record(line) {
@@ -455,6 +476,13 @@ pub fn remove(tree: &Tree) -> Result<()> {
     Ok(())
 }
 
+/// The time now, in ns since the epoch.
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
 /// A random id for a new journal.
 fn random_id() -> Result<String> {
     let mut b = [0u8; 16];
@@ -474,6 +502,7 @@ impl Journal {
             from: from.clone(),
             to: to.clone(),
             previous: recorded_raw(tree.root.as_fd()),
+            started: now_ns(),
         };
         let name = tree.journal_name();
         let path = tree.journal_path();
@@ -515,6 +544,14 @@ impl Journal {
             rollback: Records::new(),
             file: Mutex::new(file),
         })
+    }
+
+    /// Marks an inode finished (`d DEV INO`): from now on its record restores nothing it lost.
+    /// Not synced by itself (the next group commit's sync carries it): a crash that loses it
+    /// leaves only a record that still applies as before.
+    pub fn mark_done(&self, key: (u64, u64)) -> std::io::Result<()> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(format!("d {} {}\n", key.0, key.1).as_bytes())
     }
 
     /// Appends records and makes them durable before the caller changes those inodes.
@@ -612,6 +649,7 @@ mod tests {
             caps: Some(vec![1, 0, 0, 2, 0xff]),
             acl_access: None,
             acl_default: Some(vec![2, 0, 0, 0]),
+            done: false,
         };
         let line = format_record(RecordKind::Forward, (2049, 77), &o);
         assert_eq!(
@@ -645,6 +683,7 @@ mod tests {
             from: View::Host,
             to: view("b:0:100000:65536"),
             previous: Some(b"host\n".to_vec()),
+            started: 1_700_000_000_000_000_000,
         }
     }
 
@@ -665,6 +704,12 @@ mod tests {
         text += "r 1 3 - 0"; // torn
         let (h2, fwd, back, done) = parse(&text).unwrap();
         assert!(!done);
+        assert!(!fwd[&(1, 2)].done);
+        let marked = parse(&(text.clone().replace("r 1 3 - 0", "") + "d 1 2\n")).unwrap();
+        assert!(marked.1[&(1, 2)].done, "a d line marks the record done");
+        let again = format_record(RecordKind::Forward, (1, 2), &Original::default());
+        let superseded = parse(&(text.replace("r 1 3 - 0", "") + "d 1 2\n" + &again)).unwrap();
+        assert!(!superseded.1[&(1, 2)].done, "a later record is not done");
         assert!(parse(&(format_header(&h) + "done\n")).unwrap().3);
         let resumed = format_header(&h) + "done\nr 1 2 - 0 0 0 - - -\n";
         assert!(!parse(&resumed).unwrap().3, "resumed after done");

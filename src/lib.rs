@@ -37,7 +37,8 @@ use userns::{ExecSpec, Mapper};
 pub mod exit {
     /// Done, except the listed failures; or a failure of the system.
     pub const FAILED: u8 = 1;
-    /// A usage error: bad arguments, a malformed map, an unknown container.
+    /// A usage error: bad arguments, a malformed map, an unknown container; or idshift was
+    /// started setuid/setgid, which it refuses before reading its arguments.
     pub const USAGE: u8 = 2;
     /// `shift`: refused (another shift pending, another map recorded, outliers under --strict).
     pub const REFUSED: u8 = 3;
@@ -47,6 +48,20 @@ pub mod exit {
     pub const EXEC_CANNOT_RUN: u8 = 126;
     /// `exec`: the command was not found.
     pub const EXEC_NOT_FOUND: u8 = 127;
+}
+
+/// Why idshift refuses to run at all: it was started setuid or setgid (real and effective ids
+/// differ). Installed that way it would give any user a namespace that maps host root; the
+/// system's newuidmap/newgidmap are the only privileged helpers, and they apply /etc/subuid.
+pub fn setuid_refusal() -> Option<String> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid};
+    let (uid, euid, gid, egid) = (getuid(), geteuid(), getgid(), getegid());
+    (uid != euid || gid != egid).then(|| {
+        format!(
+            "refusing to run setuid/setgid (uid {uid}, euid {euid}, gid {gid}, egid {egid}): \
+             the privilege boundary is newuidmap/newgidmap"
+        )
+    })
 }
 
 /// The exit status of an error outside `exec`.

@@ -80,6 +80,14 @@ pub enum Command {
     /// Each entry maps an on-disk id to the id shown at DST, i.e. the container's own map:
     /// `-m b:0:100000:65536` shows a host-view tree (owned by 0) as owned by 100000. Remove the
     /// mount with `idshift umount DST`.
+    ///
+    /// The mount is nodev and nosuid (setuid/setgid bits and file capabilities give nothing at
+    /// DST) unless --suid is given. A map that shows some on-disk id as uid or gid 0 (such as
+    /// `-m b:1000000:0:65536`) shows the setuid files container root planted as setuid root:
+    /// idshift warns.
+    ///
+    /// Exit status: 0 mounted; 1 failed (not root, no idmapped mounts on this filesystem);
+    /// 2 usage error.
     #[command(
         after_help = "Examples:\n  idshift mount -m b:0:100000:65536 /srv/images/base ~/.local/share/lxc/c1/rootfs\n  \
                       idshift status ~/.local/share/lxc/c1/rootfs\n  \
@@ -89,9 +97,18 @@ pub enum Command {
 
     /// Remove an idmapped mount made by `idshift mount` (and the mounts below it); other mounts
     /// are refused.
+    ///
+    /// idshift records each mount it makes in /run/idshift/mounts; an idmapped mount without a
+    /// record (LXC's, Incus's, systemd-nspawn's) is refused unless --force. Exit status: 0
+    /// removed; 1 failed; 2 not a mount point, or not an idmapped mount (use umount(8)); 3
+    /// refused: an idmapped mount idshift did not make.
     Umount {
         /// Where the idmapped mount is.
         dst: PathBuf,
+
+        /// Also remove an idmapped mount that idshift did not make.
+        #[arg(long)]
+        force: bool,
     },
 
     /// List the subordinate ranges delegated to USER (default: you), the ranges USER's LXC
@@ -162,6 +179,12 @@ pub struct MountArgs {
     /// Also show the filesystems mounted below SRC, each through the map.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+
+    /// Honour setuid/setgid bits and file capabilities at DST (no nosuid; nodev stays). With a
+    /// map that shows an on-disk id as 0, anyone who can reach DST can run container root's
+    /// setuid files as host root.
+    #[arg(long)]
+    pub suid: bool,
 }
 
 #[derive(Debug, Args)]

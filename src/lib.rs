@@ -24,7 +24,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use cli::{
-    Cli, Command, ExecArgs, MapSource, MigrateArgs, ProgressArg, RangesArgs, ShiftArgs,
+    Cli, Command, ExecArgs, MapSource, MigrateArgs, MountArgs, ProgressArg, RangesArgs, ShiftArgs,
     ShiftCommon, StatusArgs,
 };
 use error::{Error, Result};
@@ -95,12 +95,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Migrate(args) => migrate(args).map(ExitCode::from).unwrap_or_else(report),
         Command::Status(args) => finish(status(args)),
         Command::Ranges(args) => finish(ranges(args)),
-        Command::Mount(args) => finish(
-            IdMap::from_specs(&args.map)
-                .map_err(Error::from)
-                .and_then(|map| mount::mount(&map, &args.src, &args.dst, args.recursive)),
-        ),
-        Command::Umount { dst } => finish(mount::umount(&dst)),
+        Command::Mount(args) => finish(mount(args)),
+        Command::Umount { dst, force } => finish(mount::umount(
+            &dst,
+            if force {
+                mount::Ownership::Forced
+            } else {
+                mount::Ownership::Checked
+            },
+        )),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -158,6 +161,22 @@ impl MapSource {
         }
         SubIdFiles::default().default_map(&User::current())
     }
+}
+
+fn mount(args: MountArgs) -> Result<()> {
+    let map = IdMap::from_specs(&args.map)?;
+    let opts = mount::MountOptions {
+        recursive: args.recursive,
+        setuid: if args.suid {
+            mount::Setuid::Honoured
+        } else {
+            mount::Setuid::Ignored
+        },
+    };
+    for w in mount::mount(&map, &args.src, &args.dst, opts)? {
+        eprintln!("idshift: warning: {w}");
+    }
+    Ok(())
 }
 
 fn exec(args: ExecArgs) -> Result<i32> {

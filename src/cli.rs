@@ -8,6 +8,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand};
 
 use crate::idmap::MapSpec;
+use crate::userns::EnvSetting;
 
 /// Enter and shift the uid/gid mappings of unprivileged Linux containers.
 #[derive(Debug, Parser)]
@@ -350,11 +351,20 @@ pub struct ExecArgs {
     #[arg(short = 's', long = "map-self")]
     pub map_self: bool,
 
-    /// Also enter this directory as the root: a private mount and PID namespace (mounts made
-    /// slave), a fresh /proc, a minimal /dev, chroot, PATH and HOME of a container's root.
+    /// Also enter this directory as a container: a private mount and PID namespace (mounts made
+    /// slave), a fresh /proc, a minimal /dev, pivot_root with the host's tree detached (none of
+    /// it is reachable inside), a new session, and on a terminal a new terminal of its own
+    /// (idshift relays it; the caller's is never handed over). The environment is clean: PATH
+    /// and HOME of a container's root, the caller's TERM, LANG and LC_*, and what --env adds.
     /// For scripted fix-ups of a stopped container, as its own root.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
+
+    /// With --rootfs: also set NAME=VALUE in the command's environment, or pass the caller's
+    /// NAME (if set); repeat for more.
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]", requires = "rootfs",
+          value_parser = EnvSetting::from_str)]
+    pub env: Vec<EnvSetting>,
 
     /// The uid to run the command as, inside the namespace [default: 0].
     #[arg(long, value_name = "UID")]

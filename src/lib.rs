@@ -209,6 +209,7 @@ fn exec(args: ExecArgs) -> Result<i32> {
         map,
         command,
         rootfs: args.rootfs,
+        env: args.env,
     };
     userns::run(&spec, &Mapper::default())
 }

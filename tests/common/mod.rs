@@ -232,3 +232,72 @@ pub fn test_rootfs() -> Option<PathBuf> {
     }
     Some(dir)
 }
+
+/// Kills process `pid` (with SIGKILL) if it still runs after `secs` seconds, unless dropped
+/// first: every test with a child on a terminal has a time limit.
+pub struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    pub fn new(pid: u32, secs: u64) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = done.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while std::time::Instant::now() < deadline {
+                if seen.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if !seen.load(Ordering::SeqCst) {
+                eprintln!("watchdog: {pid} still runs after {secs}s, killing it");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Types `steps` (keys, then a pause in ms) into an interactive `bash` on a new terminal
+/// (script(1)), then waits for it, for at most `secs` seconds. Returns the transcript (without
+/// carriage returns) and the exit code. `None` (with a printed reason) without script or bash.
+pub fn interactive_bash(steps: &[(&str, u64)], secs: u64) -> Option<(String, Option<i32>)> {
+    use std::io::Write;
+    if !on_path("script") || !on_path("bash") {
+        eprintln!("skipped: needs script(1) and bash");
+        return None;
+    }
+    let mut child = Command::new("script")
+        .args(["-qec", "bash --norc --noprofile -i", "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .env("PS1", "$ ")
+        .env("HISTFILE", "/dev/null")
+        .spawn()
+        .unwrap();
+    let _watchdog = Watchdog::new(child.id(), secs);
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for (keys, pause) in steps {
+        // A failed write means the shell is gone already; the transcript tells why.
+        let _ = stdin
+            .write_all(keys.as_bytes())
+            .and_then(|()| stdin.flush());
+        std::thread::sleep(std::time::Duration::from_millis(*pause));
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    Some((text, out.status.code()))
+}

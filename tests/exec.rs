@@ -338,23 +338,28 @@ fn job_control_on_a_terminal(exec_args: &str) {
         "{} exec {exec_args} -- bash --norc --noprofile -i\n",
         bin().display()
     );
-    let steps: &[(&str, u64)] = &[
-        (&cmd, 800),
-        ("sleep 30\n", 600),
-        ("\x03", 400),
-        ("echo alive-$?\n", 300),
-        ("sleep 31\n", 600),
-        ("\x1a", 400),
-        ("jobs\n", 300),
-        ("kill -9 %1\n", 300),
-        ("sleep 33 &\n", 300),
-        ("fg\n", 600),
-        ("\x1a", 400),
-        ("jobs\n", 300),
-        ("kill -9 %%\n", 300),
-        ("exit 5\n", 500),
-        ("echo outer-$?\n", 300),
-        ("exit\n", 0),
+    // `echo x-$((1+1))` shows `x-2` only when run, not when typed.
+    let steps: &[(&str, &str)] = &[
+        (&cmd, ""),
+        ("echo in-$((2+3))\n", "in-5"),
+        ("echo s-$((1+1)); sleep 30\n", "s-2"),
+        ("\x03", ""),
+        ("echo alive-$?\n", "alive-"),
+        ("echo s-$((1+2)); sleep 31\n", "s-3"),
+        ("\x1a", "Stopped"),
+        ("jobs\n", "Stopped"),
+        // Jobs named by their text: the killed one may not be reaped yet on a loaded machine.
+        ("kill -9 %?31\n", ""),
+        ("sleep 33 &\n", ""),
+        ("fg %?33\n", "sleep 33"),
+        ("\x1a", "Stopped"),
+        ("jobs\n", "Stopped"),
+        ("kill -9 %?33\n", ""),
+        // Time for the shell to see both gone, or `exit` would refuse (stopped jobs).
+        ("sleep 1; echo j-$((3+3))\n", "j-6"),
+        ("exit 5\n", ""),
+        ("echo outer-$?\n", "outer-"),
+        ("exit\n", ""),
     ];
     let Some((text, _)) = interactive_bash(steps, 60) else {
         return;

@@ -268,11 +268,18 @@ impl Drop for Watchdog {
     }
 }
 
-/// Types `steps` (keys, then a pause in ms) into an interactive `bash` on a new terminal
-/// (script(1)), then waits for it, for at most `secs` seconds. Returns the transcript (without
-/// carriage returns) and the exit code. `None` (with a printed reason) without script or bash.
-pub fn interactive_bash(steps: &[(&str, u64)], secs: u64) -> Option<(String, Option<i32>)> {
-    use std::io::Write;
+/// Types `steps` into an interactive `bash` on a new terminal (script(1)): each step's keys,
+/// then a wait until its text appears in what the terminal shows after them ("" for none), and
+/// a short pause to let the keys take effect. Gives up after `secs` seconds in all (the shell
+/// is killed). Returns the transcript (without carriage returns) and the exit code. `None`
+/// (with a printed reason) without script or bash.
+///
+/// Waiting for output rather than for fixed times keeps the test right on a loaded machine: a
+/// Ctrl-Z typed before the job starts would reach the shell instead.
+pub fn interactive_bash(steps: &[(&str, &str)], secs: u64) -> Option<(String, Option<i32>)> {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
     if !on_path("script") || !on_path("bash") {
         eprintln!("skipped: needs script(1) and bash");
         return None;
@@ -286,18 +293,42 @@ pub fn interactive_bash(steps: &[(&str, u64)], secs: u64) -> Option<(String, Opt
         .env("HISTFILE", "/dev/null")
         .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let _watchdog = Watchdog::new(child.id(), secs);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut out = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
     let mut stdin = child.stdin.take().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    for (keys, pause) in steps {
+    std::thread::sleep(Duration::from_millis(300));
+    for (keys, wait_for) in steps {
+        let mark = seen.lock().unwrap().len();
         // A failed write means the shell is gone already; the transcript tells why.
         let _ = stdin
             .write_all(keys.as_bytes())
             .and_then(|()| stdin.flush());
-        std::thread::sleep(std::time::Duration::from_millis(*pause));
+        while !wait_for.is_empty() && Instant::now() < deadline {
+            let text = String::from_utf8_lossy(&seen.lock().unwrap()[mark..]).replace('\r', "");
+            if text.contains(wait_for) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    Some((text, out.status.code()))
+    let status = child.wait().unwrap();
+    let _ = reader.join();
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
+    Some((text, status.code()))
 }

@@ -411,7 +411,10 @@ fn launch(
 ) -> Result<i32> {
     let mut blocked = forwarded_and_sigchld();
     if let Relay::Terminal(_) = relay {
+        // Read from the signalfd, not acted on: a window-size change, and a continue (the
+        // continuing itself always happens).
         blocked.add(Signal::SIGWINCH);
+        blocked.add(Signal::SIGCONT);
     }
     let mut old_mask = SigSet::empty();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))

@@ -189,8 +189,11 @@ pub(super) fn relay(child: Pid, signals: &SignalFd, master: OwnedFd, host: &Host
     let nonblock = nix::fcntl::OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(nonblock))
         .map_err(|e| Error::sys("fcntl", e))?;
-    let _raw = host.input.and_then(RawMode::enter);
-    let mut input_open = host.input.is_some();
+    // Input is relayed only while idshift is in the foreground of the caller's terminal: in the
+    // background a read would stop it (SIGTTIN). Brought to the foreground (`fg` sends
+    // SIGCONT), it takes over the keys and raw mode.
+    let mut raw = host.input.and_then(RawMode::enter);
+    let mut input_open = raw.is_some();
     let mut master_open = true;
     let mut output_open = true;
     let (mut to_master, mut to_output) = (Pending::default(), Pending::default());
@@ -266,6 +269,15 @@ pub(super) fn relay(child: Pid, signals: &SignalFd, master: OwnedFd, host: &Host
                 if let Some(code) = reap(child)? {
                     drain(&master, &mut to_output, host.output, output_open, &mut buf);
                     return Ok(code);
+                }
+            }
+            Ok(Signal::SIGCONT) => {
+                if raw.is_none() {
+                    raw = host.input.and_then(RawMode::enter);
+                    input_open = raw.is_some();
+                }
+                if let Ok(size) = tty::window_size(host.tty) {
+                    let _ = tty::set_window_size(master.as_fd(), size);
                 }
             }
             Ok(Signal::SIGWINCH) => {

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand};
 
 use crate::idmap::MapSpec;
+use crate::userns::EnvSetting;
 
 /// Enter and shift the uid/gid mappings of unprivileged Linux containers.
 #[derive(Debug, Parser)]
@@ -80,6 +81,14 @@ pub enum Command {
     /// Each entry maps an on-disk id to the id shown at DST, i.e. the container's own map:
     /// `-m b:0:100000:65536` shows a host-view tree (owned by 0) as owned by 100000. Remove the
     /// mount with `idshift umount DST`.
+    ///
+    /// The mount is nodev and nosuid (setuid/setgid bits and file capabilities give nothing at
+    /// DST) unless --suid is given. A map that shows some on-disk id as uid or gid 0 (such as
+    /// `-m b:1000000:0:65536`) shows the setuid files container root planted as setuid root:
+    /// idshift warns.
+    ///
+    /// Exit status: 0 mounted; 1 failed (not root, no idmapped mounts on this filesystem);
+    /// 2 usage error.
     #[command(
         after_help = "Examples:\n  idshift mount -m b:0:100000:65536 /srv/images/base ~/.local/share/lxc/c1/rootfs\n  \
                       idshift status ~/.local/share/lxc/c1/rootfs\n  \
@@ -89,9 +98,18 @@ pub enum Command {
 
     /// Remove an idmapped mount made by `idshift mount` (and the mounts below it); other mounts
     /// are refused.
+    ///
+    /// idshift records each mount it makes in /run/idshift/mounts; an idmapped mount without a
+    /// record (LXC's, Incus's, systemd-nspawn's) is refused unless --force. Exit status: 0
+    /// removed; 1 failed; 2 not a mount point, or not an idmapped mount (use umount(8)); 3
+    /// refused: an idmapped mount idshift did not make.
     Umount {
         /// Where the idmapped mount is.
         dst: PathBuf,
+
+        /// Also remove an idmapped mount that idshift did not make.
+        #[arg(long)]
+        force: bool,
     },
 
     /// List the subordinate ranges delegated to USER (default: you), the ranges USER's LXC
@@ -162,6 +180,17 @@ pub struct MountArgs {
     /// Also show the filesystems mounted below SRC, each through the map.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+
+    /// Honour setuid/setgid bits and file capabilities at DST (no nosuid; nodev stays). With a
+    /// map that shows an on-disk id as 0, anyone who can reach DST can run container root's
+    /// setuid files as host root.
+    #[arg(long)]
+    pub suid: bool,
+
+    /// Mount although SRC or DST belongs to another user and the map shows ids as host 0 or
+    /// as ids not delegated to that user; says what it overrides.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -334,8 +363,11 @@ pub struct ExecArgs {
     #[arg(short = 's', long = "map-self")]
     pub map_self: bool,
 
-    /// Also enter this directory as the root: a private mount and PID namespace (mounts made
-    /// slave), a fresh /proc, a minimal /dev, chroot, PATH and HOME of a container's root.
+    /// Also enter this directory as a container: a private mount and PID namespace (mounts made
+    /// slave), a fresh /proc, a minimal /dev, pivot_root with the host's tree detached (none of
+    /// it is reachable inside), a new session, and on a terminal a new terminal of its own
+    /// (idshift relays it; the caller's is never handed over). The environment is clean: PATH
+    /// and HOME of a container's root, the caller's TERM, LANG and LC_*, and what --env adds.
     /// For scripted fix-ups of a stopped container, as its own root.
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -346,6 +378,12 @@ pub struct ExecArgs {
     /// to them; says what it overrides.
     #[arg(long, requires = "rootfs")]
     pub force: bool,
+
+    /// With --rootfs: also set NAME=VALUE in the command's environment, or pass the caller's
+    /// NAME (if set); repeat for more.
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]", requires = "rootfs",
+          value_parser = EnvSetting::from_str)]
+    pub env: Vec<EnvSetting>,
 
     /// The uid to run the command as, inside the namespace [default: 0].
     #[arg(long, value_name = "UID")]

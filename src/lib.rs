@@ -27,7 +27,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use cli::{
-    Cli, Command, ExecArgs, MapSource, MigrateArgs, ProgressArg, RangesArgs, ShiftArgs,
+    Cli, Command, ExecArgs, MapSource, MigrateArgs, MountArgs, ProgressArg, RangesArgs, ShiftArgs,
     ShiftCommon, StatusArgs,
 };
 use error::{Error, Result};
@@ -40,7 +40,8 @@ use userns::{ExecSpec, Mapper};
 pub mod exit {
     /// Done, except the listed failures; or a failure of the system.
     pub const FAILED: u8 = 1;
-    /// A usage error: bad arguments, a malformed map, an unknown container.
+    /// A usage error: bad arguments, a malformed map, an unknown container; or idshift was
+    /// started setuid/setgid, which it refuses before reading its arguments.
     pub const USAGE: u8 = 2;
     /// `shift`: refused (another shift pending, another map recorded, outliers under --strict).
     pub const REFUSED: u8 = 3;
@@ -50,6 +51,20 @@ pub mod exit {
     pub const EXEC_CANNOT_RUN: u8 = 126;
     /// `exec`: the command was not found.
     pub const EXEC_NOT_FOUND: u8 = 127;
+}
+
+/// Why idshift refuses to run at all: it was started setuid or setgid (real and effective ids
+/// differ). Installed that way it would give any user a namespace that maps host root; the
+/// system's newuidmap/newgidmap are the only privileged helpers, and they apply /etc/subuid.
+pub fn setuid_refusal() -> Option<String> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid};
+    let (uid, euid, gid, egid) = (getuid(), geteuid(), getgid(), getegid());
+    (uid != euid || gid != egid).then(|| {
+        format!(
+            "refusing to run setuid/setgid (uid {uid}, euid {euid}, gid {gid}, egid {egid}): \
+             the privilege boundary is newuidmap/newgidmap"
+        )
+    })
 }
 
 /// The exit status of an error outside `exec`.
@@ -83,12 +98,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Migrate(args) => migrate(args).map(ExitCode::from).unwrap_or_else(report),
         Command::Status(args) => finish(status(args)),
         Command::Ranges(args) => finish(ranges(args)),
-        Command::Mount(args) => finish(
-            IdMap::from_specs(&args.map)
-                .map_err(Error::from)
-                .and_then(|map| mount::mount(&map, &args.src, &args.dst, args.recursive)),
-        ),
-        Command::Umount { dst } => finish(mount::umount(&dst)),
+        Command::Mount(args) => finish(mount(args)),
+        Command::Umount { dst, force } => finish(mount::umount(
+            &dst,
+            if force {
+                mount::Ownership::Forced
+            } else {
+                mount::Ownership::Checked
+            },
+        )),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -148,6 +166,32 @@ impl MapSource {
     }
 }
 
+fn mount(args: MountArgs) -> Result<()> {
+    let map = IdMap::from_specs(&args.map)?;
+    policy::check(
+        &policy::Subject {
+            what: report::escape_path(&args.src),
+            paths: vec![&args.src, &args.dst],
+            rootfs_within: None,
+            maps: vec![("the mount's", &map)],
+        },
+        args.force,
+        &warn,
+    )?;
+    let opts = mount::MountOptions {
+        recursive: args.recursive,
+        setuid: if args.suid {
+            mount::Setuid::Honoured
+        } else {
+            mount::Setuid::Ignored
+        },
+    };
+    for w in mount::mount(&map, &args.src, &args.dst, opts)? {
+        warn(&w);
+    }
+    Ok(())
+}
+
 fn exec(args: ExecArgs) -> Result<i32> {
     let mut map = args.source.resolve()?;
     if args.map_self {
@@ -203,6 +247,7 @@ fn exec(args: ExecArgs) -> Result<i32> {
         map,
         command,
         rootfs: args.rootfs,
+        env: args.env,
     };
     userns::run(&spec, &Mapper::default())
 }

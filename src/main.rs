@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before anything reads the arguments or the environment: a setuid or setgid idshift would
+    // hand every user a root-mapped namespace. The privilege boundary is newuidmap/newgidmap.
+    if let Some(why) = idshift::setuid_refusal() {
+        eprintln!("idshift: {why}");
+        return ExitCode::from(idshift::exit::USAGE);
+    }
     match idshift::cli::Cli::try_parse() {
         Ok(cli) => idshift::run(cli),
         Err(err) => {

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
-use crate::idmap::IdMap;
+use crate::idmap::{IdKind, IdMap};
 use crate::sys;
+pub use crate::sys::mount::Setuid;
 use crate::userns::{self, Mapper};
 
 /// One line of `/proc/self/mountinfo`.
@@ -113,8 +114,19 @@ fn require_root(what: &str) -> Result<()> {
     }
 }
 
-/// Shows `src` at `dst` through `map` (on-disk id → id shown): an idmapped bind mount.
-pub fn mount(map: &IdMap, src: &Path, dst: &Path, recursive: bool) -> Result<()> {
+/// How to make an idmapped mount.
+#[derive(Clone, Copy, Debug)]
+pub struct MountOptions {
+    /// Also the filesystems mounted below SRC (`AT_RECURSIVE`).
+    pub recursive: bool,
+    /// `nosuid` (the default) or not; `nodev` always.
+    pub setuid: Setuid,
+}
+
+/// Shows `src` at `dst` through `map` (on-disk id → id shown): an idmapped bind mount, `nodev`
+/// and, unless asked otherwise, `nosuid`. Records it under [`RECORDS`] so that `umount` knows
+/// it is idshift's. Returns warnings for the command layer to print.
+pub fn mount(map: &IdMap, src: &Path, dst: &Path, opts: MountOptions) -> Result<Vec<String>> {
     require_root("idshift mount")?;
     if map.is_empty() {
         return Err(Error::Usage("the map is empty".into()));
@@ -128,18 +140,122 @@ pub fn mount(map: &IdMap, src: &Path, dst: &Path, recursive: bool) -> Result<()>
             )));
         }
     }
-    let tree = sys::mount::open_tree_clone(&cstring(src)?, recursive)
+    let tree = sys::mount::open_tree_clone(&cstring(src)?, opts.recursive)
         .map_err(|e| Error::sys(format!("{}: cannot clone the mount", src.display()), e))?;
     let userns = userns::namespace_fd(map, &Mapper::default())?;
-    if let Err(errno) = sys::mount::set_idmap(tree.as_fd(), userns.as_fd(), recursive) {
-        return Err(refusal(src, recursive, errno));
+    if let Err(errno) =
+        sys::mount::set_idmap(tree.as_fd(), userns.as_fd(), opts.recursive, opts.setuid)
+    {
+        return Err(refusal(src, opts.recursive, errno));
     }
-    sys::mount::attach(tree.as_fd(), &cstring(dst)?).map_err(|e| {
+    let dst_c = cstring(dst)?;
+    sys::mount::attach(tree.as_fd(), &dst_c).map_err(|e| {
         Error::sys(
             format!("{}: cannot attach the idmapped mount", dst.display()),
             e,
         )
+    })?;
+    // The tree fd now is the root of the attached mount. An unrecorded mount is one `umount`
+    // would refuse: take it down again rather than leave it.
+    if let Err(err) = sys::mount::mount_id(tree.as_fd())
+        .map_err(|e| Error::sys(format!("{}: statx", dst.display()), e))
+        .and_then(|id| Record::new(id, src, dst, map).write())
+    {
+        let _ = sys::mount::detach(&dst_c);
+        return Err(err);
+    }
+    Ok(root_warning(map, dst, opts.setuid).into_iter().collect())
+}
+
+/// The warning for a map that shows some on-disk id as uid or gid 0: setuid files that
+/// container root planted (owned by its host id on disk) appear setuid *root* at DST.
+fn root_warning(map: &IdMap, dst: &Path, setuid: Setuid) -> Option<String> {
+    let shown_as_root: Vec<String> = IdKind::BOTH
+        .into_iter()
+        .filter_map(|kind| {
+            map.to_ns(kind, 0)
+                .map(|disk| format!("on-disk {} {disk} as {} 0", kind.name(), kind.name()))
+        })
+        .collect();
+    if shown_as_root.is_empty() {
+        return None;
+    }
+    let what = shown_as_root.join(" and ");
+    Some(match setuid {
+        Setuid::Ignored => format!(
+            "the map shows {what}: setuid files owned by container root appear setuid root at {}; \
+             it is mounted nosuid, so they run without privilege (--suid would honour them)",
+            dst.display()
+        ),
+        Setuid::Honoured => format!(
+            "the map shows {what}: setuid files owned by container root appear setuid root at {}, \
+             and --suid honours them: anyone who can reach them runs them as host root",
+            dst.display()
+        ),
     })
+}
+
+/// Where `mount` records each idmapped mount it makes, so that `umount` removes only those.
+///
+/// A marker in the mount itself cannot work: an idmapped mount carries no name or tag, and
+/// any flag idshift sets (nosuid, nodev, the idmap) LXC, Incus and systemd-nspawn set too. So
+/// the record lives beside it: a root-only directory on the `/run` tmpfs (gone at reboot, as
+/// the mounts are), one file per mount, named by the mount's id and holding the device and
+/// inode of the directory it shows. The id is the 64-bit one the kernel never reuses before
+/// reboot (`STATX_MNT_ID_UNIQUE`, Linux ≥ 6.8), so a stale record (a mount removed with
+/// umount(8)) can never match another mount; on older kernels it is the reusable id, and the
+/// root's (device, inode) must match as well.
+pub const RECORDS: &str = "/run/idshift/mounts";
+
+/// One record: what [`mount`] made.
+#[derive(Debug, PartialEq, Eq)]
+struct Record {
+    id: sys::mount::MountId,
+    text: String,
+}
+
+impl Record {
+    fn new(id: sys::mount::MountId, src: &Path, dst: &Path, map: &IdMap) -> Record {
+        Record {
+            id,
+            text: format!(
+                "root {}:{}\nsrc {}\ndst {}\nmap {map}\n",
+                id.dev,
+                id.ino,
+                src.display(),
+                dst.display()
+            ),
+        }
+    }
+
+    /// The file of the mount `id`.
+    fn path(id: sys::mount::MountId) -> PathBuf {
+        let kind = if id.unique { "u" } else { "m" };
+        Path::new(RECORDS).join(format!("{kind}{}", id.id))
+    }
+
+    fn write(&self) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(RECORDS)
+            .map_err(|e| Error::io(RECORDS, e))?;
+        let path = Record::path(self.id);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &self.text).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Whether the mount `id` is one idshift recorded (same id, same root inode).
+    fn exists_for(id: sys::mount::MountId) -> bool {
+        let want = format!("root {}:{}\n", id.dev, id.ino);
+        std::fs::read_to_string(Record::path(id)).is_ok_and(|text| text.starts_with(&want))
+    }
+
+    fn remove(id: sys::mount::MountId) {
+        let _ = std::fs::remove_file(Record::path(id));
+    }
 }
 
 /// Why the kernel refused to idmap `src`, naming the filesystem types involved.
@@ -175,8 +291,19 @@ fn refusal(src: &Path, recursive: bool, errno: Errno) -> Error {
     }
 }
 
-/// Removes an idmapped mount made by [`mount`] (with the mounts below it); refuses anything else.
-pub fn umount(dst: &Path) -> Result<()> {
+/// Whether `umount` checks that idshift made the mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Only mounts recorded by [`mount`] (others: [`Error::Refused`]).
+    Checked,
+    /// `--force`: any idmapped mount.
+    Forced,
+}
+
+/// Removes an idmapped mount made by [`mount`] (with the mounts below it). Not a mount point,
+/// or not idmapped: a usage error. Idmapped but not recorded by `mount` (LXC's, Incus's,
+/// nspawn's): refused unless `Ownership::Forced`.
+pub fn umount(dst: &Path, ownership: Ownership) -> Result<()> {
     require_root("idshift umount")?;
     let target = dst.canonicalize().map_err(|e| Error::io(dst, e))?;
     let mounts = mountinfo()?;
@@ -194,8 +321,24 @@ pub fn umount(dst: &Path) -> Result<()> {
             m.options
         )));
     }
-    sys::mount::detach(&cstring(&target)?)
-        .map_err(|e| Error::sys(format!("{}: cannot unmount", dst.display()), e))
+    let target_c = cstring(&target)?;
+    // The mount on top at DST: the root of the mount that `umount2` detaches.
+    let root =
+        sys::fs::open_dir(None, &target_c).map_err(|e| Error::sys(dst.display().to_string(), e))?;
+    let id = sys::mount::mount_id(root.as_fd())
+        .map_err(|e| Error::sys(format!("{}: statx", dst.display()), e))?;
+    drop(root);
+    if ownership == Ownership::Checked && !Record::exists_for(id) {
+        return Err(Error::Refused(format!(
+            "{}: an idmapped mount that idshift did not make (no record in {RECORDS}; LXC, \
+             Incus or systemd-nspawn may own it); --force removes it anyway",
+            dst.display()
+        )));
+    }
+    sys::mount::detach(&target_c)
+        .map_err(|e| Error::sys(format!("{}: cannot unmount", dst.display()), e))?;
+    Record::remove(id);
+    Ok(())
 }
 
 #[cfg(test)]

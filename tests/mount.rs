@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::tree::*;
@@ -195,4 +196,153 @@ fn mount_needs_root_and_a_valid_map() {
     let out = run(&mut idshift(&["mount", "-m", "b:0:200000:0", p, p]));
     assert_code(&out, 2);
     assert!(stderr(&out).contains("b:0:200000:0"), "{}", stderr(&out));
+}
+
+/// The mount options of the mount at `dst`, from `/proc/self/mountinfo` (the top one).
+fn mount_options(dst: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(dst.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} is not mounted:\n{text}", dst.display()));
+    line.split(' ')
+        .nth(5)
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Container root planted a setuid copy of `id` (owned by its host id 1000000 on disk); a map
+/// that shows 1000000 as 0 shows it as setuid root. The mount is nosuid and nodev, and idshift
+/// says why it matters; with --suid the bit works — and the warning is there.
+#[test]
+fn mount_is_nosuid_unless_asked_and_warns_when_it_shows_setuid_root() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    let planted = src.join("id");
+    std::fs::copy("/usr/bin/id", &planted).unwrap();
+    std::os::unix::fs::chown(&planted, Some(1000000), Some(1000000)).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let run_it = || {
+        let out = run(std::process::Command::new("runuser")
+            .args(["-u", &env.user().name, "--"])
+            .arg(dst.join("id"))
+            .arg("-u"));
+        assert_code(&out, 0);
+        stdout(&out).trim().to_string()
+    };
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+
+    let out = run(&mut idshift(&["mount", "-m", "b:1000000:0:65536", s, d]));
+    let _guard = Mounted(dst.clone());
+    let warning = assert_one_error_line(&out, 0, "idshift: warning:");
+    assert!(
+        warning.contains("setuid files owned by container root appear setuid root"),
+        "{warning}"
+    );
+    assert!(warning.contains("nosuid"), "{warning}");
+    let opts = mount_options(&dst);
+    assert!(opts.iter().any(|o| o == "nosuid"), "{opts:?}");
+    assert!(opts.iter().any(|o| o == "nodev"), "{opts:?}");
+    assert!(opts.iter().any(|o| o == "idmapped"), "{opts:?}");
+    assert_eq!(owner(&dst.join("id")), (0, 0));
+    assert_eq!(
+        run_it(),
+        env.user().uid.to_string(),
+        "the setuid bit worked"
+    );
+    assert_code(&run(&mut idshift(&["umount", d])), 0);
+
+    let out = run(&mut idshift(&[
+        "mount",
+        "--suid",
+        "-m",
+        "b:1000000:0:65536",
+        s,
+        d,
+    ]));
+    let warning = assert_one_error_line(&out, 0, "idshift: warning:");
+    assert!(warning.contains("--suid honours them"), "{warning}");
+    let opts = mount_options(&dst);
+    assert!(!opts.iter().any(|o| o == "nosuid"), "{opts:?}");
+    assert!(opts.iter().any(|o| o == "nodev"), "{opts:?}");
+    assert_eq!(run_it(), "0", "--suid: the setuid bit works");
+    assert_code(&run(&mut idshift(&["umount", d])), 0);
+
+    // A map that shows nothing as 0: nosuid still, and no warning.
+    let out = run(&mut idshift(&["mount", "-m", "b:0:100000:65536", s, d]));
+    assert_code(&out, 0);
+    assert_eq!(stderr(&out), "");
+    assert!(mount_options(&dst).iter().any(|o| o == "nosuid"));
+    assert_code(&run(&mut idshift(&["umount", d])), 0);
+}
+
+/// An idmapped mount made the way LXC or Incus make theirs (the same three syscalls, a user
+/// namespace of another process), not by `idshift mount`: `umount` refuses it (exit 3) and
+/// leaves it; `--force` removes it.
+#[test]
+fn umount_refuses_an_idmapped_mount_idshift_did_not_make() {
+    let Some(_) = require!(Root) else { return };
+    if !on_path("unshare") {
+        eprintln!("skipped: needs unshare(1)");
+        return;
+    }
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    // A user namespace held by a sleeping process; its maps written from here.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--user", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let pid = holder.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ns = format!("/proc/{pid}/ns/user");
+    while std::fs::read_link(&ns).ok() == std::fs::read_link("/proc/self/ns/user").ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 100000 65536\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), "0 100000 65536\n").unwrap();
+    let userns = std::fs::File::open(&ns).unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let tree = idshift::sys::mount::open_tree_clone(&c(&src), false).unwrap();
+    use std::os::fd::AsFd;
+    idshift::sys::mount::set_idmap(
+        tree.as_fd(),
+        userns.as_fd(),
+        false,
+        idshift::sys::mount::Setuid::Ignored,
+    )
+    .unwrap();
+    idshift::sys::mount::attach(tree.as_fd(), &c(&dst)).unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _guard = Mounted(dst.clone());
+    assert_eq!(
+        owner(&dst),
+        (100000, 100000),
+        "the foreign mount is idmapped"
+    );
+
+    let d = dst.to_str().unwrap();
+    let out = run(&mut idshift(&["umount", d]));
+    let err = assert_one_error_line(&out, 3, "idshift did not make");
+    assert!(err.contains("--force"), "{err}");
+    assert!(mount_options(&dst).iter().any(|o| o == "idmapped"));
+    let out = run(&mut idshift(&["umount", "--force", d]));
+    assert_code(&out, 0);
+    assert_eq!(owner(&dst), owner(tmp.path()), "the mount is gone");
 }

@@ -156,3 +156,27 @@ fn a_symlink_of_the_users_on_the_way_is_refused() {
     assert_one_error_line(&out, 3, "a symlink idshift-test controls");
     assert_eq!(snapshot(&s.host_dir), before);
 }
+
+// `mount` runs the same check: a user's tree shown with its ids as host root is refused.
+#[test]
+fn root_mount_of_a_users_tree_showing_host_root_is_refused() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    std::os::unix::fs::chown(&src, Some(env.user().uid), Some(env.user().gid)).unwrap();
+    let out = run(&mut idshift(&[
+        "mount",
+        "-m",
+        "b:200000:0:65536",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+    ]));
+    let err = assert_one_error_line(&out, 3, "belongs to idshift-test");
+    assert!(err.contains("onto host uid 0"), "{err}");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(dst.to_str().unwrap()), "mounted anyway");
+}

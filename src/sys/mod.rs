@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod mount;
+pub mod tty;
 pub mod xattr;
 
 use nix::errno::Errno;

@@ -28,17 +28,38 @@ pub fn open_tree_clone(path: &CStr, recursive: bool) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE], {MOUNT_ATTR_IDMAP, userns})`—Make
-/// a detached mount show its files through the id mapping of the user namespace `userns`.
+/// What an idmapped mount honours besides the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setuid {
+    /// `MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV`: setuid/setgid bits and file capabilities give
+    /// nothing, device nodes cannot be opened.
+    Ignored,
+    /// Only `MOUNT_ATTR_NODEV`: setuid/setgid bits and file capabilities work as on disk.
+    Honoured,
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE], {MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV
+/// [| MOUNT_ATTR_NOSUID], userns})`—Make a detached mount show its files through the id mapping
+/// of the user namespace `userns`, in one call with its `nosuid`/`nodev` flags.
 ///
 /// # References
 ///  - [Linux](https://man7.org/linux/man-pages/man2/mount_setattr.2.html)
-pub fn set_idmap(tree: BorrowedFd, userns: BorrowedFd, recursive: bool) -> Result<(), Errno> {
+pub fn set_idmap(
+    tree: BorrowedFd,
+    userns: BorrowedFd,
+    recursive: bool,
+    setuid: Setuid,
+) -> Result<(), Errno> {
     let mut attr: libc::mount_attr = {
         // SAFETY: mount_attr is a plain struct of integers; all zeroes is its empty value.
         unsafe { std::mem::zeroed() }
     };
-    attr.attr_set = libc::MOUNT_ATTR_IDMAP;
+    attr.attr_set = libc::MOUNT_ATTR_IDMAP
+        | libc::MOUNT_ATTR_NODEV
+        | match setuid {
+            Setuid::Ignored => libc::MOUNT_ATTR_NOSUID,
+            Setuid::Honoured => 0,
+        };
     attr.userns_fd = userns.as_raw_fd() as u64;
     let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
     // SAFETY: "" is a valid C string and `attr` a live mount_attr whose size is passed along.
@@ -53,6 +74,48 @@ pub fn set_idmap(tree: BorrowedFd, userns: BorrowedFd, recursive: bool) -> Resul
         )
     };
     Errno::result(r).map(drop)
+}
+
+/// `STATX_MNT_ID_UNIQUE` (Linux ≥ 6.8), which libc does not define yet.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// A mount's identity, from `statx` of its root: its mount id and the (device, inode) of the
+/// directory it shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountId {
+    /// The 64-bit mount id that is never reused until reboot (`STATX_MNT_ID_UNIQUE`), or, on
+    /// kernels before 6.8, the reusable one of `/proc/self/mountinfo`.
+    pub id: u64,
+    /// Whether `id` is the unique kind.
+    pub unique: bool,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE | STATX_INO)`—The identity of the mount
+/// `fd` is on (of its root, when `fd` is the root of a mount).
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/statx.2.html)
+pub fn mount_id(fd: BorrowedFd) -> Result<MountId, Errno> {
+    let mut buf = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+    let mask = libc::STATX_INO | STATX_MNT_ID_UNIQUE;
+    // SAFETY: "" is a valid C string, `buf` a writable statx of the right size.
+    let r = unsafe { libc::statx(fd.as_raw_fd(), c"".as_ptr(), flags, mask, buf.as_mut_ptr()) };
+    Errno::result(r)?;
+    // SAFETY: statx succeeded and filled the buffer (which was zeroed to begin with).
+    let s = unsafe { buf.assume_init() };
+    let unique = s.stx_mask & STATX_MNT_ID_UNIQUE != 0;
+    if !unique && s.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(Errno::ENOSYS);
+    }
+    Ok(MountId {
+        id: s.stx_mnt_id,
+        unique,
+        dev: libc::makedev(s.stx_dev_major, s.stx_dev_minor),
+        ino: s.stx_ino,
+    })
 }
 
 /// `move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`—Attach a detached mount

@@ -7,14 +7,20 @@
 //! end of file on that pipe means `execvp` succeeded. The parent then forwards signals and
 //! turns the command's end into an exit status.
 //!
+//! `--rootfs` enters a container rather than a chroot: its own mount, PID and user namespaces,
+//! `pivot_root` into the rootfs with the host's tree detached (nothing of it stays reachable,
+//! whatever the command does with CAP_SYS_CHROOT), a terminal of its own instead of the
+//! caller's ([`terminal`]), and a clean environment.
+//!
 //! The path is single-threaded from `main` to `fork` (no thread pool is ever started here).
 
 pub mod mapper;
+mod terminal;
 
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
@@ -51,8 +57,35 @@ pub struct ExecSpec {
     /// The command and its arguments; never empty.
     pub command: Vec<OsString>,
     /// `--rootfs`: also a private mount and PID namespace, a fresh `/proc` and a minimal `/dev`
-    /// in this directory, `chroot` into it, and a container's `PATH` and `HOME`.
+    /// in this directory, `pivot_root` into it, a terminal of its own, and a clean environment.
     pub rootfs: Option<std::path::PathBuf>,
+    /// `--env`: variables added to the clean environment of `--rootfs`.
+    pub env: Vec<EnvSetting>,
+}
+
+/// `--env NAME=VALUE` (set) or `--env NAME` (the caller's value, if it has one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvSetting {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl std::str::FromStr for EnvSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (name, value) = match s.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (s, None),
+        };
+        if name.is_empty() || s.contains('\0') {
+            return Err(format!("'{s}': expected NAME or NAME=VALUE"));
+        }
+        Ok(EnvSetting {
+            name: name.to_string(),
+            value,
+        })
+    }
 }
 
 impl ExecSpec {
@@ -115,7 +148,10 @@ enum Stage {
     MountSlave = 8,
     MountProc = 9,
     MountDev = 10,
-    Chroot = 11,
+    PivotRoot = 11,
+    Bind = 12,
+    Terminal = 13,
+    Session = 14,
 }
 
 impl Stage {
@@ -132,7 +168,10 @@ impl Stage {
             8 => Stage::MountSlave,
             9 => Stage::MountProc,
             10 => Stage::MountDev,
-            11 => Stage::Chroot,
+            11 => Stage::PivotRoot,
+            12 => Stage::Bind,
+            13 => Stage::Terminal,
+            14 => Stage::Session,
             _ => return None,
         })
     }
@@ -196,9 +235,14 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
         .map(|a| CString::new(a.as_bytes()))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Usage("a command argument contains a NUL byte".into()))?;
-    let action = match &spec.rootfs {
-        None => Action::Exec(&argv),
-        Some(dir) => Action::ExecIn(&argv, RootfsPlan::new(dir, spec.uid.unwrap_or(0))?),
+    let (action, host) = match &spec.rootfs {
+        None => (Action::Exec(&argv), None),
+        Some(dir) => {
+            let (terminal, host) = terminal::plan()?.unzip();
+            let owner = (spec.uid.unwrap_or(0), spec.gid.unwrap_or(0));
+            let plan = RootfsPlan::new(dir, owner, &argv[0], &spec.env, terminal)?;
+            (Action::ExecIn(&argv, Box::new(plan)), host)
+        }
     };
     let plan = ChildPlan {
         ids: Ids {
@@ -214,7 +258,29 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
         program: Some(spec.command[0].to_string_lossy().into_owned()),
         rootfs: spec.rootfs.clone(),
     };
-    launch(&spec.map, mapper, plan, &describe)
+    let relay = match (&spec.rootfs, host) {
+        (None, _) => Relay::Signals(KernelSignals::Skip),
+        (Some(_), None) => Relay::Signals(KernelSignals::Forward),
+        (Some(_), Some(host)) => Relay::Terminal(host),
+    };
+    launch(&spec.map, mapper, plan, &describe, relay)
+}
+
+/// What idshift does while the command runs.
+enum Relay {
+    /// Pass the forwarded signals on.
+    Signals(KernelSignals),
+    /// Also relay the command's own terminal and the caller's (`--rootfs` on a terminal).
+    Terminal(terminal::Host),
+}
+
+/// Whether signals the kernel sent (the caller's terminal: Ctrl-C, a hangup) are passed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KernelSignals {
+    /// The command shares the terminal and got them already.
+    Skip,
+    /// The command is in a session of its own (`--rootfs`): only idshift got them.
+    Forward,
 }
 
 /// Runs `f` in a child process inside a new user namespace with `map` and returns the code it
@@ -235,21 +301,46 @@ pub fn call(map: &IdMap, mapper: &Mapper, f: impl FnOnce() -> u8) -> Result<i32>
         },
         action: Action::Call(Box::new(f)),
     };
-    launch(map, mapper, plan, &Describe::default())
+    launch(
+        map,
+        mapper,
+        plan,
+        &Describe::default(),
+        Relay::Signals(KernelSignals::Skip),
+    )
 }
 
 /// The `--rootfs` plan, built before the fork.
 struct RootfsPlan {
     dir: CString,
-    /// `HOME` inside: `/root` for uid 0, else `/`.
-    home: &'static str,
+    /// The clean environment: `PATH`, `HOME`, the caller's `TERM`, `LANG` and `LC_*`, and what
+    /// `--env` adds.
+    env: Vec<CString>,
+    /// Where the command is looked for, inside: `dir/NAME` for each directory of the
+    /// container's `PATH`, or the one path given.
+    candidates: Vec<CString>,
+    /// The command gets a terminal of its own (the caller has one).
+    terminal: Option<terminal::Plan>,
+    /// The ids the command's terminal is handed to.
+    owner: (u32, u32),
 }
 
 /// `PATH` inside a container, as Debian's root gets it.
 const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The caller's variables a container's command gets: the terminal type and the locale.
+fn passes_through(name: &str) -> bool {
+    matches!(name, "TERM" | "LANG") || name.starts_with("LC_")
+}
+
 impl RootfsPlan {
-    fn new(dir: &std::path::Path, uid: u32) -> Result<RootfsPlan> {
+    fn new(
+        dir: &std::path::Path,
+        owner: (u32, u32),
+        program: &CString,
+        settings: &[EnvSetting],
+        terminal: Option<terminal::Plan>,
+    ) -> Result<RootfsPlan> {
         let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
         if !meta.is_dir() {
             return Err(Error::Usage(format!(
@@ -257,17 +348,74 @@ impl RootfsPlan {
                 dir.display()
             )));
         }
+        let home = if owner.0 == 0 { "/root" } else { "/" };
+        let mut vars: Vec<(String, std::ffi::OsString)> = vec![
+            ("PATH".into(), CONTAINER_PATH.into()),
+            ("HOME".into(), home.into()),
+        ];
+        for (name, value) in std::env::vars_os() {
+            if let Some(name) = name.to_str().filter(|n| passes_through(n)) {
+                vars.push((name.to_string(), value));
+            }
+        }
+        for s in settings {
+            let value = match &s.value {
+                Some(v) => Some(v.into()),
+                None => std::env::var_os(&s.name),
+            };
+            vars.retain(|(n, _)| *n != s.name);
+            if let Some(value) = value {
+                vars.push((s.name.clone(), value));
+            }
+        }
+        let nul = |what: &str| Error::Usage(format!("{what} contains a NUL byte"));
+        let env = vars
+            .into_iter()
+            .map(|(name, value)| {
+                let mut bytes = name.into_bytes();
+                bytes.push(b'=');
+                bytes.extend_from_slice(value.as_bytes());
+                CString::new(bytes).map_err(|_| nul("an environment variable"))
+            })
+            .collect::<Result<_>>()?;
+        let name = program.as_bytes();
+        let candidates = if name.contains(&b'/') {
+            vec![program.clone()]
+        } else {
+            CONTAINER_PATH
+                .split(':')
+                .map(|d| {
+                    let mut path = format!("{d}/").into_bytes();
+                    path.extend_from_slice(name);
+                    CString::new(path).map_err(|_| nul("the command"))
+                })
+                .collect::<Result<_>>()?
+        };
         Ok(RootfsPlan {
-            dir: CString::new(dir.as_os_str().as_bytes())
-                .map_err(|_| Error::Usage("the --rootfs path contains a NUL byte".into()))?,
-            home: if uid == 0 { "/root" } else { "/" },
+            dir: CString::new(dir.as_os_str().as_bytes()).map_err(|_| nul("the --rootfs path"))?,
+            env,
+            candidates,
+            terminal,
+            owner,
         })
     }
 }
 
 /// Forks the child that enters the namespace and supervises it.
-fn launch(map: &IdMap, mapper: &Mapper, plan: ChildPlan, describe: &Describe) -> Result<i32> {
-    let blocked = forwarded_and_sigchld();
+fn launch(
+    map: &IdMap,
+    mapper: &Mapper,
+    plan: ChildPlan,
+    describe: &Describe,
+    relay: Relay,
+) -> Result<i32> {
+    let mut blocked = forwarded_and_sigchld();
+    if let Relay::Terminal(_) = relay {
+        // Read from the signalfd, not acted on: a window-size change, and a continue (the
+        // continuing itself always happens).
+        blocked.add(Signal::SIGWINCH);
+        blocked.add(Signal::SIGCONT);
+    }
     let mut old_mask = SigSet::empty();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
         .map_err(|e| Error::sys("sigprocmask", e))?;
@@ -283,20 +431,24 @@ fn launch(map: &IdMap, mapper: &Mapper, plan: ChildPlan, describe: &Describe) ->
     // here without starting any thread.
     match sys::fork().map_err(|e| Error::sys("fork", e))? {
         nix::unistd::ForkResult::Child => {
-            drop((go_w, status_r, signals));
+            drop((go_w, status_r, signals, relay));
             child(plan, go_r, status_w, &old_mask, parent)
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop((go_r, status_w));
-            supervise(
-                child,
-                map,
-                mapper,
-                go_w,
-                File::from(status_r),
-                &signals,
-                describe,
-            )
+            let mut guard = start(child, map, mapper, go_w, File::from(status_r), describe)?;
+            match relay {
+                Relay::Signals(kernel) => {
+                    // The command runs: from here on the child is reaped below, not killed.
+                    guard.0 = None;
+                    forward_until_exit(child, &signals, false, kernel)
+                }
+                Relay::Terminal(host) => {
+                    let master = terminal::receive_master(&host)?;
+                    guard.0 = None;
+                    terminal::relay(child, &signals, master, &host)
+                }
+            }
         }
     }
 }
@@ -356,9 +508,9 @@ pub fn namespace_fd(map: &IdMap, mapper: &Mapper) -> Result<OwnedFd> {
 enum Action<'a> {
     /// `execvp` the command.
     Exec(&'a [CString]),
-    /// Enter the rootfs (mount and PID namespaces, `/proc`, `/dev`, chroot), then run the
+    /// Enter the rootfs (mount and PID namespaces, `/proc`, `/dev`, pivot_root), then run the
     /// command as PID 2 under a small PID 1 that forwards signals and reaps.
-    ExecIn(&'a [CString], RootfsPlan),
+    ExecIn(&'a [CString], Box<RootfsPlan>),
     /// Run this function and exit with its code.
     Call(Box<dyn FnOnce() -> u8 + 'a>),
 }
@@ -414,10 +566,16 @@ fn child(plan: ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, paren
             // After the id changes, which clear it: the command dies with idshift.
             prepare_exec(&status, old_mask, parent);
             let Err(e) = nix::unistd::execvp(&argv[0], argv);
-            fail(&status, Stage::Exec, exec_errno(&argv[0], e))
+            let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+            fail(&status, Stage::Exec, exec_errno(&argv[0], e, &path))
         }
         Action::ExecIn(argv, rootfs) => {
             die_with(parent, &status);
+            // Out of the caller's session: only idshift is in it (and gets what its terminal
+            // sends, to pass on); nothing of the container can have it as controlling terminal.
+            if let Err(e) = nix::unistd::setsid() {
+                fail(&status, Stage::Session, e);
+            }
             // The first child in the new PID namespace is its PID 1.
             match sys::fork() {
                 Err(e) => fail(&status, Stage::Prepare, e),
@@ -483,7 +641,8 @@ fn prepare_exec(status: &OwnedFd, old_mask: &SigSet, parent: Pid) {
     }
 }
 
-/// PID 1 of the new PID namespace, in the rootfs: mounts, chroot, then the command as PID 2.
+/// PID 1 of the new PID namespace, in the rootfs: mounts, `pivot_root`, then the command as
+/// PID 2, in a session of its own.
 fn init(ids: Ids, argv: &[CString], rootfs: &RootfsPlan, status: OwnedFd, old_mask: &SigSet) -> ! {
     // Mounting needs the namespace's root (validated to be mapped); the ids asked for come after.
     let root = Ids {
@@ -492,7 +651,7 @@ fn init(ids: Ids, argv: &[CString], rootfs: &RootfsPlan, status: OwnedFd, old_ma
         ..ids
     };
     become_ids(root, &status);
-    enter_rootfs(&status);
+    let slave = enter_rootfs(&status, rootfs);
     become_ids(ids, &status);
     // After the id changes, which clear it. (Its parent is outside this PID namespace, so
     // getppid() is 0 here and cannot tell whether that parent is still there.)
@@ -503,49 +662,142 @@ fn init(ids: Ids, argv: &[CString], rootfs: &RootfsPlan, status: OwnedFd, old_ma
     match sys::fork() {
         Err(e) => fail(&status, Stage::Prepare, e),
         Ok(nix::unistd::ForkResult::Child) => {
+            let on_tty = rootfs.terminal.as_ref().map_or([false; 3], |t| t.on_tty);
+            if let Err(e) = terminal::attach(slave.as_ref().map(|s| (s, on_tty))) {
+                fail(&status, Stage::Session, e);
+            }
+            drop(slave);
             prepare_exec(&status, old_mask, me);
-            // The caller's environment with the container's PATH (which execvp searches, inside
-            // the chroot) and HOME. This process is single-threaded.
-            std::env::set_var("PATH", CONTAINER_PATH);
-            std::env::set_var("HOME", rootfs.home);
-            let Err(e) = nix::unistd::execvp(&argv[0], argv);
-            fail(&status, Stage::Exec, exec_errno(&argv[0], e))
+            let e = exec_in_container(argv, rootfs);
+            fail(&status, Stage::Exec, e)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
-            drop(status);
+            // The command's terminal ends (the master reads EIO) when the command's processes
+            // are gone, not while PID 1 holds it too.
+            drop((slave, status));
             relay(child)
         }
     }
 }
 
-/// In the rootfs (the working directory): mounts made slave, a fresh `/proc`, a minimal `/dev`
-/// where the rootfs has a `dev` directory, then `chroot`.
-fn enter_rootfs(status: &OwnedFd) {
+/// `execve` of the command with the clean environment, looked up along the container's `PATH`
+/// (never the caller's) as `execvp` would: the first candidate that runs; a file without `#!`
+/// runs under `/bin/sh`; EACCES if some candidate was there but could not run, else ENOENT.
+fn exec_in_container(argv: &[CString], rootfs: &RootfsPlan) -> Errno {
+    let mut denied = false;
+    let searched = rootfs.candidates.len() > 1;
+    for path in &rootfs.candidates {
+        let Err(e) = nix::unistd::execve(path, argv, &rootfs.env);
+        match e {
+            Errno::ENOEXEC => {
+                let mut sh = vec![c"/bin/sh".to_owned(), path.clone()];
+                sh.extend(argv[1..].iter().cloned());
+                let Err(e) = nix::unistd::execve(c"/bin/sh", &sh, &rootfs.env);
+                return e;
+            }
+            _ if !searched => return e,
+            Errno::EACCES => denied = true,
+            Errno::ENOENT | Errno::ENOTDIR | Errno::ESTALE | Errno::ENODEV | Errno::ETIMEDOUT => {}
+            e => return e,
+        }
+    }
+    if denied {
+        exec_errno(&argv[0], Errno::EACCES, CONTAINER_PATH.as_ref())
+    } else {
+        Errno::ENOENT
+    }
+}
+
+/// In the rootfs (the working directory): mounts made slave, the rootfs bound onto itself, a
+/// fresh `/proc`, a minimal `/dev` where the rootfs has a `dev` directory, the command's
+/// terminal (if it gets one), then `pivot_root` with the host's tree detached. Returns the
+/// terminal's slave.
+fn enter_rootfs(status: &OwnedFd, rootfs: &RootfsPlan) -> Option<OwnedFd> {
     use nix::mount::{mount, MsFlags};
     let none: Option<&str> = None;
+    // Nothing mounted or unmounted here propagates to the host.
     if let Err(e) = mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none) {
         fail(status, Stage::MountSlave, e);
     }
+    // `pivot_root` needs the new root to be a mount: the rootfs (with what is mounted below it)
+    // is bound onto itself, and entered through the new mount's own fd (the working directory
+    // is the directory below it).
+    let new_root = match sys::mount::open_tree_clone(c".", true).and_then(|tree| {
+        sys::mount::attach(tree.as_fd(), c".")?;
+        nix::unistd::fchdir(&tree)?;
+        Ok(tree)
+    }) {
+        Ok(tree) => tree,
+        Err(e) => fail(status, Stage::Bind, e),
+    };
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if let Err(e) = mount(Some("proc"), "proc", Some("proc"), hardened, none) {
         fail(status, Stage::MountProc, e);
     }
-    if std::path::Path::new("dev").is_dir() {
-        if let Err(e) = minimal_dev() {
-            fail(status, Stage::MountDev, e);
+    let devpts = match std::path::Path::new("dev").is_dir() {
+        true => minimal_dev().unwrap_or_else(|e| fail(status, Stage::MountDev, e)),
+        false => false,
+    };
+    let slave = rootfs.terminal.as_ref().map(|plan| {
+        // The container's own devpts instance, so that the terminal is one of its /dev/pts
+        // (`tty` names it, /dev/tty opens it); the host's only where the rootfs has no /dev.
+        let ptmx = if devpts {
+            c"dev/pts/ptmx"
+        } else {
+            c"/dev/ptmx"
+        };
+        let (slave, number) = terminal::open_in_container(plan, ptmx)
+            .unwrap_or_else(|e| fail(status, Stage::Terminal, e));
+        // The command's /dev/tty is its own terminal: the host's /dev/tty is never bound in.
+        if devpts {
+            if let Err(e) = std::os::unix::fs::symlink(format!("pts/{number}"), "dev/tty") {
+                fail(status, Stage::MountDev, io_errno(e));
+            }
         }
+        let (uid, gid) = rootfs.owner;
+        if let Err(e) = nix::unistd::fchown(&slave, Some(uid.into()), Some(gid.into())) {
+            fail(status, Stage::Terminal, e);
+        }
+        slave
+    });
+    if let Err(e) = pivot_root(&new_root) {
+        fail(status, Stage::PivotRoot, e);
     }
-    if let Err(e) = nix::unistd::chroot(".").and_then(|()| nix::unistd::chdir("/")) {
-        fail(status, Stage::Chroot, e);
-    }
+    slave
+}
+
+/// `pivot_root` into the working directory (a mount) and detach the old root, as LXC does
+/// (`lxc_pivot_root`): after this no path leads to the host's tree, and a chroot inside cannot
+/// be left for it — there is no mount above the new root to `..` into.
+fn pivot_root(new_root: &OwnedFd) -> std::result::Result<(), Errno> {
+    use nix::fcntl::{open, OFlag};
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let old_root = open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // The old root ends up mounted on top of the new one.
+    nix::unistd::pivot_root(".", ".")?;
+    nix::unistd::fchdir(&old_root)?;
+    let none: Option<&str> = None;
+    mount(none, ".", none, MsFlags::MS_SLAVE | MsFlags::MS_REC, none)?;
+    umount2(".", MntFlags::MNT_DETACH)?;
+    nix::unistd::fchdir(new_root)?;
+    nix::unistd::chdir("/")
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// A tmpfs on `dev` with the host's harmless character devices bound in, a private devpts
-/// instance, and the usual symlinks — what LXC gives an unprivileged container.
-fn minimal_dev() -> std::result::Result<(), Errno> {
+/// instance, and the usual symlinks — what LXC gives an unprivileged container, except the
+/// host's `/dev/tty`: the command's terminal is one of this devpts. Returns whether the devpts
+/// instance is there.
+fn minimal_dev() -> std::result::Result<bool, Errno> {
     use nix::mount::{mount, MsFlags};
     let none: Option<&str> = None;
-    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
     mount(
         Some("tmpfs"),
         "dev",
@@ -553,13 +805,13 @@ fn minimal_dev() -> std::result::Result<(), Errno> {
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=755,size=1024k"),
     )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for name in ["null", "zero", "full", "random", "urandom"] {
         let host = format!("/dev/{name}");
         if std::fs::symlink_metadata(&host).is_err() {
             continue;
         }
         let target = format!("dev/{name}");
-        File::create(&target).map_err(io)?;
+        File::create(&target).map_err(io_errno)?;
         mount(
             Some(host.as_str()),
             target.as_str(),
@@ -569,19 +821,19 @@ fn minimal_dev() -> std::result::Result<(), Errno> {
         )?;
     }
     for dir in ["dev/pts", "dev/shm"] {
-        std::fs::create_dir(dir).map_err(io)?;
+        std::fs::create_dir(dir).map_err(io_errno)?;
     }
     // Without a devpts instance (an old kernel) a command just gets no new terminals.
-    if mount(
+    let devpts = mount(
         Some("devpts"),
         "dev/pts",
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )
-    .is_ok()
-    {
-        std::os::unix::fs::symlink("pts/ptmx", "dev/ptmx").map_err(io)?;
+    .is_ok();
+    if devpts {
+        std::os::unix::fs::symlink("pts/ptmx", "dev/ptmx").map_err(io_errno)?;
     }
     for (link, to) in [
         ("dev/fd", "/proc/self/fd"),
@@ -589,9 +841,9 @@ fn minimal_dev() -> std::result::Result<(), Errno> {
         ("dev/stdout", "/proc/self/fd/1"),
         ("dev/stderr", "/proc/self/fd/2"),
     ] {
-        std::os::unix::fs::symlink(to, link).map_err(io)?;
+        std::os::unix::fs::symlink(to, link).map_err(io_errno)?;
     }
-    Ok(())
+    Ok(devpts)
 }
 
 /// PID 1 under `--rootfs` (and its parent): waits for `child`, passing forwarded signals on and
@@ -599,7 +851,7 @@ fn minimal_dev() -> std::result::Result<(), Errno> {
 /// signal N).
 fn relay(child: Pid) -> ! {
     let code = match SignalFd::with_flags(&forwarded_and_sigchld(), SfdFlags::SFD_CLOEXEC) {
-        Ok(signals) => forward_until_exit(child, &signals, true),
+        Ok(signals) => forward_until_exit(child, &signals, true, KernelSignals::Skip),
         Err(_) => wait_blocking(child),
     };
     sys::exit_now(code.unwrap_or(125))
@@ -608,13 +860,12 @@ fn relay(child: Pid) -> ! {
 /// `execvp` answers EACCES when some directory of `PATH` cannot be searched (common inside a
 /// namespace, where the host's `/root` is unmapped) even if the command is nowhere: like a shell,
 /// call that "not found" unless a file of that name exists on the path.
-fn exec_errno(program: &CString, errno: Errno) -> Errno {
+fn exec_errno(program: &CString, errno: Errno, path: &std::ffi::OsStr) -> Errno {
     let name = program.as_bytes();
     if errno != Errno::EACCES || name.contains(&b'/') {
         return errno;
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    let exists = std::env::split_paths(&path).any(|dir| {
+    let exists = std::env::split_paths(path).any(|dir| {
         dir.join(std::ffi::OsStr::from_bytes(name))
             .symlink_metadata()
             .is_ok()
@@ -686,7 +937,10 @@ fn stage_error(stage: Stage, errno: Errno, d: &Describe) -> Error {
         Stage::MountSlave => "cannot make the mounts of the new mount namespace slaves".into(),
         Stage::MountProc => format!("cannot mount a fresh /proc on {}/proc", rootfs(d)),
         Stage::MountDev => format!("cannot mount a minimal /dev on {}/dev", rootfs(d)),
-        Stage::Chroot => format!("cannot chroot into {}", rootfs(d)),
+        Stage::Bind => format!("cannot bind {} onto itself", rootfs(d)),
+        Stage::PivotRoot => format!("cannot pivot_root into {}", rootfs(d)),
+        Stage::Terminal => format!("cannot open a terminal for the command in {}", rootfs(d)),
+        Stage::Session => "cannot give the command a session of its own".to_string(),
         Stage::Exec => {
             return Error::Exec {
                 program: d.program.clone().unwrap_or_default(),
@@ -704,16 +958,17 @@ fn rootfs(d: &Describe) -> String {
         .unwrap_or_default()
 }
 
-fn supervise(
+/// Writes the child's maps, lets it go on, and waits until the command runs (the status pipe
+/// closes) or set-up fails. Returns the guard that kills the child, still armed.
+fn start(
     child: Pid,
     map: &IdMap,
     mapper: &Mapper,
     go: OwnedFd,
     mut status: File,
-    signals: &SignalFd,
     describe: &Describe,
-) -> Result<i32> {
-    let mut guard = ChildGuard(Some(child));
+) -> Result<ChildGuard> {
+    let guard = ChildGuard(Some(child));
     match read_message(&mut status)? {
         Some((Stage::Ready, _)) => {}
         Some((stage, errno)) => return Err(stage_error(stage, errno, describe)),
@@ -725,15 +980,18 @@ fn supervise(
     if let Some((stage, errno)) = read_message(&mut status)? {
         return Err(stage_error(stage, errno, describe));
     }
-    // The command runs: from here on the child is reaped below, not killed.
-    guard.0 = None;
-    forward_until_exit(child, signals, false)
+    Ok(guard)
 }
 
 /// Passes the forwarded signals that arrive on `signals` on to `child` until it ends, and
 /// returns its exit code (128+N for signal N). With `reap_others` every other child that ends
 /// is reaped too: PID 1 inherits the orphans of its namespace.
-fn forward_until_exit(child: Pid, signals: &SignalFd, reap_others: bool) -> Result<i32> {
+fn forward_until_exit(
+    child: Pid,
+    signals: &SignalFd,
+    reap_others: bool,
+    kernel: KernelSignals,
+) -> Result<i32> {
     let reap = if reap_others {
         Pid::from_raw(-1)
     } else {
@@ -768,7 +1026,7 @@ fn forward_until_exit(child: Pid, signals: &SignalFd, reap_others: bool) -> Resu
         }
         // A signal the terminal sent to the whole foreground process group reached the command
         // already; only signals sent to idshift alone are passed on.
-        if info.ssi_code == libc::SI_KERNEL {
+        if info.ssi_code == libc::SI_KERNEL && kernel == KernelSignals::Skip {
             continue;
         }
         if let Ok(sig) = Signal::try_from(signo) {

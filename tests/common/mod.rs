@@ -232,3 +232,103 @@ pub fn test_rootfs() -> Option<PathBuf> {
     }
     Some(dir)
 }
+
+/// Kills process `pid` (with SIGKILL) if it still runs after `secs` seconds, unless dropped
+/// first: every test with a child on a terminal has a time limit.
+pub struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    pub fn new(pid: u32, secs: u64) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = done.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while std::time::Instant::now() < deadline {
+                if seen.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if !seen.load(Ordering::SeqCst) {
+                eprintln!("watchdog: {pid} still runs after {secs}s, killing it");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Types `steps` into an interactive `bash` on a new terminal (script(1)): each step's keys,
+/// then a wait until its text appears in what the terminal shows after them ("" for none), and
+/// a short pause to let the keys take effect. Gives up after `secs` seconds in all (the shell
+/// is killed). Returns the transcript (without carriage returns) and the exit code. `None`
+/// (with a printed reason) without script or bash.
+///
+/// Waiting for output rather than for fixed times keeps the test right on a loaded machine: a
+/// Ctrl-Z typed before the job starts would reach the shell instead.
+pub fn interactive_bash(steps: &[(&str, &str)], secs: u64) -> Option<(String, Option<i32>)> {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    if !on_path("script") || !on_path("bash") {
+        eprintln!("skipped: needs script(1) and bash");
+        return None;
+    }
+    let mut child = Command::new("script")
+        .args(["-qec", "bash --norc --noprofile -i", "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .env("PS1", "$ ")
+        .env("HISTFILE", "/dev/null")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let _watchdog = Watchdog::new(child.id(), secs);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut out = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for (keys, wait_for) in steps {
+        let mark = seen.lock().unwrap().len();
+        // A failed write means the shell is gone already; the transcript tells why.
+        let _ = stdin
+            .write_all(keys.as_bytes())
+            .and_then(|()| stdin.flush());
+        while !wait_for.is_empty() && Instant::now() < deadline {
+            let text = String::from_utf8_lossy(&seen.lock().unwrap()[mark..]).replace('\r', "");
+            if text.contains(wait_for) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let _ = reader.join();
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
+    Some((text, status.code()))
+}

@@ -1,0 +1,300 @@
+//! Privilege boundaries (issue 9): what a container's code under `exec --rootfs` cannot reach,
+//! a setuid idshift, `mount`'s nosuid and `umount` of mounts idshift did not make.
+//!
+//! The hostile programs are tiny static C programs compiled by the test (`cc -static`); the
+//! tests that need them are skipped, visibly, where no static C compiler is installed.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A setuid (or setgid) copy of idshift refuses to run, whatever it was asked, before it parses
+/// its arguments: the privilege boundary is newuidmap/newgidmap.
+#[test]
+fn a_setuid_or_setgid_copy_refuses_to_run() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    // /var/tmp is on the root filesystem, not mounted nosuid.
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let marker = tmp.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    for mode in [0o4755, 0o2755] {
+        let copy = tmp.path().join(format!("idshift-{mode:o}"));
+        std::fs::copy(bin(), &copy).unwrap();
+        std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = run(std::process::Command::new("runuser")
+            .args(["-u", &env.user().name, "--"])
+            .arg(&copy)
+            .args(["exec", "-m", "b:0:0:65536", "--", "sh", "-c", &touch])
+            .current_dir("/"));
+        let err = assert_one_error_line(&out, 2, "refusing to run setuid/setgid");
+        assert!(
+            err.contains("the privilege boundary is newuidmap/newgidmap"),
+            "{err}"
+        );
+        assert!(!marker.exists(), "mode {mode:o}: the command ran");
+        // Even --help is refused: nothing is parsed.
+        let out = run(std::process::Command::new("runuser")
+            .args(["-u", &env.user().name, "--"])
+            .arg(&copy)
+            .arg("--help"));
+        assert_code(&out, 2);
+    }
+}
+
+/// Compiles a C program statically (it runs in a rootfs without a libc), or says why not.
+fn static_program(dir: &Path, name: &str, source: &str) -> Option<PathBuf> {
+    if !on_path("cc") {
+        eprintln!("skipped: needs a C compiler (cc) for a static helper");
+        return None;
+    }
+    let src = dir.join(format!("{name}.c"));
+    let out = dir.join(name);
+    std::fs::write(&src, source).unwrap();
+    let result = run(Command::new("cc")
+        .args(["-static", "-O", "-o"])
+        .arg(&out)
+        .arg(&src));
+    if !result.status.success() {
+        eprintln!(
+            "skipped: cannot link a static program (install the libc's static library): {}",
+            stderr(&result)
+        );
+        return None;
+    }
+    Some(out)
+}
+
+/// A rootfs with nothing but `/dev`, `/proc` and the static program at `/prog`, owned by
+/// `base` (container root's host id): what a container's own root could have put there.
+fn tiny_rootfs(dir: &Path, program: &Path, base: u32) -> PathBuf {
+    let root = dir.join("rootfs");
+    for sub in ["dev", "proc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::copy(program, root.join("prog")).unwrap();
+    for entry in ["", "dev", "proc", "tmp", "prog"] {
+        std::os::unix::fs::chown(root.join(entry), Some(base), Some(base)).unwrap();
+    }
+    root
+}
+
+/// Pushes `echo pwned > FILE` into every terminal it can reach, as input (`TIOCSTI`): the
+/// controlling terminal through /dev/tty, and stdin, stdout, stderr.
+const TIOCSTI_PROGRAM: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+static int push(int fd, const char *line) {
+    for (const char *p = line; *p; p++)
+        if (ioctl(fd, TIOCSTI, p) < 0)
+            return 0;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    char line[4096];
+    snprintf(line, sizeof line, "echo pwned > %s\n", argv[1]);
+    int tty = open("/dev/tty", O_RDWR);
+    int fds[] = {tty, 0, 1, 2};
+    const char *names[] = {"/dev/tty", "stdin", "stdout", "stderr"};
+    for (int i = 0; i < 4; i++) {
+        if (fds[i] >= 0 && push(fds[i], line)) {
+            printf("hostile: pushed into %s\n", names[i]);
+            return 0;
+        }
+    }
+    printf("hostile: could push nothing\n");
+    return 0;
+}
+"#;
+
+/// Turns `dev.tty.legacy_tiocsti` on while a test runs (kernels before 6.2, such as Debian
+/// 12's, always allow TIOCSTI), and back as it was afterwards.
+struct LegacyTiocsti(Option<String>);
+
+impl LegacyTiocsti {
+    const PATH: &'static str = "/proc/sys/dev/tty/legacy_tiocsti";
+
+    fn on() -> LegacyTiocsti {
+        let was = std::fs::read_to_string(Self::PATH).ok();
+        if was.as_deref().map(str::trim) == Some("0") {
+            std::fs::write(Self::PATH, "1").unwrap();
+            return LegacyTiocsti(was);
+        }
+        LegacyTiocsti(None)
+    }
+}
+
+impl Drop for LegacyTiocsti {
+    fn drop(&mut self) {
+        if let Some(was) = &self.0 {
+            let _ = std::fs::write(Self::PATH, was);
+        }
+    }
+}
+
+/// A program in the rootfs pushes a command into the terminal it runs on. Under
+/// `exec --rootfs` from an interactive shell on a real terminal, that terminal is a new one of
+/// the container's, so the shell never reads the line and the file is never made.
+#[test]
+fn a_rootfs_program_cannot_push_input_into_the_callers_terminal() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let Some(prog) = static_program(tmp.path(), "tiocsti", TIOCSTI_PROGRAM) else {
+        return;
+    };
+    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let _legacy = LegacyTiocsti::on();
+    let pwned = tmp.path().join("pwned");
+    let cmd = format!(
+        "{} exec -m b:0:100000:65536 --rootfs {} -- /prog {}\n",
+        bin().display(),
+        root.display(),
+        pwned.display()
+    );
+    let steps: &[(&str, &str)] = &[
+        (&cmd, "hostile: "),
+        ("echo done-$((0+0))-$?\n", "done-0-"),
+        ("exit\n", ""),
+    ];
+    let Some((text, _)) = interactive_bash(steps, 60) else {
+        return;
+    };
+    assert!(
+        text.contains("hostile: "),
+        "the program did not run:\n{text}"
+    );
+    assert!(text.contains("done-0-0"), "{text}");
+    assert!(
+        !pwned.exists(),
+        "the caller's shell ran the line the container pushed:\n{text}"
+    );
+}
+
+/// Leaves a chroot the classic way: chroot into a subdirectory, `..` up from outside it, and
+/// chroot to where that leads; then looks for a file of the host.
+const ESCAPE_PROGRAM: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    mkdir("/x", 0755);
+    if (chroot("/x") != 0) { perror("chroot /x"); return 2; }
+    for (int i = 0; i < 64; i++)
+        if (chdir("..") != 0) { perror("chdir .."); return 2; }
+    if (chroot(".") != 0) { perror("chroot ."); return 2; }
+    if (chdir("/") != 0) { perror("chdir /"); return 2; }
+    int fd = open(argv[1], O_RDONLY);
+    if (fd >= 0) { printf("escaped: the host's %s is readable\n", argv[1]); return 0; }
+    if (access("/etc/debian_version", F_OK) == 0 || access("/usr/bin", F_OK) == 0) {
+        printf("escaped: the host's / is reachable\n");
+        return 0;
+    }
+    printf("contained\n");
+    return 1;
+}
+"#;
+
+/// Container root has CAP_SYS_CHROOT in its namespace: under a plain chroot, the double-chroot
+/// escape reaches the host's `/`. Under `exec --rootfs` the host's tree is detached after
+/// `pivot_root`: there is nothing above the rootfs to reach.
+#[test]
+fn a_double_chroot_does_not_leave_the_rootfs() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(prog) = static_program(tmp.path(), "escape", ESCAPE_PROGRAM) else {
+        return;
+    };
+    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let marker = tmp.path().join("host-marker");
+    std::fs::write(&marker, "host\n").unwrap();
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--rootfs",
+        root.to_str().unwrap(),
+        "--",
+        "/prog",
+        marker.to_str().unwrap(),
+    ]);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _watchdog = Watchdog::new(child.id(), 30);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(1), "contained\n"),
+        "stderr: {}",
+        stderr(&out)
+    );
+}
+
+/// Only PATH, HOME, TERM, LANG and LC_* reach a command under `--rootfs`, and what `--env`
+/// adds: never the caller's agent sockets, session bus or runtime directory.
+#[test]
+fn the_rootfs_environment_is_clean() {
+    let Some(_) = require!(Root) else { return };
+    let Some(rootfs) = test_rootfs() else { return };
+    let env_inside = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["exec", "-m", "b:0:0:65536", "--rootfs"];
+        args.push(rootfs.to_str().unwrap());
+        args.extend_from_slice(extra);
+        args.extend(["--", "env"]);
+        let mut cmd = idshift(&args);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .env("SSH_AUTH_SOCK", "/tmp/ssh-agent.sock")
+            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/run/user/0/bus")
+            .env("XDG_RUNTIME_DIR", "/run/user/0")
+            .env("FOO", "bar")
+            .env("TERM", "xterm-256color")
+            .env("LANG", "C.UTF-8")
+            .env("LC_TIME", "C");
+        let out = run(&mut cmd);
+        assert_code(&out, 0);
+        let mut lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        env_inside(&[]),
+        [
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            "LC_TIME=C",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "TERM=xterm-256color",
+        ]
+    );
+    let with = env_inside(&["--env", "FOO", "-e", "NEW=1", "--env", "NOT_SET_ANYWHERE"]);
+    assert!(with.contains(&"FOO=bar".to_string()), "{with:?}");
+    assert!(with.contains(&"NEW=1".to_string()), "{with:?}");
+    assert!(
+        !with.iter().any(|l| l.starts_with("NOT_SET_ANYWHERE")),
+        "{with:?}"
+    );
+    assert!(
+        !with.iter().any(|l| l.starts_with("SSH_AUTH_SOCK")),
+        "{with:?}"
+    );
+}

@@ -22,18 +22,10 @@ pub fn in_use(dir: &Path, container: Option<(&Path, &str)>) -> Option<String> {
     let tree = std::fs::symlink_metadata(dir).ok()?;
     let tree = (tree.dev(), tree.ino());
     let me = std::process::id();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for (pid, proc_dir) in processes() {
         if pid == me {
             continue;
         }
-        let proc_dir = entry.path();
         // Readable for root, and for the caller's own processes.
         for (link, what) in [("root", "root directory"), ("cwd", "working directory")] {
             if inside(&proc_dir.join(link), tree) {
@@ -46,6 +38,15 @@ pub fn in_use(dir: &Path, container: Option<(&Path, &str)>) -> Option<String> {
         }
     }
     None
+}
+
+/// Every process: its pid and its `/proc/PID` directory.
+fn processes() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
 }
 
 /// Whether the directory `link` (a `/proc/PID/{root,cwd}` link, opened in that process's view)
@@ -95,16 +96,9 @@ pub fn lxc_running(lxcpath: &Path, name: &str) -> Option<String> {
         "[lxc monitor] {} {name}",
         lxcpath.display().to_string().trim_end_matches('/')
     );
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for (pid, proc_dir) in processes() {
         // The monitor's title replaces its argv[0] (the first NUL-separated field).
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+        if let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) {
             if cmdline.split(|&b| b == 0).next() == Some(monitor.as_bytes()) {
                 return Some(format!("its monitor process {pid} exists"));
             }

@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::tree::*;
 use common::*;
-use idshift::idmap::IdKind;
 
 const MAP: &str = "b:0:100000:65536";
 const CRASH: &str = "IDSHIFT_CRASH_AFTER_STEPS";
@@ -193,26 +192,6 @@ impl Checks {
 // ---------------------------------------------------------------------------------------------
 // Trees.
 
-/// `b:0:BASE:65536` as a function, outliers `None`.
-fn plus(base: u32) -> impl Fn(IdKind, u32) -> Option<u32> {
-    move |_, id| (id < 65536).then_some(id + base)
-}
-
-/// A sample tree at TMP/rootfs (the journal goes beside it, in TMP).
-fn sample() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("rootfs");
-    build_sample(&root);
-    (tmp, root)
-}
-
-fn journal_of(root: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(root.file_name().unwrap());
-    name.push(".idshift-journal");
-    root.parent().unwrap().join(name)
-}
-
 fn make_file(path: &Path, (uid, gid): (u32, u32), mode: u32) {
     std::fs::write(path, b"new\n").unwrap();
     lchown(path, Some(uid), Some(gid)).unwrap();
@@ -358,32 +337,16 @@ fn crash_mutate_resume(prepare: &dyn Fn(&Path), args: &[&str], owners: &NewOwner
     prepare(&plain);
     assert_code(&shift(&plain, args), 0);
     let want_plain = without_times_and_inodes(&snapshot(&plain));
-    for n in 1..=500u32 {
-        let (_t, root) = sample();
-        prepare(&root);
-        let out = run_ok(
-            shift_cmd(&root, args)
-                .args(["--threads", "1"])
-                .env(CRASH, n.to_string()),
-        );
-        if out.status.signal() != Some(9) {
-            assert_eq!(out.status.code(), Some(0), "N={n}: {}", describe(&out));
-            assert_same_tree(
-                &without_times_and_inodes(&snapshot(&root)),
-                &want_plain,
-                &format!("uninterrupted run at N={n}"),
-            );
-            return n;
-        }
-        mutate(&root, owners);
-        let again = shift(&root, args);
+    let (_t3, complete, n) = each_kill_point(prepare, args, &mut |root, n| {
+        mutate(root, owners);
+        let again = shift(root, args);
         assert_eq!(
             again.status.code(),
             Some(0),
             "killed before change {n}, tree mutated, same command again: {}",
             describe(&again)
         );
-        let got = without_times_and_inodes(&snapshot(&root));
+        let got = without_times_and_inodes(&snapshot(root));
         let diff = snapshot_diff(&want, &got);
         assert!(
             diff.is_empty(),
@@ -391,9 +354,14 @@ fn crash_mutate_resume(prepare: &dyn Fn(&Path), args: &[&str], owners: &NewOwner
              uninterrupted run over the mutated tree:\n{}",
             diff.join("\n")
         );
-        assert!(!journal_of(&root).exists(), "journal left after N={n}");
-    }
-    panic!("the shift never completed without being killed");
+        assert!(!journal_of(root).exists(), "journal left after N={n}");
+    });
+    assert_same_tree(
+        &without_times_and_inodes(&snapshot(&complete)),
+        &want_plain,
+        &format!("uninterrupted run at N={n}"),
+    );
+    n
 }
 
 #[test]
@@ -1393,10 +1361,15 @@ fn journal_write_failing_on_a_full_filesystem() {
 // Findings of an adversarial review, each as a regression test.
 
 /// Runs `args` on a fresh sample (after `prepare`) killed before change N, for N = 1, 2, …
-/// until a run completes; after each kill calls `after(root, n)`.
-fn each_kill_point(prepare: &dyn Fn(&Path), args: &[&str], after: &mut dyn FnMut(&Path, u32)) {
-    for n in 1..=400u32 {
-        let (_t, root) = sample();
+/// until a run completes (exit 0); after each kill calls `after(root, n)`. Returns the tree the
+/// complete run left, and its N.
+fn each_kill_point(
+    prepare: &dyn Fn(&Path),
+    args: &[&str],
+    after: &mut dyn FnMut(&Path, u32),
+) -> (tempfile::TempDir, PathBuf, u32) {
+    for n in 1..=500u32 {
+        let (t, root) = sample();
         prepare(&root);
         let out = run_ok(
             shift_cmd(&root, args)
@@ -1404,12 +1377,12 @@ fn each_kill_point(prepare: &dyn Fn(&Path), args: &[&str], after: &mut dyn FnMut
                 .env(CRASH, n.to_string()),
         );
         if out.status.signal() != Some(9) {
-            assert_code(&out, 0);
-            return;
+            assert_eq!(out.status.code(), Some(0), "N={n}: {}", describe(&out));
+            return (t, root, n);
         }
         after(&root, n);
     }
-    panic!("the shift never completed");
+    panic!("the shift never completed without being killed");
 }
 
 fn has_cap(p: &Path) -> bool {

@@ -9,7 +9,6 @@ use std::process::Output;
 
 use common::tree::*;
 use common::*;
-use idshift::idmap::IdKind;
 use idshift::shift::{acl, caps};
 
 fn shift_args(dir: &Path, rest: &[&str]) -> Vec<String> {
@@ -28,23 +27,6 @@ fn shift(dir: &Path, rest: &[&str]) -> Output {
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", stdout(out), stderr(out)))
-}
-
-/// `b:0:100000:65536` as a function, outliers `None`.
-fn plus(base: u32) -> impl Fn(IdKind, u32) -> Option<u32> {
-    move |_, id| (id < 65536).then_some(id + base)
-}
-
-/// A sample tree at TMP/rootfs (the journal goes beside it, in TMP).
-fn sample() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("rootfs");
-    build_sample(&root);
-    (tmp, root)
-}
-
-fn journal_of(root: &Path) -> PathBuf {
-    root.parent().unwrap().join(".rootfs.idshift-journal")
 }
 
 // 1, 2, 3, 4, 5, 9: every inode kind shifted by the map, modes, capabilities, ACLs, other

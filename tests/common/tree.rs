@@ -193,6 +193,27 @@ pub struct Meta {
     pub xattrs: BTreeMap<String, Vec<u8>>,
 }
 
+/// `b:0:BASE:65536` as a function (old host id → new), outliers `None`.
+pub fn plus(base: u32) -> impl Fn(IdKind, u32) -> Option<u32> {
+    move |_, id| (id < 65536).then_some(id + base)
+}
+
+/// A sample tree at TMP/rootfs (the journal goes beside it, in TMP).
+pub fn sample() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rootfs");
+    build_sample(&root);
+    (tmp, root)
+}
+
+/// Where a shift of `root` keeps its journal: `PARENT/.NAME.idshift-journal`.
+pub fn journal_of(root: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(root.file_name().unwrap());
+    name.push(".idshift-journal");
+    root.parent().unwrap().join(name)
+}
+
 /// Every inode under `root` by relative path (`""` for root), read through dir fds with
 /// O_NOATIME so that taking the snapshot changes no atime. The xattrs idshift keeps on the
 /// root (`user.idshift.*`) are left out.

@@ -146,7 +146,8 @@ fn free_block(lxcpath: &Path) -> Result<u32> {
 /// The config text with the new map, or `None` if it already names it.
 pub fn new_config_text(m: &Migration) -> Result<Option<String>> {
     let path = &m.config.path;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::idmap::read_config(path)?
+        .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
     let new = rewrite_idmap(&text, &m.to);
     Ok((new != text).then_some(new))
 }

@@ -59,7 +59,11 @@ fn migrate(s: &Setup, extra: &[&str]) -> std::process::Output {
         "never",
     ];
     args.extend(extra);
-    run(&mut idshift(&args))
+    // Under timeout(1): a config that made idshift block (a FIFO) must not hang the test.
+    run(std::process::Command::new("timeout")
+        .args(["-s", "KILL", "60"])
+        .arg(bin())
+        .args(&args))
 }
 
 // The attack: `lxc.idmap = u 0 0 65536` + `lxc.rootfs.path = dir:/etc` in a user's
@@ -179,4 +183,25 @@ fn root_mount_of_a_users_tree_showing_host_root_is_refused() {
     assert!(err.contains("onto host uid 0"), "{err}");
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(dst.to_str().unwrap()), "mounted anyway");
+}
+
+// A user's config that is a symlink to /dev/zero (or a FIFO) is not read: root's migrate ends
+// at once with one line, instead of eating memory or hanging.
+#[test]
+fn a_users_config_naming_dev_zero_or_a_fifo_is_not_read() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let s = setup(env.user(), 200000, None);
+    let config = s.lxcpath.join("c/config");
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    let started = std::time::Instant::now();
+    let out = migrate(&s, &["--to", "300000"]);
+    assert_one_error_line(&out, 2, "not a regular file");
+    std::fs::remove_file(&config).unwrap();
+    nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let out = migrate(&s, &["--to", "300000"]);
+    assert_one_error_line(&out, 2, "not a regular file");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

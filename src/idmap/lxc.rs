@@ -1,7 +1,6 @@
 //! LXC container configs: `lxc.idmap = u 0 100000 65536` lines (and the legacy `lxc.id_map`),
 //! found by container name under an lxcpath or given as a file.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::spec::parse_number;
@@ -58,7 +57,8 @@ impl LxcConfig {
 
     /// Reads and parses a config file.
     pub fn read(path: &Path) -> Result<LxcConfig> {
-        let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = super::read_config(path)?
+            .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
         LxcConfig::parse(&text, path)
     }
 
@@ -68,13 +68,12 @@ impl LxcConfig {
             return Err(Error::Usage(format!("invalid container name '{name}'")));
         }
         let path = lxcpath.join(name).join("config");
-        match fs::read_to_string(&path) {
-            Ok(text) => LxcConfig::parse(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Usage(format!(
+        match super::read_config(&path)? {
+            Some(text) => LxcConfig::parse(&text, &path),
+            None => Err(Error::Usage(format!(
                 "container '{name}' not found: no {}",
                 path.display()
             ))),
-            Err(e) => Err(Error::io(&path, e)),
         }
     }
 

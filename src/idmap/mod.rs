@@ -423,9 +423,73 @@ impl fmt::Display for IdMap {
     }
 }
 
+/// The most a config file (LXC config, OCI config.json) may hold; a larger one is refused.
+pub const MAX_CONFIG: u64 = 4 << 20;
+
+/// Reads a config file as text, bounded: it must be a regular file (a FIFO, a device such as
+/// `/dev/zero`, or a directory is refused without blocking or reading) of at most
+/// [`MAX_CONFIG`] bytes. `Ok(None)` when it does not exist.
+pub fn read_config(path: &std::path::Path) -> crate::error::Result<Option<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |why: &str| crate::error::Error::Usage(format!("{}: {why}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::error::Error::io(path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| crate::error::Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::error::Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(bad(&format!("larger than {MAX_CONFIG} bytes")));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| bad("not UTF-8 text"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configs_are_read_bounded_and_only_from_regular_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for (path, want) in [
+            (fifo.as_path(), "not a regular file"),
+            (std::path::Path::new("/dev/zero"), "not a regular file"),
+            (tmp.path(), "not a regular file"),
+        ] {
+            let err = read_config(path).unwrap_err().to_string();
+            assert!(err.contains(want), "{}: {err}", path.display());
+        }
+        let big = tmp.path().join("big");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG as usize + 1]).unwrap();
+        assert!(read_config(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than"));
+        assert_eq!(read_config(&tmp.path().join("none")).unwrap(), None);
+        std::fs::write(tmp.path().join("ok"), "lxc.arch = x\n").unwrap();
+        assert_eq!(
+            read_config(&tmp.path().join("ok")).unwrap().as_deref(),
+            Some("lxc.arch = x\n")
+        );
+    }
 
     fn e(kind: IdKind, ns: u32, host: u32, count: u32) -> IdMapEntry {
         IdMapEntry::new(kind, ns, host, count).unwrap()

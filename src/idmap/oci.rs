@@ -1,6 +1,5 @@
 //! OCI runtime `config.json`: `linux.uidMappings` and `linux.gidMappings`.
 
-use std::fs;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -65,7 +64,8 @@ pub fn parse(text: &str, path: &Path) -> Result<IdMap> {
 
 /// Reads and parses a config.json file.
 pub fn read(path: &Path) -> Result<IdMap> {
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = super::read_config(path)?
+        .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
     parse(&text, path)
 }
 

@@ -221,20 +221,33 @@ fn exec(args: ExecArgs) -> Result<i32> {
             let lxcpath = args.source.lxcpath.clone().unwrap_or_else(default_lxcpath);
             (lxcpath, name.to_string())
         });
-        if let Some((lxcpath, name)) = &container {
-            let container_dir = lxcpath.join(name);
-            let config = container_dir.join("config");
-            policy::check(
-                &policy::Subject {
-                    what: format!("container '{name}'"),
-                    paths: vec![&config, &container_dir, lxcpath, rootfs],
-                    rootfs_within: Some((rootfs, container_dir.clone())),
-                    maps: vec![("the container's", &map)],
+        // Root entering a rootfs another user controls, with a map from wherever: not beyond
+        // what is delegated to them.
+        let container_dir = container.as_ref().map(|(lxcpath, name)| lxcpath.join(name));
+        let config = container_dir
+            .as_ref()
+            .map(|d| d.join("config"))
+            .or_else(|| args.source.lxc_config.clone())
+            .or_else(|| args.source.oci_config.clone());
+        let mut paths: Vec<&std::path::Path> = config.iter().map(|p| p.as_path()).collect();
+        paths.extend(container_dir.iter().map(|p| p.as_path()));
+        paths.extend(container.iter().map(|(lxcpath, _)| lxcpath.as_path()));
+        paths.push(rootfs);
+        policy::check(
+            &policy::Subject {
+                what: match &container {
+                    Some((_, name)) => format!("container '{name}'"),
+                    None => report::escape_path(rootfs),
                 },
-                args.force,
-                &warn,
-            )?;
-        }
+                paths,
+                rootfs_within: container_dir
+                    .as_ref()
+                    .map(|d| (rootfs.as_path(), d.clone())),
+                maps: vec![("the exec", &map)],
+            },
+            args.force,
+            &warn,
+        )?;
         refuse_in_use(
             rootfs,
             container.as_ref().map(|(p, n)| (p.as_path(), n.as_str())),

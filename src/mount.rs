@@ -140,6 +140,15 @@ pub fn mount(map: &IdMap, src: &Path, dst: &Path, opts: MountOptions) -> Result<
             )));
         }
     }
+    // DST is held from here on as the directory it is now (no symlink on the way): nothing
+    // swapped in while the namespace is made can move the mount elsewhere.
+    let dst_real = dst.canonicalize().map_err(|e| Error::io(dst, e))?;
+    let target = sys::fs::open_dir_no_symlinks(&cstring(&dst_real)?).map_err(|e| {
+        Error::sys(
+            format!("{}: changed while it was checked", dst.display()),
+            e,
+        )
+    })?;
     let tree = sys::mount::open_tree_clone(&cstring(src)?, opts.recursive)
         .map_err(|e| Error::sys(format!("{}: cannot clone the mount", src.display()), e))?;
     let userns = userns::namespace_fd(map, &Mapper::default())?;
@@ -148,8 +157,8 @@ pub fn mount(map: &IdMap, src: &Path, dst: &Path, opts: MountOptions) -> Result<
     {
         return Err(refusal(src, opts.recursive, errno));
     }
-    let dst_c = cstring(dst)?;
-    sys::mount::attach(tree.as_fd(), &dst_c).map_err(|e| {
+    let dst_c = cstring(&dst_real)?;
+    sys::mount::attach_to(tree.as_fd(), target.as_fd()).map_err(|e| {
         Error::sys(
             format!("{}: cannot attach the idmapped mount", dst.display()),
             e,

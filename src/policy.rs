@@ -33,19 +33,52 @@ pub struct Subject<'a> {
     pub maps: Vec<(&'static str, &'a IdMap)>,
 }
 
-/// The first user other than root owning one of `paths`, if any. Only accounts count: a
-/// rootfs owned by a container's subordinate id (100000) belongs to whoever owns its container.
-fn controller(paths: &[&Path]) -> Option<u32> {
+/// Who controls an id that owns a file: the account with that uid, or else the account whose
+/// delegated range (/etc/subuid) holds it — a rootfs owned by 200000 is the user's whose range
+/// that is, and so is a directory a user gave to one of their ids. `None` for root (uid 0, or an
+/// id delegated to root); an id that no account has nor is delegated is its own controller,
+/// with nothing delegated to it.
+fn account_of(uid: u32, files: &SubIdFiles) -> Option<User> {
+    if uid == 0 {
+        return None;
+    }
+    if let Ok(Some(u)) = nix::unistd::User::from_uid(uid.into()) {
+        return Some(User { name: u.name, uid });
+    }
+    let lines = crate::idmap::subid::read(files.path(IdKind::Uid)).unwrap_or_default();
+    let owner = lines
+        .iter()
+        .find(|l| l.range.contains(uid))
+        .map(|l| match &l.owner {
+            crate::idmap::subid::Owner::Name(name) => User::lookup(name),
+            crate::idmap::subid::Owner::Uid(n) => User::lookup(&n.to_string()),
+        });
+    match owner {
+        Some(Ok(user)) if user.uid == 0 => None,
+        Some(Ok(user)) => Some(user),
+        _ => Some(User {
+            name: format!("uid {uid}"),
+            uid,
+        }),
+    }
+}
+
+/// The first account other than root that controls one of `paths`, if any.
+fn controller(paths: &[&Path], files: &SubIdFiles) -> Option<User> {
     paths
         .iter()
         .filter_map(|p| std::fs::symlink_metadata(p).ok())
-        .map(|m| m.uid())
-        .find(|&uid| uid != 0 && matches!(nix::unistd::User::from_uid(uid.into()), Ok(Some(_))))
+        .find_map(|m| account_of(m.uid(), files))
 }
 
 /// A symlink on the way to `path` that `uid` controls: the link itself is theirs, or it lies
 /// in a directory they own.
 fn controlled_symlink(path: &Path, uid: u32) -> Option<PathBuf> {
+    controlled_symlink_by(path, &|id| id == uid)
+}
+
+/// A symlink on the way to `path` whose owner, or its directory's owner, `theirs` accepts.
+fn controlled_symlink_by(path: &Path, theirs: &dyn Fn(u32) -> bool) -> Option<PathBuf> {
     let mut at = PathBuf::new();
     for c in path.components() {
         match c {
@@ -67,7 +100,7 @@ fn controlled_symlink(path: &Path, uid: u32) -> Option<PathBuf> {
         let Ok(m) = std::fs::symlink_metadata(&at) else {
             return None;
         };
-        if m.file_type().is_symlink() && (m.uid() == uid || parent_owner == Some(uid)) {
+        if m.file_type().is_symlink() && (theirs(m.uid()) || parent_owner.is_some_and(theirs)) {
             return Some(at);
         }
     }
@@ -75,14 +108,11 @@ fn controlled_symlink(path: &Path, uid: u32) -> Option<PathBuf> {
 }
 
 /// Why root should not act on `s`, one reason a line: empty when it may.
-pub fn reasons(s: &Subject, uid: u32, files: &SubIdFiles) -> Result<Vec<String>> {
+pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let user = User::lookup(&uid.to_string()).unwrap_or(User {
-        name: uid.to_string(),
-        uid,
-    });
+    let uid = user.uid;
     for kind in IdKind::BOTH {
-        let delegated = files.ranges(kind, &user)?;
+        let delegated = files.ranges(kind, user)?;
         for (which, map) in &s.maps {
             for e in map.entries(kind) {
                 let r = e.host_range();
@@ -138,16 +168,31 @@ pub fn check(s: &Subject, force: bool, warn: &dyn Fn(&str)) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
-    let Some(uid) = controller(&s.paths) else {
+    let files = SubIdFiles::default();
+    let Some(user) = controller(&s.paths, &files) else {
         return Ok(());
     };
-    let why = reasons(s, uid, &SubIdFiles::default())?;
+    let mut why = reasons(s, &user, &files)?;
+    // A symlink on the way that belongs to one of the ids the user controls.
+    for p in &s.paths {
+        if let Some(link) = controlled_symlink_by(p, &|id| {
+            account_of(id, &files).is_some_and(|a| a.uid == user.uid)
+        }) {
+            let text = format!(
+                "{} is reached through {}, a symlink {} controls",
+                p.display(),
+                link.display(),
+                user.name
+            );
+            if !why.contains(&text) {
+                why.push(text);
+            }
+        }
+    }
     if why.is_empty() {
         return Ok(());
     }
-    let owner = User::lookup(&uid.to_string())
-        .map(|u| format!("{} (uid {uid})", u.name))
-        .unwrap_or_else(|_| format!("uid {uid}"));
+    let owner = format!("{} (uid {})", user.name, user.uid);
     let why = why.join("; ");
     if force {
         warn(&format!(
@@ -188,11 +233,34 @@ mod tests {
             maps: vec![("FROM", m)],
             ..Subject::default()
         };
-        assert!(reasons(&s(&ok), 4242, &f).unwrap().is_empty());
-        let r = reasons(&s(&root), 4242, &f).unwrap();
+        let u = User {
+            name: "4242".into(),
+            uid: 4242,
+        };
+        assert!(reasons(&s(&ok), &u, &f).unwrap().is_empty());
+        let r = reasons(&s(&root), &u, &f).unwrap();
         assert!(r[0].contains("onto host uid 0"), "{r:?}");
-        let r = reasons(&s(&other), 4242, &f).unwrap();
+        let r = reasons(&s(&other), &u, &f).unwrap();
         assert!(r[0].contains("not delegated"), "{r:?}");
+    }
+
+    #[test]
+    fn an_id_belongs_to_its_account_or_to_whom_it_is_delegated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = files(tmp.path(), "root:100000:65536\n424242:200000:65536\n");
+        assert!(account_of(0, &f).is_none());
+        assert!(account_of(100005, &f).is_none(), "root's own range");
+        // An id of a delegated range belongs to the range's owner (here a bare uid).
+        let a = account_of(200005, &f).unwrap_or_else(|| panic!("no controller"));
+        assert_eq!(a.uid, 424242);
+        let unknown = account_of(999999, &f).unwrap();
+        assert_eq!((unknown.uid, unknown.name.as_str()), (999999, "uid 999999"));
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap();
+        if me.uid.as_raw() != 0 {
+            assert_eq!(account_of(me.uid.as_raw(), &f).unwrap().name, me.name);
+        }
     }
 
     #[test]
@@ -205,13 +273,17 @@ mod tests {
             rootfs_within: Some((&c.join("rootfs"), c.clone())),
             ..Subject::default()
         };
-        assert!(reasons(&inside, 0, &f).unwrap().is_empty());
+        let nobody = User {
+            name: "x".into(),
+            uid: 4243,
+        };
+        assert!(reasons(&inside, &nobody, &f).unwrap().is_empty());
         let etc = Path::new("/etc");
         let outside = Subject {
             rootfs_within: Some((etc, c.clone())),
             ..Subject::default()
         };
-        assert!(reasons(&outside, 0, &f).unwrap()[0].contains("outside"));
+        assert!(reasons(&outside, &nobody, &f).unwrap()[0].contains("outside"));
         // A symlink in a directory uid 0 (the test's own) owns: "controlled" by uid 0 here.
         std::os::unix::fs::symlink("/etc", c.join("link")).unwrap();
         let via = c.join("link/passwd");
@@ -219,7 +291,10 @@ mod tests {
             paths: vec![&via],
             ..Subject::default()
         };
-        let me = nix::unistd::geteuid().as_raw();
-        assert!(reasons(&linked, me, &f).unwrap()[0].contains("a symlink"));
+        let me = User {
+            name: "me".into(),
+            uid: nix::unistd::geteuid().as_raw(),
+        };
+        assert!(reasons(&linked, &me, &f).unwrap()[0].contains("a symlink"));
     }
 }

@@ -298,3 +298,98 @@ fn the_rootfs_environment_is_clean() {
         "{with:?}"
     );
 }
+
+/// Tries the ways out that do not go through `..`: an inherited fd (argv[1]) to the host's
+/// `/`, a device node in the rootfs (`/nulldev`, char 1:3), unmounting the minimal `/dev`, and
+/// remounting the rootfs with devices allowed.
+const FD_DEV_PROGRAM: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    int bad = 0;
+    int fd = atoi(argv[1]);
+    if (fcntl(fd, F_GETFD) != -1) {
+        printf("inherited fd %d is open\n", fd);
+        bad = 1;
+    }
+    for (int i = 3; i < 256; i++)
+        if (fcntl(i, F_GETFD) != -1) { printf("fd %d is open\n", i); bad = 1; }
+    int dev = open("/nulldev", O_RDWR);
+    if (dev >= 0) { printf("device node opened\n"); bad = 1; }
+    else printf("device node: %s\n", strerror(errno));
+    if (umount2("/dev", MNT_DETACH) == 0) { printf("unmounted /dev\n"); bad = 1; }
+    else printf("umount /dev: %s\n", strerror(errno));
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND, NULL) == 0) {
+        printf("remounted / with devices\n");
+        bad = 1;
+    } else printf("remount /: %s\n", strerror(errno));
+    return bad;
+}
+"#;
+
+/// Under `exec --rootfs` only fds 0-2 reach the command (an fd the caller had open to a host
+/// directory would be a way out), device nodes in the rootfs open nothing (the bind is nodev),
+/// and the command cannot mount, remount or unmount (no CAP_SYS_ADMIN) to lift that.
+#[test]
+fn no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(prog) = static_program(tmp.path(), "fddev", FD_DEV_PROGRAM) else {
+        return;
+    };
+    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    nix::sys::stat::mknod(
+        &root.join("nulldev"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(root.join("nulldev"), Some(100000), Some(100000)).unwrap();
+    // An fd to the host's / that the caller leaves open across exec.
+    let host = std::fs::File::open("/").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&host);
+    nix::fcntl::fcntl(
+        &host,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let mut cmd = idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--rootfs",
+        root.to_str().unwrap(),
+        "--",
+        "/prog",
+        &fd.to_string(),
+    ]);
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _watchdog = Watchdog::new(child.id(), 30);
+    let out = child.wait_with_output().unwrap();
+    drop(host);
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\nstderr: {}",
+        stderr(&out)
+    );
+    assert!(text.contains("device node: Permission denied"), "{text}");
+    assert!(
+        text.contains("umount /dev: Operation not permitted"),
+        "{text}"
+    );
+}

@@ -205,3 +205,49 @@ fn a_users_config_naming_dev_zero_or_a_fifo_is_not_read() {
     assert_one_error_line(&out, 2, "not a regular file");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+// The user hands their lxcpath, container directory and config to one of their subordinate
+// ids (as container root can): still theirs, still checked.
+#[test]
+fn paths_owned_by_the_users_subordinate_ids_are_still_the_users() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let s = setup(env.user(), 0, None);
+    for p in [
+        s.lxcpath.clone(),
+        s.lxcpath.join("c"),
+        s.lxcpath.join("c/config"),
+    ] {
+        std::os::unix::fs::chown(&p, Some(200000), Some(200000)).unwrap();
+    }
+    let before = snapshot(&s.host_dir);
+    let out = migrate(&s, &["--to", "300000"]);
+    let err = assert_one_error_line(&out, 3, "belongs to idshift-test");
+    assert!(err.contains("onto host uid 0"), "{err}");
+    assert_eq!(snapshot(&s.host_dir), before);
+}
+
+// `exec --lxc-config FILE --rootfs DIR` (and -m) as root: the same check as --container.
+#[test]
+fn root_exec_rootfs_with_a_users_map_file_is_checked_too() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let s = setup(env.user(), 0, None);
+    let rootfs = s.lxcpath.join("c/rootfs");
+    std::os::unix::fs::chown(&rootfs, Some(200000), Some(200000)).unwrap();
+    let marker = rootfs.join("ran");
+    let out = run(std::process::Command::new("timeout")
+        .args(["-s", "KILL", "60"])
+        .arg(bin())
+        .arg("exec")
+        .arg("--lxc-config")
+        .arg(s.lxcpath.join("c/config"))
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .args(["--", "/bin/sh", "-c", "touch /ran"]));
+    let err = assert_one_error_line(&out, 125, "belongs to idshift-test");
+    assert!(err.contains("onto host uid 0"), "{err}");
+    assert!(!marker.exists());
+}

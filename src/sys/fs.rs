@@ -287,6 +287,63 @@ pub fn try_lock_exclusive(fd: BorrowedFd) -> Result<(), Errno> {
     Errno::result(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
 }
 
+/// `openat2(AT_FDCWD, path, {O_PATH | O_DIRECTORY | O_CLOEXEC, RESOLVE_NO_SYMLINKS})`—A handle
+/// on the directory at `path`, refusing (`ELOOP`) a symlink anywhere on the way: for a path that
+/// was checked already, so that a symlink swapped in since cannot redirect its use.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/openat2.2.html)
+pub fn open_dir_no_symlinks(path: &CStr) -> Result<OwnedFd, Errno> {
+    let mut how: libc::open_how = {
+        // SAFETY: open_how is a plain struct of integers; all zeroes is its empty value.
+        unsafe { std::mem::zeroed() }
+    };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: valid C string, and an open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let fd = Errno::result(fd)?;
+    // SAFETY: openat2 returned a new, open fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`—Mark every fd from `first` up close-on-exec,
+/// so that a program about to be executed inherits none of them.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/close_range.2.html)
+pub fn cloexec_from(first: u32) -> Result<(), Errno> {
+    // SAFETY: close_range takes no pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `prctl(PR_CAPBSET_DROP, cap)`—Remove a capability from the bounding set, so that no program
+/// executed from here on can hold it.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/PR_CAPBSET_DROP.2const.html)
+pub fn drop_bounding_cap(cap: i32) -> Result<(), Errno> {
+    // SAFETY: prctl with integer arguments only.
+    Errno::result(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) })
+        .map(drop)
+}
+
 /// `fsync(fd)`—Make what was written to a file (or a directory's entries and xattrs) durable.
 pub fn fsync(fd: BorrowedFd) -> Result<(), Errno> {
     // SAFETY: valid fd.

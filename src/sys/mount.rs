@@ -138,6 +138,52 @@ pub fn attach(tree: BorrowedFd, target: &CStr) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// `move_mount(tree, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`—Attach
+/// a detached mount onto the directory `target` was opened on: no path is looked up again, so
+/// nothing swapped in since can redirect it.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/move_mount.2.html)
+pub fn attach_to(tree: BorrowedFd, target: BorrowedFd) -> Result<(), Errno> {
+    // SAFETY: both fds are valid; the empty paths are valid C strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, {MOUNT_ATTR_NODEV})`—Make a detached
+/// mount (and those below it) `nodev`: no device node on it can be opened.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man2/mount_setattr.2.html)
+pub fn set_nodev(tree: BorrowedFd) -> Result<(), Errno> {
+    let mut attr: libc::mount_attr = {
+        // SAFETY: mount_attr is a plain struct of integers; all zeroes is its empty value.
+        unsafe { std::mem::zeroed() }
+    };
+    attr.attr_set = libc::MOUNT_ATTR_NODEV;
+    // SAFETY: valid fd, empty C string, and a mount_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &mut attr as *mut libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// `umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW)`—Detach the mount at `target` (and the mounts
 /// below it) from the tree; the kernel frees it once no process uses it.
 ///

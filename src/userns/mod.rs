@@ -325,6 +325,9 @@ struct RootfsPlan {
     owner: (u32, u32),
 }
 
+/// `CAP_SYS_ADMIN` (linux/capability.h), dropped from the bounding set under `--rootfs`.
+const CAP_SYS_ADMIN: i32 = 21;
+
 /// `PATH` inside a container, as Debian's root gets it.
 const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -652,6 +655,11 @@ fn init(ids: Ids, argv: &[CString], rootfs: &RootfsPlan, status: OwnedFd, old_ma
     };
     become_ids(root, &status);
     let slave = enter_rootfs(&status, rootfs);
+    // No program run from here on may mount, remount or unmount: the command cannot lift the
+    // rootfs's `nodev` nor take the minimal /dev away to reach the rootfs's own device nodes.
+    if let Err(e) = sys::fs::drop_bounding_cap(CAP_SYS_ADMIN) {
+        fail(&status, Stage::Prepare, e);
+    }
     become_ids(ids, &status);
     // After the id changes, which clear it. (Its parent is outside this PID namespace, so
     // getppid() is 0 here and cannot tell whether that parent is still there.)
@@ -667,6 +675,11 @@ fn init(ids: Ids, argv: &[CString], rootfs: &RootfsPlan, status: OwnedFd, old_ma
                 fail(&status, Stage::Session, e);
             }
             drop(slave);
+            // Only 0, 1 and 2 reach the command: an fd the caller had open (a directory, a
+            // socket) would be a way out of the rootfs.
+            if let Err(e) = sys::fs::cloexec_from(3) {
+                fail(&status, Stage::Prepare, e);
+            }
             prepare_exec(&status, old_mask, me);
             let e = exec_in_container(argv, rootfs);
             fail(&status, Stage::Exec, e)
@@ -722,7 +735,10 @@ fn enter_rootfs(status: &OwnedFd, rootfs: &RootfsPlan) -> Option<OwnedFd> {
     // `pivot_root` needs the new root to be a mount: the rootfs (with what is mounted below it)
     // is bound onto itself, and entered through the new mount's own fd (the working directory
     // is the directory below it).
+    // The bind is `nodev`: a device node in the rootfs (a root-made tree has /dev/console, and
+    // could have a disk's) opens nothing of the host's.
     let new_root = match sys::mount::open_tree_clone(c".", true).and_then(|tree| {
+        sys::mount::set_nodev(tree.as_fd())?;
         sys::mount::attach(tree.as_fd(), c".")?;
         nix::unistd::fchdir(&tree)?;
         Ok(tree)

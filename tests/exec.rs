@@ -452,3 +452,51 @@ fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!marker.exists(), "the command ran");
 }
+
+// `kill -TSTP` sent to idshift itself (not the keys, which go to the command): the caller's
+// terminal is given back in the state it had before idshift stops, and taken over again after
+// `fg` (the command's shell answers again, in raw mode).
+#[test]
+fn a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again() {
+    let Some(_) = require!(Root) else { return };
+    let Some(rootfs) = test_rootfs() else { return };
+    let args = format!("-m b:0:0:65536 --rootfs {}", rootfs.display());
+    let stop = format!("(sleep 3; kill -TSTP $(pgrep -o -f 'exec {args}')) &\n",);
+    let cmd = format!(
+        "{} exec {args} -- bash --norc --noprofile -i\n",
+        bin().display()
+    );
+    let steps: &[(&str, &str)] = &[
+        (&stop, ""),
+        (&cmd, ""),
+        ("echo in-$((2+3))\n", "in-5"),
+        ("", "Stopped"),
+        (
+            "stty -a | tr ' ' '\\n' | grep -x -- '-\\?icanon'; echo st-$((4+4))\n",
+            "st-8",
+        ),
+        ("fg\n", ""),
+        // Raw again: Ctrl-Z is a key for the command's shell, which stops its own job.
+        ("echo back-$((5+5)); sleep 30\n", "back-10"),
+        ("\x1a", "Stopped"),
+        ("kill -9 %?30; sleep 1; echo k-$((6+6))\n", "k-12"),
+        ("exit 3\n", ""),
+        ("echo outer-$?\n", "outer-"),
+        ("exit\n", ""),
+    ];
+    let Some((text, _)) = interactive_bash(steps, 60) else {
+        return;
+    };
+    assert!(
+        text.lines()
+            .any(|l| l.trim_end().ends_with("icanon") && !l.contains("-icanon")),
+        "the terminal was left raw while idshift was stopped:\n{text}"
+    );
+    assert!(text.contains("back-10"), "no answer after fg:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("Stopped") && l.contains("sleep 30")),
+        "after fg, Ctrl-Z did not reach the command's shell (terminal not raw again):\n{text}"
+    );
+    assert!(text.contains("outer-3"), "the exit status:\n{text}");
+}

@@ -418,6 +418,8 @@ fn launch(
         // continuing itself always happens).
         blocked.add(Signal::SIGWINCH);
         blocked.add(Signal::SIGCONT);
+        // A stop sent to idshift itself (`kill -TSTP`): the terminal is given back first.
+        blocked.add(Signal::SIGTSTP);
     }
     let mut old_mask = SigSet::empty();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))

@@ -271,11 +271,18 @@ pub(super) fn relay(child: Pid, signals: &SignalFd, master: OwnedFd, host: &Host
                     return Ok(code);
                 }
             }
+            // Stopped from outside (not by the keys, which go to the command): give the
+            // terminal back as it was, then stop.
+            Ok(Signal::SIGTSTP) => {
+                drop(raw.take());
+                let _ = kill(nix::unistd::getpid(), Signal::SIGSTOP);
+            }
             Ok(Signal::SIGCONT) => {
-                if raw.is_none() {
-                    raw = host.input.and_then(RawMode::enter);
-                    input_open = raw.is_some();
-                }
+                // Whoever had the terminal meanwhile may have set it as it likes: take it over
+                // again from what it is now.
+                drop(raw.take());
+                raw = host.input.and_then(RawMode::enter);
+                input_open = raw.is_some();
                 if let Ok(size) = tty::window_size(host.tty) {
                     let _ = tty::set_window_size(master.as_fd(), size);
                 }

@@ -171,6 +171,7 @@ fn mount(args: MountArgs) -> Result<()> {
     policy::check(
         &policy::Subject {
             what: report::escape_path(&args.src),
+            owners: vec![&args.src, &args.dst],
             paths: vec![&args.src, &args.dst],
             rootfs_within: None,
             maps: vec![("the mount's", &map)],
@@ -232,6 +233,12 @@ fn exec(args: ExecArgs) -> Result<i32> {
         let mut paths: Vec<&std::path::Path> = config.iter().map(|p| p.as_path()).collect();
         paths.extend(container_dir.iter().map(|p| p.as_path()));
         paths.extend(container.iter().map(|(lxcpath, _)| lxcpath.as_path()));
+        // With a config, its owner decides; without one, whoever controls the rootfs.
+        let owners = if paths.is_empty() {
+            vec![rootfs.as_path()]
+        } else {
+            paths.clone()
+        };
         paths.push(rootfs);
         policy::check(
             &policy::Subject {
@@ -239,6 +246,7 @@ fn exec(args: ExecArgs) -> Result<i32> {
                     Some((_, name)) => format!("container '{name}'"),
                     None => report::escape_path(rootfs),
                 },
+                owners,
                 paths,
                 rootfs_within: container_dir
                     .as_ref()
@@ -379,6 +387,7 @@ fn shift(args: ShiftArgs) -> Result<u8> {
         policy::check(
             &policy::Subject {
                 what: format!("container '{name}'"),
+                owners: vec![&config, &container_dir, &lxcpath],
                 paths: vec![&config, &container_dir, &lxcpath],
                 rootfs_within: None,
                 maps,
@@ -450,6 +459,7 @@ fn migrate(args: MigrateArgs) -> Result<u8> {
     policy::check(
         &policy::Subject {
             what: format!("container '{}'", m.name),
+            owners: vec![&m.config.path, &container_dir, &lxcpath],
             paths: vec![&m.config.path, &container_dir, &lxcpath, &m.rootfs],
             rootfs_within: Some((&m.rootfs, container_dir.clone())),
             maps: vec![("FROM", &m.from), ("TO", &m.to)],

@@ -24,8 +24,11 @@ use crate::idmap::{IdKind, IdMap};
 pub struct Subject<'a> {
     /// What the action is, for messages ("container 'c1'", "SRC").
     pub what: String,
-    /// The files and directories whose owner says who controls the subject (config, lxcpath,
-    /// container directory, rootfs, mount source).
+    /// The files and directories whose owner says who controls the subject: the config, the
+    /// container directory and the lxcpath (whose owner decides what root is asked to do), or,
+    /// with no config, the tree itself (`exec --rootfs DIR -m …`, a mount's SRC and DST).
+    pub owners: Vec<&'a Path>,
+    /// The paths that must not pass through a symlink the controlling user controls.
     pub paths: Vec<&'a Path>,
     /// The rootfs and the `LXCPATH/NAME` directory it must lie in.
     pub rootfs_within: Option<(&'a Path, PathBuf)>,
@@ -169,7 +172,7 @@ pub fn check(s: &Subject, force: bool, warn: &dyn Fn(&str)) -> Result<()> {
         return Ok(());
     }
     let files = SubIdFiles::default();
-    let Some(user) = controller(&s.paths, &files) else {
+    let Some(user) = controller(&s.owners, &files) else {
         return Ok(());
     };
     let mut why = reasons(s, &user, &files)?;

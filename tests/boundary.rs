@@ -255,7 +255,8 @@ fn the_rootfs_environment_is_clean() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
     let env_inside = |extra: &[&str]| -> Vec<String> {
-        let mut args = vec!["exec", "-m", "b:0:0:65536", "--rootfs"];
+        // --force: other tests enter the same shared rootfs at the same time (in use).
+        let mut args = vec!["exec", "-m", "b:0:0:65536", "--force", "--rootfs"];
         args.push(rootfs.to_str().unwrap());
         args.extend_from_slice(extra);
         args.extend(["--", "env"]);

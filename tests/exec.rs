@@ -328,7 +328,11 @@ fn interactive_shell_in_a_rootfs_has_job_control() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
     // The host-view rootfs as it is (identity map); bash writes no history into it.
-    job_control_on_a_terminal(&format!("-m b:0:0:65536 --rootfs {}", rootfs.display()));
+    // --force: other tests enter the same shared rootfs at the same time (in use).
+    job_control_on_a_terminal(&format!(
+        "-m b:0:0:65536 --force --rootfs {}",
+        rootfs.display()
+    ));
 }
 
 /// Ctrl-C, Ctrl-Z, `jobs`, a job started with `&` brought back with `fg` and stopped again,
@@ -460,7 +464,12 @@ fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {
 fn a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
-    let args = format!("-m b:0:0:65536 --rootfs {}", rootfs.display());
+    // --force: other tests enter the same shared rootfs at the same time (in use).
+    // The --env makes the command line this test's own, for pgrep.
+    let args = format!(
+        "-m b:0:0:65536 --force --env IDSHIFT_TSTP_TEST=1 --rootfs {}",
+        rootfs.display()
+    );
     let stop = format!("(sleep 3; kill -TSTP $(pgrep -o -f 'exec {args}')) &\n",);
     let cmd = format!(
         "{} exec {args} -- bash --norc --noprofile -i\n",

@@ -216,11 +216,27 @@ pub(super) fn relay(child: Pid, signals: &SignalFd, master: OwnedFd, host: &Host
             true => PollFlags::POLLOUT,
             false => PollFlags::empty(),
         };
+        // A side that is gone is not polled at all (a hung-up terminal reports POLLHUP
+        // whatever is asked, which would spin this loop): the signalfd, asked for nothing,
+        // stands in for it.
+        let idle = signals.as_fd();
         let mut fds = [
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(master.as_fd(), master_events),
-            PollFd::new(host.input.unwrap_or(host.tty), input_events),
-            PollFd::new(host.output, output_events),
+            PollFd::new(
+                match input_open {
+                    true => host.input.unwrap_or(host.tty),
+                    false => idle,
+                },
+                input_events,
+            ),
+            PollFd::new(
+                match output_open {
+                    true => host.output,
+                    false => idle,
+                },
+                output_events,
+            ),
         ];
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -249,7 +265,9 @@ pub(super) fn relay(child: Pid, signals: &SignalFd, master: OwnedFd, host: &Host
                 _ => input_open = false,
             }
         }
-        if o.intersects(PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP) {
+        if o.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) {
+            output_open = false;
+        } else if o.contains(PollFlags::POLLOUT) {
             output_open = to_output.flush(host.output);
         }
         if !master_open {

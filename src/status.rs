@@ -215,7 +215,7 @@ pub fn scan(
     let journal = crate::report::escape_path(&tree.journal_path());
     let (mut pending, mut finish, mut rollback) = (None, None, None);
     match state::find(&tree)? {
-        Found::Nothing | Found::Abandoned => {}
+        Found::Nothing | Found::Abandoned(_) => {}
         Found::Pending(j) if j.done => {
             pending = Some(format!(
                 "none (the shift {} completed; its journal {journal} is removed by the next run)",

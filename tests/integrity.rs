@@ -1550,3 +1550,84 @@ fn a_forward_resume_after_a_killed_rollback_uses_its_records() {
     }
     panic!("the rollback never completed");
 }
+
+// A rollback killed after it completed (its journal ends in `done`) and run again: nothing
+// moves twice, with overlapping ranges too. And the rollback of a shift killed before it
+// changed anything has nothing to roll back.
+#[test]
+fn a_completed_rollback_run_again_and_an_untouched_tree_do_not_shift_back() {
+    let Some(_) = require!(Root) else { return };
+    // Shifted into MAP by some other tool: no record on the tree to fall back on.
+    let prepare = |root: &Path| {
+        assert_code(&shift(root, &[MAP]), 0);
+        let st = std::process::Command::new("setfattr")
+            .args(["-x", "user.idshift.map"])
+            .arg(root)
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "setfattr -x");
+    };
+    let fwd = ["--from", MAP, "--to", "b:0:100007:65536"];
+    let back = ["--from", "b:0:100007:65536", "--to", MAP];
+    let mut seen = 0;
+    for n in 1..=200u32 {
+        let (_t, root) = sample();
+        prepare(&root);
+        let original = without_times_and_inodes(&snapshot(&root));
+        let out = run_ok(
+            shift_cmd(&root, &fwd)
+                .args(["--threads", "1"])
+                .env(CRASH, "12"),
+        );
+        assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+        let out = run_ok(
+            shift_cmd(&root, &back)
+                .args(["--threads", "1"])
+                .env(CRASH, n.to_string()),
+        );
+        if out.status.signal() != Some(9) {
+            assert_code(&out, 0);
+            break;
+        }
+        let j = std::fs::read_to_string(journal_of(&root)).unwrap_or_default();
+        if !j.ends_with("done\n") {
+            continue;
+        }
+        seen += 1;
+        let again = shift(&root, &back);
+        assert_code(&again, 0);
+        assert_same_tree(
+            &without_times_and_inodes(&snapshot(&root)),
+            &original,
+            &format!("rollback killed after done (N={n}), run again"),
+        );
+    }
+    assert!(seen > 0, "no kill point after the rollback's done line");
+    // Killed after its journal was written but before the tree was marked: nothing changed,
+    // nothing to roll back. (Killed before even that, at N=1, a run leaves no trace at all: its
+    // "rollback" is then a plain reverse shift, as asked.)
+    {
+        let n = 2u32;
+        let (_t, root) = sample();
+        prepare(&root);
+        let original = without_times_and_inodes(&snapshot(&root));
+        let out = run_ok(
+            shift_cmd(&root, &fwd)
+                .args(["--threads", "1"])
+                .env(CRASH, n.to_string()),
+        );
+        assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+        // Refused (nothing to roll back) or nothing to do (the record says MAP): never a
+        // shift of the untouched tree the other way.
+        let out = shift(&root, &back);
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "N={n}: {}",
+            describe(&out)
+        );
+        assert_same_tree(
+            &without_times_and_inodes(&snapshot(&root)),
+            &original,
+            &format!("rollback of a shift killed at N={n}"),
+        );
+    }
+}

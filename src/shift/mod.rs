@@ -484,9 +484,17 @@ fn start(
             }
         }
         Found::Nothing => {}
-        Found::Abandoned => {
+        Found::Abandoned(h) => {
             if !opts.dry_run {
                 state::remove(tree)?;
+            }
+            // The shift was killed before it changed anything: its reverse has nothing to
+            // roll back (and must not shift the untouched tree the other way).
+            if h.from == opts.to && h.to == opts.from {
+                return Err(Error::Refused(format!(
+                    "{dir}: the shift {h} was killed before it changed anything: there is \
+                     nothing to roll back (its journal is removed); nothing was changed"
+                )));
             }
         }
         Found::Unusable { why, maybe_ours } => {
@@ -732,8 +740,9 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     }
     if let (Some(j), 0) = (journal, summary.error_count) {
         if !opts.dry_run {
-            let done = (begin.direction == Direction::Forward).then_some(&opts.to);
-            j.finish(&tree, done, summary.inodes)?;
+            // The view now on disk: TO after a shift, FROM after a rollback. A completed
+            // rollback thus records FROM, and running it again is checked against that.
+            j.finish(&tree, Some(&opts.to), summary.inodes)?;
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();

@@ -114,8 +114,9 @@ pub enum Found {
     /// `maybe_ours`: it may be this tree's unfinished shift, whose records are then lost.
     Unusable { why: String, maybe_ours: bool },
     /// This tree's journal from a run killed before it changed anything (written, but the tree
-    /// was never marked, and it holds no record): safe to remove.
-    Abandoned,
+    /// was never marked, and it holds no record): safe to remove. Its header says which shift
+    /// was begun.
+    Abandoned(Box<Header>),
 
     /// The tree is marked as under a shift, but its journal is gone.
     Lost,
@@ -406,7 +407,9 @@ pub fn find(tree: &Tree) -> Result<Found> {
         // The filesystem keeps no user xattrs: the root's identity is all there is.
         Err(_) => {}
         Ok(Some(m)) if m == header.id.as_bytes() => {}
-        Ok(None) if forward.is_empty() && rollback.is_empty() => return Ok(Found::Abandoned),
+        Ok(None) if forward.is_empty() && rollback.is_empty() => {
+            return Ok(Found::Abandoned(Box::new(header)))
+        }
         Ok(_) => {
             return Ok(Found::Unusable {
                 why: "the tree does not carry its id, yet it holds records (the tree's pending \
@@ -512,15 +515,27 @@ impl Journal {
                 path.display()
             ))
         };
-        let mut file = sysfs::create_private(tree.parent.as_fd(), &name)
-            .map_err(|e| cannot("create", e.into()))?;
+        // Written whole under a temporary name, then renamed into place: a journal is either
+        // absent or has its whole header.
+        let mut tmp_name = name.as_bytes().to_vec();
+        tmp_name.extend_from_slice(b".new");
+        let tmp_name = CString::new(tmp_name).expect("no NUL");
+        match sysfs::unlink(tree.parent.as_fd(), &tmp_name) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(cannot("clear the way for", e.into())),
+        }
         super::crash_point();
+        let mut file = sysfs::create_private(tree.parent.as_fd(), &tmp_name)
+            .map_err(|e| cannot("create", e.into()))?;
         let written = file
             .write_all(format_header(&header).as_bytes())
             .and_then(|()| file.sync_all())
+            .and_then(|()| {
+                sysfs::rename_noreplace(tree.parent.as_fd(), &tmp_name, &name).map_err(Into::into)
+            })
             .and_then(|()| sysfs::fsync(tree.parent.as_fd()).map_err(Into::into));
         if let Err(e) = written {
-            let _ = sysfs::unlink(tree.parent.as_fd(), &name);
+            let _ = sysfs::unlink(tree.parent.as_fd(), &tmp_name);
             return Err(cannot("write", e));
         }
         super::crash_point();
@@ -562,10 +577,10 @@ impl Journal {
         f.sync_data()
     }
 
-    /// Ends the shift: records `done` on the tree (or restores the record it had before, for a
-    /// rollback: `done` is `None`), ends the journal with a `done` line, then drops the pending
-    /// mark and the journal, in that order: a crash before the `done` line leaves a shift that
-    /// the same command finishes, a crash after it a journal the next run removes.
+    /// Ends the run: records `done` on the tree (the view now on disk: TO after a shift, FROM
+    /// after a rollback), ends the journal with a `done` line, then drops the pending mark and
+    /// the journal, in that order: a crash before the `done` line leaves a run that the same
+    /// command finishes, a crash after it a journal the next run removes.
     pub fn finish(self, tree: &Tree, done: Option<&View>, inodes: u64) -> Result<()> {
         let root = tree.root.as_fd();
         super::crash_point();

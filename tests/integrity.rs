@@ -1631,3 +1631,101 @@ fn a_completed_rollback_run_again_and_an_untouched_tree_do_not_shift_back() {
         );
     }
 }
+
+// Killed right after an inode's chown (its capability dropped, not yet written back), then the
+// file is rewritten: the record does not put the capability onto the new content; the loss is
+// reported (exit 1) instead of passed off as done.
+#[test]
+fn a_capability_is_not_restored_onto_a_file_changed_after_the_chown() {
+    let Some(_) = require!(Root) else { return };
+    let mut seen = 0;
+    each_kill_point(&|_| {}, &[MAP], &mut |root, n| {
+        let ping = root.join("usr/bin/ping");
+        if !(owner(&ping).0 == 100000 && !has_cap(&ping)) {
+            return;
+        }
+        seen += 1;
+        std::fs::write(&ping, b"#!/bin/sh\nexec id\n").unwrap();
+        let out = shift(root, &[MAP]);
+        assert_code(&out, 1);
+        assert!(
+            stderr(&out).contains("not restored"),
+            "N={n}: {}",
+            describe(&out)
+        );
+        assert!(!has_cap(&ping), "N={n}: the capability came back");
+        let out = shift(root, &[MAP]);
+        assert_code(&out, 0);
+        assert!(!has_cap(&ping), "N={n}");
+    });
+    assert!(
+        seen > 0,
+        "no kill point between ping's chown and its capability"
+    );
+}
+
+// Killed before an inode's chown (its record synced), then its setuid bit is removed and its
+// capability dropped by a write: the resume does not put them back.
+#[test]
+fn what_was_removed_before_the_chown_stays_removed() {
+    let Some(_) = require!(Root) else { return };
+    each_kill_point(&|_| {}, &[MAP], &mut |root, n| {
+        let (su, ping) = (root.join("bin/su"), root.join("usr/bin/ping"));
+        let (su_before, ping_before) = (owner(&su).0 == 0, owner(&ping).0 == 0);
+        if su_before {
+            set_mode(&su, 0o755);
+        }
+        if ping_before {
+            std::fs::write(&ping, b"new").unwrap();
+        }
+        let out = shift(root, &[MAP]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "N={n}: {}",
+            describe(&out)
+        );
+        if su_before {
+            let m = std::fs::symlink_metadata(&su).unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o7777), (100000, 0o755), "N={n}");
+        }
+        if ping_before {
+            assert!(!has_cap(&ping), "N={n}: the capability came back");
+        }
+    });
+}
+
+// A rollback killed anywhere (after a forward run killed half-way), then run again: every
+// inode as it was, setuid/setgid bits and capabilities included.
+#[test]
+fn a_killed_rollback_run_again_restores_everything() {
+    let Some(_) = require!(Root) else { return };
+    for n in 1..=200u32 {
+        let (_t, root) = sample();
+        let original = without_times_and_inodes(&snapshot(&root));
+        let out = run_ok(
+            shift_cmd(&root, &[MAP])
+                .args(["--threads", "1"])
+                .env(CRASH, "40"),
+        );
+        assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
+        let out = run_ok(
+            shift_cmd(&root, &["-r", MAP])
+                .args(["--threads", "1"])
+                .env(CRASH, n.to_string()),
+        );
+        let complete = out.status.signal() != Some(9);
+        if !complete {
+            let out = shift(&root, &["-r", MAP]);
+            assert_code(&out, 0);
+        }
+        assert_same_tree(
+            &without_times_and_inodes(&snapshot(&root)),
+            &original,
+            &format!("rollback killed at N={n}, run again"),
+        );
+        if complete {
+            return;
+        }
+    }
+    panic!("the rollback never completed");
+}

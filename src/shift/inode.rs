@@ -183,8 +183,11 @@ pub struct Plan {
     /// The record to journal before the first step, if the inode needs one.
     record: Option<(RecordKind, Original)>,
     /// Once carried out, mark the inode's record done (`d DEV INO`), so that a later run never
-    /// restores from it what the inode lost after it was finished.
+    /// restores from it what the inode lost after it was finished; and note its ctime after
+    /// each step (`c DEV INO CTIME`).
     finished_mark: bool,
+    /// What a record would have restored but may not (the inode changed since): reported.
+    unrestored: Option<String>,
 }
 
 impl Plan {
@@ -266,6 +269,7 @@ fn translate(
         acl_access: remap_acl(&o.acl_access)?,
         acl_default: remap_acl(&o.acl_default)?,
         done: o.done,
+        stepped: o.stepped,
     })
 }
 
@@ -557,6 +561,16 @@ impl<'a> ShiftVisitor<'a> {
             self.error_msg(at.path(), "keep xattrs", why);
             return None;
         }
+        if let Some(why) = plan.unrestored.take() {
+            self.error_msg(at.path(), "restore", why);
+            if plan.steps() == 0 {
+                // Said once: the next run finds the inode finished.
+                if let (Some(j), false) = (self.journal, self.dry_run) {
+                    let _ = j.mark_done(key);
+                }
+                return None;
+            }
+        }
         if plan.steps() == 0 && plan.record.is_none() {
             self.stats.already_done.fetch_add(1, Relaxed);
             return None;
@@ -599,6 +613,7 @@ impl<'a> ShiftVisitor<'a> {
             acl_default: changed(&goal.acl_default, &cur.acl_default),
             record: None,
             finished_mark: false,
+            unrestored: None,
         };
         let steps = plan.steps();
         // An outlier whose id lies in TO's ranges looks shifted afterwards: recorded unchanged,
@@ -647,10 +662,32 @@ impl<'a> ShiftVisitor<'a> {
         let uid = one(IdKind::Uid, cur.uid, start.uid, goal.uid);
         let gid = one(IdKind::Gid, cur.gid, start.gid, goal.gid);
         let chown = (uid, gid) != (cur.uid, cur.gid);
+        // What a chown of ours removed is restored from the record only while the inode holds
+        // the record's ids and its ctime is the one our last step left: then nobody touched it
+        // since (a write would have dropped a capability, a chmod a setuid bit).
+        let at_goal = (cur.uid, cur.gid) == (goal.uid, goal.gid);
+        let untouched = start.stepped.is_some() && start.stepped == Some(st.ctime_ns)
+            || goal.stepped.is_some() && goal.stepped == Some(st.ctime_ns);
         let exact = (cur.uid == start.uid || cur.uid == goal.uid)
             && (cur.gid == start.gid || cur.gid == goal.gid);
-        let restore = exact && !sp.done;
+        let restore = exact && !sp.done && untouched;
         let plain = !st.is_symlink() && !st.is_dir();
+        let lost_mode =
+            plain && goal.mode & 0o6000 & !cur.mode != 0 && cur.mode & 0o1777 == goal.mode & 0o1777;
+        let lost_cap = goal.caps.is_some() && cur.caps.is_none();
+        let unrestored =
+            (at_goal && !sp.done && !untouched && (lost_mode || lost_cap)).then(|| {
+                format!(
+                    "{} removed by the interrupted run's chown not restored: the file was changed \
+                 since (or the run stopped right after the chown); restore it by hand if the \
+                 file is the one you expect",
+                    match (lost_mode, lost_cap) {
+                        (true, true) => "its setuid/setgid bits and capability,",
+                        (true, false) => "its setuid/setgid bits,",
+                        _ => "its capability,",
+                    }
+                )
+            });
         let same_perms = cur.mode & 0o1777 == goal.mode & 0o1777;
         let want = cur.mode & 0o7777
             | if restore && same_perms {
@@ -736,7 +773,8 @@ impl<'a> ShiftVisitor<'a> {
             acl_access: acl(&goal.acl_access, &start.acl_access, &cur.acl_access)?,
             acl_default: acl(&goal.acl_default, &start.acl_default, &cur.acl_default)?,
             record: None,
-            finished_mark: !sp.done,
+            finished_mark: true,
+            unrestored,
         })
     }
 
@@ -799,14 +837,25 @@ impl<'a> ShiftVisitor<'a> {
 
     fn apply(&self, dir: BorrowedFd<'_>, plan: &Plan) -> Result<(), (&'static str, Errno)> {
         let name = plan.name.as_deref();
+        // After each step on a tracked inode, its ctime then: proof, for a later run, that
+        // nobody changed it since.
+        let stepped = || {
+            if let (true, Some(j)) = (plan.finished_mark, self.journal) {
+                if let Ok(st) = sysfs::statx(dir, name) {
+                    let _ = j.mark_stepped(plan.key, st.ctime_ns);
+                }
+            }
+        };
         if plan.chown {
             crash_point();
             sysfs::chown(dir, name, plan.uid, plan.gid).map_err(|e| ("chown", e))?;
+            stepped();
         }
         if let (Some(mode), Some(name)) = (plan.mode, name) {
             debug_assert!(!plan.symlink);
             crash_point();
             sysfs::chmod(dir, name, mode).map_err(|e| ("restore mode", e))?;
+            stepped();
         }
         let writes = [
             (&plan.caps, caps::NAME, "write capability"),
@@ -817,6 +866,7 @@ impl<'a> ShiftVisitor<'a> {
             if let Some(v) = value {
                 crash_point();
                 xattr::set(dir, name, attr, v).map_err(|e| (op, e))?;
+                stepped();
             }
         }
         Ok(())

@@ -55,6 +55,10 @@ pub struct Original {
     pub acl_default: Option<Vec<u8>>,
     /// The inode was finished after this record was taken (a `d DEV INO` line followed it).
     pub done: bool,
+    /// The inode's ctime right after the last step a run took on it (`c DEV INO CTIME`): while
+    /// it is still that, nobody changed the inode since, and what that run's chown removed may
+    /// be restored from the record.
+    pub stepped: Option<i128>,
 }
 
 /// Which run wrote a record: the shift itself, or a rollback of it.
@@ -202,6 +206,7 @@ fn parse_record(line: &str) -> Option<(RecordKind, (u64, u64), Original)> {
             acl_access: unhex(acl)?,
             acl_default: unhex(dacl)?,
             done: false,
+            stepped: None,
         },
     ))
 }
@@ -281,6 +286,19 @@ fn parse(text: &str) -> std::result::Result<Parsed, String> {
             for records in [&mut forward, &mut rollback] {
                 if let Some(o) = records.get_mut(&key) {
                     o.done = true;
+                }
+            }
+            continue;
+        }
+        if let Some((key, ctime)) = line.strip_prefix("c ").and_then(|rest| {
+            let (key, ctime) = rest.rsplit_once(' ')?;
+            Some((parse_key(key)?, ctime.parse::<i128>().ok()?))
+        }) {
+            // A run is at work on the inode again: not finished, last stepped then.
+            for records in [&mut forward, &mut rollback] {
+                if let Some(o) = records.get_mut(&key) {
+                    o.done = false;
+                    o.stepped = Some(ctime);
                 }
             }
             continue;
@@ -569,6 +587,13 @@ impl Journal {
         f.write_all(format!("d {} {}\n", key.0, key.1).as_bytes())
     }
 
+    /// Notes the inode's ctime right after a step on it (`c DEV INO CTIME`), unsynced like
+    /// [`Journal::mark_done`].
+    pub fn mark_stepped(&self, key: (u64, u64), ctime: i128) -> std::io::Result<()> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(format!("c {} {} {ctime}\n", key.0, key.1).as_bytes())
+    }
+
     /// Appends records and makes them durable before the caller changes those inodes.
     pub fn append(&self, text: &str) -> std::io::Result<()> {
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
@@ -665,6 +690,7 @@ mod tests {
             acl_access: None,
             acl_default: Some(vec![2, 0, 0, 0]),
             done: false,
+            stepped: None,
         };
         let line = format_record(RecordKind::Forward, (2049, 77), &o);
         assert_eq!(
@@ -725,6 +751,13 @@ mod tests {
         let again = format_record(RecordKind::Forward, (1, 2), &Original::default());
         let superseded = parse(&(text.replace("r 1 3 - 0", "") + "d 1 2\n" + &again)).unwrap();
         assert!(!superseded.1[&(1, 2)].done, "a later record is not done");
+        let stepped = parse(&(text.replace("r 1 3 - 0", "") + "d 1 2\nc 1 2 77\n")).unwrap();
+        let o = &stepped.1[&(1, 2)];
+        assert_eq!(
+            (o.done, o.stepped),
+            (false, Some(77)),
+            "a later step reopens it"
+        );
         assert!(parse(&(format_header(&h) + "done\n")).unwrap().3);
         let resumed = format_header(&h) + "done\nr 1 2 - 0 0 0 - - -\n";
         assert!(!parse(&resumed).unwrap().3, "resumed after done");

@@ -74,12 +74,6 @@ fn controller(paths: &[&Path], files: &SubIdFiles) -> Option<User> {
         .find_map(|m| account_of(m.uid(), files))
 }
 
-/// A symlink on the way to `path` that `uid` controls: the link itself is theirs, or it lies
-/// in a directory they own.
-fn controlled_symlink(path: &Path, uid: u32) -> Option<PathBuf> {
-    controlled_symlink_by(path, &|id| id == uid)
-}
-
 /// A symlink on the way to `path` whose owner, or its directory's owner, `theirs` accepts.
 fn controlled_symlink_by(path: &Path, theirs: &dyn Fn(u32) -> bool) -> Option<PathBuf> {
     let mut at = PathBuf::new();
@@ -151,8 +145,10 @@ pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<Strin
             ));
         }
     }
+    // A symlink on the way that belongs to the user or to one of the ids they control.
+    let theirs = |id: u32| id == uid || account_of(id, files).is_some_and(|a| a.uid == uid);
     for p in &s.paths {
-        if let Some(link) = controlled_symlink(p, uid) {
+        if let Some(link) = controlled_symlink_by(p, &theirs) {
             out.push(format!(
                 "{} is reached through {}, a symlink {} controls",
                 p.display(),
@@ -175,23 +171,7 @@ pub fn check(s: &Subject, force: bool, warn: &dyn Fn(&str)) -> Result<()> {
     let Some(user) = controller(&s.owners, &files) else {
         return Ok(());
     };
-    let mut why = reasons(s, &user, &files)?;
-    // A symlink on the way that belongs to one of the ids the user controls.
-    for p in &s.paths {
-        if let Some(link) = controlled_symlink_by(p, &|id| {
-            account_of(id, &files).is_some_and(|a| a.uid == user.uid)
-        }) {
-            let text = format!(
-                "{} is reached through {}, a symlink {} controls",
-                p.display(),
-                link.display(),
-                user.name
-            );
-            if !why.contains(&text) {
-                why.push(text);
-            }
-        }
-    }
+    let why = reasons(s, &user, &files)?;
     if why.is_empty() {
         return Ok(());
     }

@@ -1360,6 +1360,16 @@ fn journal_write_failing_on_a_full_filesystem() {
 // ---------------------------------------------------------------------------------------------
 // Findings of an adversarial review, each as a regression test.
 
+/// Runs `shift DIR ARGS --threads 1` killed (by the fault hook) before its change `n`; a run
+/// that gets that far without `n` changes completes.
+fn killed_at(root: &Path, args: &[&str], n: impl ToString) -> Output {
+    run_ok(
+        shift_cmd(root, args)
+            .args(["--threads", "1"])
+            .env(CRASH, n.to_string()),
+    )
+}
+
 /// Runs `args` on a fresh sample (after `prepare`) killed before change N, for N = 1, 2, …
 /// until a run completes (exit 0); after each kill calls `after(root, n)`. Returns the tree the
 /// complete run left, and its N.
@@ -1371,11 +1381,7 @@ fn each_kill_point(
     for n in 1..=500u32 {
         let (t, root) = sample();
         prepare(&root);
-        let out = run_ok(
-            shift_cmd(&root, args)
-                .args(["--threads", "1"])
-                .env(CRASH, n.to_string()),
-        );
+        let out = killed_at(&root, args, n.to_string());
         if out.status.signal() != Some(9) {
             assert_eq!(out.status.code(), Some(0), "N={n}: {}", describe(&out));
             return (t, root, n);
@@ -1459,11 +1465,7 @@ fn a_rollback_leaves_files_created_since_the_shift_began() {
     let Some(_) = require!(Root) else { return };
     let (_t, root) = sample();
     let before = snapshot(&root);
-    let out = run_ok(
-        shift_cmd(&root, &[MAP])
-            .args(["--threads", "1"])
-            .env(CRASH, "20"),
-    );
+    let out = killed_at(&root, &[MAP], "20");
     assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
     let evil = root.join("etc/evil");
     make_file(&evil, (100000, 100000), 0o4755);
@@ -1528,17 +1530,9 @@ fn a_forward_resume_after_a_killed_rollback_uses_its_records() {
         let z = root.join("etc/zsuid");
         make_file(&z, (100000, 100000), 0o4755);
         set_mode(&z, 0o4755);
-        let out = run_ok(
-            shift_cmd(&root, &[MAP])
-                .args(["--threads", "1"])
-                .env(CRASH, "4"),
-        );
+        let out = killed_at(&root, &[MAP], "4");
         assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
-        let out = run_ok(
-            shift_cmd(&root, &["-r", MAP])
-                .args(["--threads", "1"])
-                .env(CRASH, n.to_string()),
-        );
+        let out = killed_at(&root, &["-r", MAP], n.to_string());
         let complete = out.status.signal() != Some(9);
         let out = shift(&root, &[MAP]);
         assert_code(&out, 0);
@@ -1573,17 +1567,9 @@ fn a_completed_rollback_run_again_and_an_untouched_tree_do_not_shift_back() {
         let (_t, root) = sample();
         prepare(&root);
         let original = without_times_and_inodes(&snapshot(&root));
-        let out = run_ok(
-            shift_cmd(&root, &fwd)
-                .args(["--threads", "1"])
-                .env(CRASH, "12"),
-        );
+        let out = killed_at(&root, &fwd, "12");
         assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
-        let out = run_ok(
-            shift_cmd(&root, &back)
-                .args(["--threads", "1"])
-                .env(CRASH, n.to_string()),
-        );
+        let out = killed_at(&root, &back, n.to_string());
         if out.status.signal() != Some(9) {
             assert_code(&out, 0);
             break;
@@ -1610,11 +1596,7 @@ fn a_completed_rollback_run_again_and_an_untouched_tree_do_not_shift_back() {
         let (_t, root) = sample();
         prepare(&root);
         let original = without_times_and_inodes(&snapshot(&root));
-        let out = run_ok(
-            shift_cmd(&root, &fwd)
-                .args(["--threads", "1"])
-                .env(CRASH, n.to_string()),
-        );
+        let out = killed_at(&root, &fwd, n.to_string());
         assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
         // Refused (nothing to roll back) or nothing to do (the record says MAP): never a
         // shift of the untouched tree the other way.
@@ -1702,17 +1684,9 @@ fn a_killed_rollback_run_again_restores_everything() {
     for n in 1..=200u32 {
         let (_t, root) = sample();
         let original = without_times_and_inodes(&snapshot(&root));
-        let out = run_ok(
-            shift_cmd(&root, &[MAP])
-                .args(["--threads", "1"])
-                .env(CRASH, "40"),
-        );
+        let out = killed_at(&root, &[MAP], "40");
         assert_eq!(out.status.signal(), Some(9), "{}", describe(&out));
-        let out = run_ok(
-            shift_cmd(&root, &["-r", MAP])
-                .args(["--threads", "1"])
-                .env(CRASH, n.to_string()),
-        );
+        let out = killed_at(&root, &["-r", MAP], n.to_string());
         let complete = out.status.signal() != Some(9);
         if !complete {
             let out = shift(&root, &["-r", MAP]);

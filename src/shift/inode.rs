@@ -454,49 +454,50 @@ impl<'a> ShiftVisitor<'a> {
         key: (u64, u64),
         st: &Stat,
     ) -> Result<Option<Speaks>, (&'static str, String)> {
-        let r = &self.rules;
         let same = |o: &Original| o.btime == st.btime_ns;
-        let holds = |a: &Original, b: &Original| {
-            st.uid == a.uid || st.uid == b.uid || st.gid == a.gid || st.gid == b.gid
-        };
-        if let Some(o) = self.forward.get(&key).filter(|o| same(o)) {
-            let shifted = translate(o, &|k, id| Some(self.xlate(Xlate::Forward, k, id)))?;
-            if holds(o, &shifted) {
-                return Ok(Some(match r.direction {
-                    Direction::Forward => Speaks {
-                        start: o.clone(),
-                        goal: shifted,
-                        xlate: Xlate::Forward,
-                        done: o.done,
-                    },
-                    Direction::Rollback => Speaks {
-                        start: shifted,
-                        goal: o.clone(),
-                        xlate: Xlate::Back,
-                        done: o.done,
-                    },
-                }));
+        // A forward record: the inode before the shift changed it; a rollback's record: the
+        // inode before the rollback changed it. Each goes to its goal by its own run's rule,
+        // and back the other way.
+        let kinds = [
+            (
+                self.forward,
+                Direction::Forward,
+                Xlate::Forward,
+                Xlate::Back,
+            ),
+            (
+                self.rollback,
+                Direction::Rollback,
+                Xlate::Rollback,
+                Xlate::Forward,
+            ),
+        ];
+        for (records, written_by, there, back) in kinds {
+            let Some(o) = records.get(&key).filter(|o| same(o)) else {
+                continue;
+            };
+            let goal = translate(o, &|k, id| Some(self.xlate(there, k, id)))?;
+            let holds = [o, &goal]
+                .iter()
+                .any(|x| st.uid == x.uid || st.gid == x.gid);
+            if !holds {
+                continue;
             }
-        }
-        // A rollback's record holds an inode's state before the rollback changed it.
-        if let Some(o) = self.rollback.get(&key).filter(|o| same(o)) {
-            let back = translate(o, &|k, id| Some(self.xlate(Xlate::Rollback, k, id)))?;
-            if holds(o, &back) {
-                return Ok(Some(match r.direction {
-                    Direction::Rollback => Speaks {
-                        start: o.clone(),
-                        goal: back,
-                        xlate: Xlate::Rollback,
-                        done: o.done,
-                    },
-                    Direction::Forward => Speaks {
-                        start: back,
-                        goal: o.clone(),
-                        xlate: Xlate::Forward,
-                        done: o.done,
-                    },
-                }));
-            }
+            return Ok(Some(if self.rules.direction == written_by {
+                Speaks {
+                    start: o.clone(),
+                    goal,
+                    xlate: there,
+                    done: o.done,
+                }
+            } else {
+                Speaks {
+                    start: goal,
+                    goal: o.clone(),
+                    xlate: back,
+                    done: o.done,
+                }
+            }));
         }
         Ok(None)
     }

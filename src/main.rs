@@ -5,12 +5,12 @@ use clap::Parser;
 fn main() -> ExitCode {
     // Before anything reads the arguments or the environment: a setuid or setgid idshift would
     // hand every user a root-mapped namespace. The privilege boundary is newuidmap/newgidmap.
-    if let Some(why) = idshift::setuid_refusal() {
+    if let Some(why) = idshift::cmd::setuid_refusal() {
         eprintln!("idshift: {why}");
-        return ExitCode::from(idshift::exit::USAGE);
+        return ExitCode::from(idshift::cmd::exit::USAGE);
     }
     match idshift::cli::Cli::try_parse() {
-        Ok(cli) => idshift::run(cli),
+        Ok(cli) => idshift::cmd::run(cli),
         Err(err) => {
             let _ = err.print();
             if !err.use_stderr() {
@@ -18,9 +18,9 @@ fn main() -> ExitCode {
             }
             let exec = std::env::args_os().nth(1).is_some_and(|a| a == "exec");
             ExitCode::from(if exec {
-                idshift::exit::EXEC_FAILED
+                idshift::cmd::exit::EXEC_FAILED
             } else {
-                idshift::exit::USAGE
+                idshift::cmd::exit::USAGE
             })
         }
     }

@@ -143,6 +143,45 @@ fn free_block(lxcpath: &Path) -> Result<u32> {
     })
 }
 
+/// How a migration ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The rootfs shift did not finish (this is its exit status); the config still names FROM.
+    ShiftUnfinished(u8),
+    /// The config named TO already.
+    AlreadyNamed,
+    /// A dry run: the config would name TO.
+    WouldName,
+    /// The config now names TO.
+    Renamed,
+}
+
+/// Carries out a prepared migration in its crash-safe order: the rootfs first, through
+/// `shift_rootfs` (which shifts `m.rootfs` from `m.from` to `m.to` and returns the shift's exit
+/// status), and the config only once that shift finished with nothing left over. Killed at any
+/// point, the config never names a map the rootfs does not hold yet, and the same migration run
+/// again finishes the job.
+pub fn carry_out(
+    m: &Migration,
+    dry_run: bool,
+    shift_rootfs: impl FnOnce(&Migration) -> Result<u8>,
+) -> Result<Outcome> {
+    if m.from != m.to {
+        let code = shift_rootfs(m)?;
+        if code != 0 {
+            return Ok(Outcome::ShiftUnfinished(code));
+        }
+    }
+    Ok(match new_config_text(m)? {
+        None => Outcome::AlreadyNamed,
+        Some(_) if dry_run => Outcome::WouldName,
+        Some(text) => {
+            replace_file(&m.config.path, &text)?;
+            Outcome::Renamed
+        }
+    })
+}
+
 /// The config text with the new map, or `None` if it already names it.
 pub fn new_config_text(m: &Migration) -> Result<Option<String>> {
     let path = &m.config.path;
@@ -232,6 +271,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("btrfs backend"), "{err}");
+    }
+
+    /// A container `c1` under a temporary LXC path, its config naming b:0:100000:65536.
+    fn container() -> (tempfile::TempDir, Migration) {
+        let lxcpath = tempfile::tempdir().unwrap();
+        let dir = lxcpath.path().join("c1");
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        std::fs::write(
+            dir.join("config"),
+            "lxc.uts.name = c1\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n",
+        )
+        .unwrap();
+        let m = prepare("c1", lxcpath.path(), &Target::Base(300000)).unwrap();
+        (lxcpath, m)
+    }
+
+    fn config_map(m: &Migration) -> String {
+        LxcConfig::read(&m.config.path)
+            .unwrap()
+            .map()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_config_changes_only_after_the_rootfs_shift_finished() {
+        let (_keep, m) = container();
+        assert_eq!(m.to.to_string(), "u:0:300000:65536 g:0:300000:65536");
+        let outcome = carry_out(&m, false, |m| {
+            assert_eq!(
+                config_map(m),
+                "u:0:100000:65536 g:0:100000:65536",
+                "config changed first"
+            );
+            Ok(0)
+        });
+        assert_eq!(outcome.unwrap(), Outcome::Renamed);
+        assert_eq!(config_map(&m), "u:0:300000:65536 g:0:300000:65536");
+        let again = carry_out(
+            &prepare("c1", _keep.path(), &Target::Map(m.to.clone())).unwrap(),
+            false,
+            |_| panic!("nothing to shift when the config names the target"),
+        );
+        assert_eq!(again.unwrap(), Outcome::AlreadyNamed);
+    }
+
+    #[test]
+    fn an_unfinished_or_failed_shift_leaves_the_config_alone() {
+        let (_keep, m) = container();
+        assert_eq!(
+            carry_out(&m, false, |_| Ok(1)).unwrap(),
+            Outcome::ShiftUnfinished(1)
+        );
+        assert_eq!(config_map(&m), "u:0:100000:65536 g:0:100000:65536");
+        let err = carry_out(&m, false, |_| Err(Error::Refused("in use".into())));
+        assert!(matches!(err, Err(Error::Refused(_))));
+        assert_eq!(config_map(&m), "u:0:100000:65536 g:0:100000:65536");
+        assert_eq!(carry_out(&m, true, |_| Ok(0)).unwrap(), Outcome::WouldName);
+        assert_eq!(
+            config_map(&m),
+            "u:0:100000:65536 g:0:100000:65536",
+            "a dry run writes nothing"
+        );
     }
 
     #[test]

@@ -12,11 +12,38 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::shift::inode::InodeError;
-use crate::shift::Reporter;
+
+/// Where an engine reports while it works: per-inode events, warnings and progress. The
+/// command line's is [`Printer`]; the engines never print.
+pub trait Reporter: Sync {
+    /// One change, for `-v`.
+    fn change(&self, line: &str);
+    /// An inode that could not be shifted (the walk goes on).
+    fn inode_error(&self, e: &InodeError);
+    /// Something the user should know before reading the summary.
+    fn warning(&self, text: &str);
+    /// Called on a thread of its own while a walk runs: may show `inodes` (of about `total`)
+    /// until `done` is set. Shows nothing by default.
+    fn progress(&self, inodes: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
+        let _ = (inodes, total, done);
+    }
+}
+
+/// How much progress to show while walking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Progress {
+    /// A progress bar when stderr is a terminal.
+    #[default]
+    Auto,
+    /// A bar on a terminal, a line a second otherwise (for logs).
+    Always,
+    Never,
+}
 
 /// A path as text: UTF-8 as it is, other bytes as `\xNN`, `\` as `\\`.
 pub fn escape_path(path: &Path) -> String {
@@ -123,10 +150,31 @@ pub fn print(json: bool, report: &impl serde::Serialize, text: impl FnOnce() -> 
     }
 }
 
-/// The reporter of the command line: `-v` lines to stdout, inode errors and warnings to stderr.
-pub struct Printer;
+/// The reporter of the command line: `-v` lines to stdout, inode errors, warnings and progress
+/// to stderr.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Printer {
+    pub progress: Progress,
+}
+
+impl Printer {
+    /// A printer that shows no progress.
+    pub const PLAIN: Printer = Printer {
+        progress: Progress::Never,
+    };
+}
 
 impl Reporter for Printer {
+    fn progress(&self, inodes: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
+        use std::io::IsTerminal;
+        match self.progress {
+            Progress::Never => {}
+            Progress::Auto if !std::io::stderr().is_terminal() => {}
+            _ if std::io::stderr().is_terminal() => progress_bar(inodes, total, done),
+            _ => progress_lines(inodes, total, done),
+        }
+    }
+
     fn change(&self, line: &str) {
         out(&format!("{line}\n"));
     }
@@ -142,6 +190,50 @@ impl Reporter for Printer {
 
     fn warning(&self, text: &str) {
         err_line(&format!("warning: {text}"));
+    }
+}
+
+/// A bar (or a spinner without `total`) on the terminal, redrawn 10 times a second.
+fn progress_bar(inodes: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
+    let style = |template: &str| {
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} inodes/s", s.per_sec());
+                },
+            )
+    };
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n)
+            .with_style(style("{bar:40} {pos}/{len} inodes  {rate}  ETA {eta}")),
+        None => indicatif::ProgressBar::new_spinner()
+            .with_style(style("{spinner} {pos} inodes  {rate}")),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(10));
+    while !done.load(Relaxed) {
+        bar.set_position(inodes.load(Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
+/// A plain line a second, for a log (`--progress always` without a terminal).
+fn progress_lines(inodes: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
+    let start = Instant::now();
+    let mut last = Instant::now();
+    while !done.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            let n = inodes.load(Relaxed);
+            let rate = n as f64 / start.elapsed().as_secs_f64();
+            err_line(&match total {
+                Some(t) => format!("{n}/{t} inodes, {rate:.0}/s"),
+                None => format!("{n} inodes, {rate:.0}/s"),
+            });
+        }
     }
 }
 

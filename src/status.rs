@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap};
+use crate::report::Reporter;
 use crate::shift::state::{self, Found};
 use crate::shift::walk::{self, At, Visitor};
-use crate::shift::{caps, ways_out, Reporter, Tree};
+use crate::shift::{caps, ways_out, Tree};
 use crate::sys::fs::Stat;
 use crate::sys::xattr;
 

@@ -11,6 +11,7 @@
 
 pub mod lxc;
 pub mod oci;
+pub mod source;
 pub mod spec;
 pub mod subid;
 

@@ -25,9 +25,10 @@ use nix::errno::Errno;
 
 use super::state::{format_record, Journal, Original, RecordKind, Records};
 use super::walk::{At, Visitor};
-use super::{acl, caps, crash_point, Reporter, Translation};
+use super::{acl, caps, crash_point, Translation};
 use crate::idmap::{IdKind, IdMap};
 use crate::report::escape_path;
+use crate::report::Reporter;
 use crate::sys::fs::{self as sysfs, Stat};
 use crate::sys::xattr;
 

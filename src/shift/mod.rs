@@ -17,10 +17,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap, MapError};
+use crate::report::Reporter;
 use crate::sys::fs as sysfs;
 use inode::{Direction, InodeError, Outlier, Rules, ShiftVisitor};
 use state::{Found, Journal};
@@ -126,15 +127,6 @@ impl Translation {
     }
 }
 
-/// How much to show while shifting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Progress {
-    /// A progress bar when stderr is a terminal.
-    Auto,
-    Always,
-    Never,
-}
-
 /// What to shift and how.
 #[derive(Clone, Debug)]
 pub struct ShiftOptions {
@@ -146,7 +138,6 @@ pub struct ShiftOptions {
     pub cross_mounts: bool,
     pub strict: bool,
     pub verbose: bool,
-    pub progress: Progress,
     /// Go ahead, from what the inodes hold, although a pending shift's journal cannot be used.
     pub force: bool,
 }
@@ -354,61 +345,6 @@ fn pool(threads: usize) -> Result<rayon::ThreadPool> {
         .thread_name(|i| format!("idshift-walk-{i}"))
         .build()
         .map_err(|e| Error::Failed(format!("cannot start {threads} threads: {e}")))
-}
-
-/// Whether to show progress at all.
-fn wants_progress(mode: Progress) -> bool {
-    use std::io::IsTerminal;
-    match mode {
-        Progress::Never => false,
-        Progress::Always => true,
-        Progress::Auto => std::io::stderr().is_terminal(),
-    }
-}
-
-/// Shows the walk's inode `counter` until `done`: a bar on a terminal, a plain line a second
-/// into a log (`--progress always`). Runs on its own thread.
-fn show_progress(counter: &AtomicU64, total: Option<u64>, done: &AtomicBool) {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        let start = Instant::now();
-        let mut last = Instant::now();
-        while !done.load(Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-            if last.elapsed() >= Duration::from_secs(1) {
-                last = Instant::now();
-                let n = counter.load(Relaxed);
-                let rate = n as f64 / start.elapsed().as_secs_f64();
-                crate::report::err_line(&match total {
-                    Some(t) => format!("{n}/{t} inodes, {rate:.0}/s"),
-                    None => format!("{n} inodes, {rate:.0}/s"),
-                });
-            }
-        }
-        return;
-    }
-    let style = |template: &str| {
-        indicatif::ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .with_key(
-                "rate",
-                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.0} inodes/s", s.per_sec());
-                },
-            )
-    };
-    let bar = match total {
-        Some(n) => indicatif::ProgressBar::new(n)
-            .with_style(style("{bar:40} {pos}/{len} inodes  {rate}  ETA {eta}")),
-        None => indicatif::ProgressBar::new_spinner()
-            .with_style(style("{spinner} {pos} inodes  {rate}")),
-    };
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(10));
-    while !done.load(Relaxed) {
-        bar.set_position(counter.load(Relaxed));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bar.finish_and_clear();
 }
 
 /// Where a shift stands when the walk begins.
@@ -695,9 +631,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     let total = state::recorded_inodes(tree.root.as_fd());
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        if wants_progress(opts.progress) {
-            scope.spawn(|| show_progress(&visitor.stats.inodes, total, &done));
-        }
+        scope.spawn(|| reporter.progress(&visitor.stats.inodes, total, &done));
         let walked = walk::walk(
             &pool,
             tree.root.as_fd(),
@@ -748,16 +682,6 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     summary.seconds = started.elapsed().as_secs_f64();
     summary.inodes_per_second = summary.inodes as f64 / summary.seconds.max(1e-9);
     Ok(summary)
-}
-
-/// Where per-inode events are reported.
-pub trait Reporter: Sync {
-    /// One change, for `-v`.
-    fn change(&self, line: &str);
-    /// An inode that could not be shifted (the walk goes on).
-    fn inode_error(&self, e: &InodeError);
-    /// Something the user should know before reading the summary.
-    fn warning(&self, text: &str);
 }
 
 /// A reporter that reports nothing (read-only pre-scans).

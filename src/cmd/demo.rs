@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{Error, Result};
-use crate::idmap::IdMap;
+use crate::idmap::{IdKind, IdMap};
+use crate::report::{self, escape_path, Printer};
 use crate::shift::{self, acl, caps, View};
 use crate::status;
 use crate::sys::xattr;
@@ -144,27 +145,156 @@ fn build(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Prints a line (or lines) through the one printer.
+fn say(text: &str) {
+    report::out(&format!("{text}\n"));
+}
+
 fn heading(text: &str) {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
-        println!("\n\x1b[1m== {text}\x1b[0m");
+        say(&format!("\n\x1b[1m== {text}\x1b[0m"));
     } else {
-        println!("\n== {text}");
+        say(&format!("\n== {text}"));
     }
 }
 
-/// `ls -ln` of some of the tree, as seen from where idshift runs.
-fn list(root: &Path) -> Result<()> {
-    let status = Command::new("ls")
-        .args(["-ln", "usr/bin", "home/alice"])
-        .current_dir(root)
-        .status()
-        .map_err(|e| Error::Failed(format!("cannot run ls: {e}")))?;
-    if status.success() {
+/// Runs a program, its output on ours; fails unless it succeeds.
+fn run_program(program: &Path, args: &[&str], dir: Option<&Path>) -> Result<()> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| Error::Failed(format!("cannot run {}: {e}", program.display())))?;
+    report::out(&String::from_utf8_lossy(&out.stdout));
+    if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Failed(format!("ls failed: {status}")))
+        Err(Error::Failed(format!(
+            "{} failed: {}: {}",
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
+}
+
+/// The names of the capability bits, as `getcap` prints them.
+const CAP_NAMES: [&str; 41] = [
+    "cap_chown",
+    "cap_dac_override",
+    "cap_dac_read_search",
+    "cap_fowner",
+    "cap_fsetid",
+    "cap_kill",
+    "cap_setgid",
+    "cap_setuid",
+    "cap_setpcap",
+    "cap_linux_immutable",
+    "cap_net_bind_service",
+    "cap_net_broadcast",
+    "cap_net_admin",
+    "cap_net_raw",
+    "cap_ipc_lock",
+    "cap_ipc_owner",
+    "cap_sys_module",
+    "cap_sys_rawio",
+    "cap_sys_chroot",
+    "cap_sys_ptrace",
+    "cap_sys_pacct",
+    "cap_sys_admin",
+    "cap_sys_boot",
+    "cap_sys_nice",
+    "cap_sys_resource",
+    "cap_sys_time",
+    "cap_sys_tty_config",
+    "cap_mknod",
+    "cap_lease",
+    "cap_audit_write",
+    "cap_audit_control",
+    "cap_setfcap",
+    "cap_mac_override",
+    "cap_mac_admin",
+    "cap_syslog",
+    "cap_wake_alarm",
+    "cap_block_suspend",
+    "cap_audit_read",
+    "cap_perfmon",
+    "cap_bpf",
+    "cap_checkpoint_restore",
+];
+
+fn read_xattr(path: &Path, name: &CStr) -> Result<Option<Vec<u8>>> {
+    let parent = std::fs::File::open(path.parent().expect("has a parent")).map_err(io(path))?;
+    let file = std::ffi::CString::new(path.file_name().expect("named").as_encoded_bytes())
+        .expect("no NUL");
+    xattr::get(parent.as_fd(), Some(&file), name).map_err(|e| {
+        Error::sys(
+            format!("{}: get {}", path.display(), name.to_string_lossy()),
+            e,
+        )
+    })
+}
+
+/// A file capability as container root sees it (`getcap` style), read by idshift itself so
+/// that the demo needs no libcap tools: a v3 capability applies to the namespace whose root
+/// is its root id.
+fn caps_inside(path: &Path, map: &IdMap) -> Result<String> {
+    let Some(bytes) = read_xattr(path, caps::NAME)? else {
+        return Ok("no capability".into());
+    };
+    let c =
+        caps::decode(&bytes).map_err(|e| Error::Failed(format!("{}: {}", path.display(), e.0)))?;
+    if map.to_ns(IdKind::Uid, c.rootid) != Some(0) {
+        return Ok(format!(
+            "a capability for root id {}, not this container",
+            c.rootid
+        ));
+    }
+    let permitted = u64::from(c.data[0].0) | u64::from(c.data[1].0) << 32;
+    let names: Vec<&str> = (0..CAP_NAMES.len())
+        .filter(|bit| permitted & (1 << bit) != 0)
+        .map(|bit| CAP_NAMES[bit])
+        .collect();
+    let effective = if c.flags & 1 != 0 { "e" } else { "" };
+    Ok(format!("{}={effective}p", names.join(",")))
+}
+
+/// An access ACL as container root sees it (`getfacl -n` style, without comments).
+fn acl_inside(path: &Path, map: &IdMap) -> Result<String> {
+    use acl::*;
+    let Some(bytes) = read_xattr(path, ACCESS)? else {
+        return Ok("no ACL".into());
+    };
+    let entries =
+        decode(&bytes).map_err(|e| Error::Failed(format!("{}: {}", path.display(), e.0)))?;
+    let perm = |p: u16| {
+        format!(
+            "{}{}{}",
+            if p & 4 != 0 { 'r' } else { '-' },
+            if p & 2 != 0 { 'w' } else { '-' },
+            if p & 1 != 0 { 'x' } else { '-' }
+        )
+    };
+    let id = |kind: IdKind, host: u32| match map.to_ns(kind, host) {
+        Some(inside) => inside.to_string(),
+        None => "65534".into(), // unmapped: the overflow id
+    };
+    Ok(entries
+        .iter()
+        .map(|e| match e.tag {
+            TAG_USER_OBJ => format!("user::{}", perm(e.perm)),
+            TAG_USER => format!("user:{}:{}", id(IdKind::Uid, e.id), perm(e.perm)),
+            TAG_GROUP_OBJ => format!("group::{}", perm(e.perm)),
+            TAG_GROUP => format!("group:{}:{}", id(IdKind::Gid, e.id), perm(e.perm)),
+            TAG_MASK => format!("mask::{}", perm(e.perm)),
+            _ => format!("other::{}", perm(e.perm)),
+        })
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// Runs the demo; `keep` leaves the tree in place and says where.
@@ -183,22 +313,20 @@ pub fn run(keep: bool) -> Result<()> {
     let root = base.join("rootfs");
     build(&root)?;
     let map = IdMap::parse_list(MAP)?;
-    let threads = crate::threads(None);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let printer = Printer::PLAIN;
 
-    println!(
+    say(&format!(
         "A sample rootfs in the host view (root = uid 0) at {}:",
-        root.display()
-    );
-    println!("setuid usr/bin/passwd, cap_net_raw on usr/bin/ping, ACLs on home/ and");
-    println!("home/alice/notes, a hardlink, and a symlink to the host's /etc/passwd.");
+        escape_path(&root)
+    ));
+    say("setuid usr/bin/passwd, cap_net_raw on usr/bin/ping, ACLs on home/ and");
+    say("home/alice/notes, a hardlink, and a symlink to the host's /etc/passwd.");
 
-    heading(&format!("idshift status {}", root.display()));
-    print!(
-        "{}",
-        status::scan(&root, None, threads, false, &crate::report::Printer)?.render()
-    );
+    heading(&format!("idshift status {}", escape_path(&root)));
+    report::out(&status::scan(&root, None, threads, false, &printer)?.render());
 
-    heading(&format!("idshift shift {} {MAP}", root.display()));
+    heading(&format!("idshift shift {} {MAP}", escape_path(&root)));
     let opts = shift::ShiftOptions {
         dir: root.clone(),
         from: View::Host,
@@ -208,51 +336,54 @@ pub fn run(keep: bool) -> Result<()> {
         cross_mounts: false,
         strict: false,
         verbose: true,
-        progress: shift::Progress::Never,
         force: false,
     };
-    print!("{}", shift::run(&opts, &crate::report::Printer)?.render());
+    report::out(&shift::run(&opts, &printer)?.render());
 
-    heading(&format!("idshift status {} --map {MAP}", root.display()));
-    print!(
-        "{}",
-        status::scan(&root, Some(&map), threads, false, &crate::report::Printer)?.render()
-    );
+    heading(&format!(
+        "idshift status {} --map {MAP}",
+        escape_path(&root)
+    ));
+    report::out(&status::scan(&root, Some(&map), threads, false, &printer)?.render());
 
     heading("on the host: owned by the container's range; the symlink's target untouched");
-    list(&root)?;
+    run_program(
+        Path::new("ls"),
+        &["-ln", "usr/bin", "home/alice"],
+        Some(&root),
+    )?;
     let passwd = std::fs::symlink_metadata("/etc/passwd").map_err(io(Path::new("/etc/passwd")))?;
     use std::os::unix::fs::MetadataExt;
-    println!(
+    say(&format!(
         "/etc/passwd (behind etc/passwd-of-the-host): owner {}:{}",
         passwd.uid(),
         passwd.gid()
-    );
+    ));
 
-    let listing = format!(
-        "id; cd {}; ls -ln usr/bin home/alice; \
-         (command -v getcap >/dev/null && getcap usr/bin/ping) || true; \
-         (command -v getfacl >/dev/null && getfacl -n home/alice/notes 2>/dev/null | grep user) || true",
-        root.display()
-    );
+    let listing = format!("id; cd {}; ls -ln usr/bin home/alice", root.display());
     heading(&format!(
         "idshift exec -m {MAP} -- sh -c '…'   (as container root)"
     ));
     let exe = std::env::current_exe()
         .map_err(|e| Error::Failed(format!("cannot find idshift itself: {e}")))?;
-    let status = Command::new(exe)
-        .args(["exec", "-m", MAP, "--", "sh", "-c", &listing])
-        .status()
-        .map_err(|e| Error::Failed(format!("cannot run idshift exec: {e}")))?;
-    if !status.success() {
-        return Err(Error::Failed(format!("idshift exec failed: {status}")));
-    }
+    run_program(&exe, &["exec", "-m", MAP, "--", "sh", "-c", &listing], None)?;
+    say(&format!(
+        "usr/bin/ping {}",
+        caps_inside(&root.join("usr/bin/ping"), &map)?
+    ));
+    say(&format!(
+        "home/alice/notes {}",
+        acl_inside(&root.join("home/alice/notes"), &map)?
+    ));
 
     if keep {
         cleanup.0 = None;
-        println!("\nKept {} (shifted into {MAP}).", root.display());
+        say(&format!(
+            "\nKept {} (shifted into {MAP}).",
+            escape_path(&root)
+        ));
     } else {
-        println!("\nRemoved {}.", base.display());
+        say(&format!("\nRemoved {}.", escape_path(&base)));
     }
     Ok(())
 }

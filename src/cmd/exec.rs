@@ -1,0 +1,132 @@
+//! `idshift exec [MAP] [--rootfs DIR] -- COMMAND`: a command as root of a new user namespace
+//! with a container's mapping, optionally inside the container's rootfs.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{exit, lxcpath_or_default, refuse_in_use, warn};
+use crate::cli::{ExecArgs, MapSource};
+use crate::error::{Error, Result};
+use crate::idmap::source::Source;
+use crate::idmap::subid::User;
+use crate::idmap::IdKind;
+use crate::policy;
+use crate::report::{self, escape_path};
+use crate::userns::{self, ExecSpec, Mapper};
+
+/// Runs the command; its exit status, or 125/126/127 when idshift or the exec failed.
+pub fn run(args: ExecArgs) -> ExitCode {
+    match exec(args) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            report::err_line(&err.to_string());
+            ExitCode::from(match err {
+                Error::Exec {
+                    errno: nix::errno::Errno::ENOENT,
+                    ..
+                } => exit::EXEC_NOT_FOUND,
+                Error::Exec { .. } => exit::EXEC_CANNOT_RUN,
+                _ => exit::EXEC_FAILED,
+            })
+        }
+    }
+}
+
+/// The map source the options name; with none, the caller's delegated ranges.
+fn source(s: &MapSource) -> Source {
+    if let Some(name) = &s.container {
+        Source::Container {
+            lxcpath: lxcpath_or_default(&s.lxcpath),
+            name: name.clone(),
+        }
+    } else if let Some(path) = &s.lxc_config {
+        Source::LxcConfig(path.clone())
+    } else if let Some(path) = &s.oci_config {
+        Source::OciConfig(path.clone())
+    } else if !s.map.is_empty() {
+        Source::Specs(s.map.clone())
+    } else {
+        Source::Delegated(User::current())
+    }
+}
+
+fn exec(args: ExecArgs) -> Result<i32> {
+    let source = source(&args.source);
+    let mut map = source.map()?;
+    if args.map_self {
+        map = map.with_host_id(IdKind::Uid, nix::unistd::geteuid().as_raw())?;
+        map = map.with_host_id(IdKind::Gid, nix::unistd::getegid().as_raw())?;
+    }
+    let target = |kind: IdKind, asked: Option<u32>| -> Result<Option<u32>> {
+        match (map.has(kind), asked) {
+            (true, asked) => Ok(Some(asked.unwrap_or(0))),
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(Error::Usage(format!(
+                "--{} needs a map with {} entries",
+                kind.name(),
+                kind.name()
+            ))),
+        }
+    };
+    let command = if args.command.is_empty() {
+        // The caller's shell may not exist in a container's rootfs.
+        let shell = std::env::var_os("SHELL").filter(|s| !s.is_empty() && args.rootfs.is_none());
+        vec![shell.unwrap_or_else(|| OsString::from("/bin/sh"))]
+    } else {
+        args.command
+    };
+    if let Some(rootfs) = &args.rootfs {
+        check_rootfs(rootfs, &source, &map, args.force)?;
+    }
+    let spec = ExecSpec {
+        uid: target(IdKind::Uid, args.uid)?,
+        gid: target(IdKind::Gid, args.gid)?,
+        map,
+        command,
+        rootfs: args.rootfs,
+        env: args.env,
+    };
+    userns::run(&spec, &Mapper::default())
+}
+
+/// Refuses a rootfs root may not enter for its owner with this map (beyond what is delegated
+/// to them), or one in use, unless `force`.
+fn check_rootfs(
+    rootfs: &Path,
+    source: &Source,
+    map: &crate::idmap::IdMap,
+    force: bool,
+) -> Result<()> {
+    let container = match source {
+        Source::Container { lxcpath, name } => Some((lxcpath.as_path(), name.as_str())),
+        _ => None,
+    };
+    let container_dir = container.map(|(lxcpath, name)| lxcpath.join(name));
+    let config = source.config_file();
+    let mut paths: Vec<&Path> = config.iter().map(|p| p.as_path()).collect();
+    paths.extend(container_dir.iter().map(|p| p.as_path()));
+    paths.extend(container.iter().map(|(lxcpath, _)| *lxcpath));
+    // With a config, its owner decides; without one, whoever controls the rootfs.
+    let owners = if paths.is_empty() {
+        vec![rootfs]
+    } else {
+        paths.clone()
+    };
+    paths.push(rootfs);
+    policy::check(
+        &policy::Subject {
+            what: match container {
+                Some((_, name)) => format!("container '{name}'"),
+                None => escape_path(rootfs),
+            },
+            owners,
+            paths,
+            rootfs_within: container_dir.as_ref().map(|d| (rootfs, d.clone())),
+            maps: vec![("the exec", map)],
+        },
+        force,
+        &warn,
+    )?;
+    refuse_in_use(rootfs, container, force)
+}

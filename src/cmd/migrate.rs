@@ -1,0 +1,71 @@
+//! `idshift migrate NAME --to BASE|auto|--to-map MAP`: move a stopped LXC container to another
+//! id range, rootfs first, config after ([`crate::migrate::carry_out`]).
+
+use super::shift::{options, shift_where_allowed};
+use super::{lxcpath_or_default, refuse_in_use, warn};
+use crate::cli::MigrateArgs;
+use crate::error::{Error, Result};
+use crate::idmap::source::Source;
+use crate::migrate::{self, Outcome, Target};
+use crate::policy;
+use crate::report::{self, escape_path};
+use crate::shift::View;
+
+pub fn run(args: MigrateArgs) -> Result<u8> {
+    let target = match (args.to.as_deref(), args.to_map.is_empty()) {
+        (Some("auto"), _) => Target::Auto,
+        (Some(base), _) => Target::Base(base.parse().map_err(|_| {
+            Error::Usage(format!(
+                "--to '{base}': expected a host id (0-4294967294) or 'auto'"
+            ))
+        })?),
+        (None, false) => Target::Map(Source::Specs(args.to_map.clone()).map()?),
+        (None, true) => return Err(Error::Usage("give --to HOSTBASE|auto or --to-map".into())),
+    };
+    let lxcpath = lxcpath_or_default(&args.lxcpath);
+    let m = migrate::prepare(&args.name, &lxcpath, &target)?;
+    let c = &args.common;
+    let container_dir = lxcpath.join(&m.name);
+    policy::check(
+        &policy::Subject {
+            what: format!("container '{}'", m.name),
+            owners: vec![&m.config.path, &container_dir, &lxcpath],
+            paths: vec![&m.config.path, &container_dir, &lxcpath, &m.rootfs],
+            rootfs_within: Some((&m.rootfs, container_dir.clone())),
+            maps: vec![("FROM", &m.from), ("TO", &m.to)],
+        },
+        c.force,
+        &warn,
+    )?;
+    refuse_in_use(&m.rootfs, Some((&lxcpath, &m.name)), c.force)?;
+    let outcome = migrate::carry_out(&m, c.dry_run, |m| {
+        let opts = options(
+            m.rootfs.clone(),
+            View::Map(m.from.clone()),
+            View::Map(m.to.clone()),
+            c,
+        );
+        shift_where_allowed(&opts, c)
+    })?;
+    let config = escape_path(&m.config.path);
+    let note = match outcome {
+        Outcome::ShiftUnfinished(code) => {
+            report::err_line(&format!(
+                "container '{}': {config} still names '{}': the rootfs shift did not finish; fix \
+                 what is listed and run the same migrate again",
+                m.name, m.from
+            ));
+            return Ok(code);
+        }
+        Outcome::AlreadyNamed => format!("{config}: already names '{}'", m.to),
+        Outcome::WouldName => format!("{config}: would name '{}' (now '{}')", m.to, m.from),
+        Outcome::Renamed => format!("{config}: now names '{}' (was '{}')", m.to, m.from),
+    };
+    // With --json, stdout holds the shift's report only.
+    if c.json {
+        report::err_line(&note);
+    } else {
+        report::out(&format!("{note}\n"));
+    }
+    Ok(0)
+}

@@ -1,0 +1,144 @@
+//! `idshift shift DIR MAP` / `--from … --to …`: the shift engine on one tree, as root in this
+//! process, otherwise inside a user namespace of the caller's delegated ranges.
+
+use std::path::{Path, PathBuf};
+
+use super::{error_status, exit, lxcpath_or_default, refuse_in_use, threads, warn};
+use crate::cli::{ProgressArg, ShiftArgs, ShiftCommon};
+use crate::error::{Error, Result};
+use crate::idmap::source::Source;
+use crate::idmap::subid::{SubIdFiles, User};
+use crate::idmap::{IdMap, MapSpec};
+use crate::policy;
+use crate::report::{self, Printer, Progress};
+use crate::shift::{self, View};
+use crate::userns::{self, Mapper};
+
+pub fn run(args: ShiftArgs) -> Result<u8> {
+    let lxcpath = lxcpath_or_default(&args.lxcpath);
+    let (from, to) = views(&args, &lxcpath)?;
+    let opts = options(args.dir.clone(), from, to, &args.common);
+    for name in [&args.from_container, &args.to_container]
+        .into_iter()
+        .flatten()
+    {
+        let container_dir = lxcpath.join(name);
+        let config = container_dir.join("config");
+        let maps: Vec<(&'static str, &IdMap)> = [("FROM", &opts.from), ("TO", &opts.to)]
+            .into_iter()
+            .filter_map(|(which, v)| match v {
+                View::Map(m) => Some((which, m)),
+                View::Host => None,
+            })
+            .collect();
+        policy::check(
+            &policy::Subject {
+                what: format!("container '{name}'"),
+                owners: vec![&config, &container_dir, &lxcpath],
+                paths: vec![&config, &container_dir, &lxcpath],
+                rootfs_within: None,
+                maps,
+            },
+            args.common.force,
+            &warn,
+        )?;
+    }
+    let container = args.from_container.as_ref().or(args.to_container.as_ref());
+    refuse_in_use(
+        &opts.dir,
+        container.map(|name| (lxcpath.as_path(), name.as_str())),
+        args.common.force,
+    )?;
+    shift_where_allowed(&opts, &args.common)
+}
+
+/// The FROM and TO views the arguments name: host view and MAP (or the reverse with `-r`), or
+/// each side from its maps or its container.
+fn views(args: &ShiftArgs, lxcpath: &Path) -> Result<(View, View)> {
+    if !args.map.is_empty() {
+        let map = View::Map(Source::Specs(args.map.clone()).map()?);
+        return Ok(if args.reverse {
+            (map, View::Host)
+        } else {
+            (View::Host, map)
+        });
+    }
+    let side = |specs: &[MapSpec], container: &Option<String>, which: &str| -> Result<View> {
+        let source = match (specs.is_empty(), container) {
+            (false, _) => Source::Specs(specs.to_vec()),
+            (true, Some(name)) => Source::Container {
+                lxcpath: lxcpath.to_path_buf(),
+                name: name.clone(),
+            },
+            (true, None) => {
+                return Err(Error::Usage(format!(
+                    "give a MAP (host view -> MAP), or both --from and --to (missing {which})"
+                )))
+            }
+        };
+        Ok(View::Map(source.map()?))
+    };
+    Ok((
+        side(&args.from, &args.from_container, "--from")?,
+        side(&args.to, &args.to_container, "--to")?,
+    ))
+}
+
+/// The engine's options from the arguments `shift` and `migrate` share.
+pub(super) fn options(dir: PathBuf, from: View, to: View, c: &ShiftCommon) -> shift::ShiftOptions {
+    shift::ShiftOptions {
+        dir,
+        from,
+        to,
+        dry_run: c.dry_run,
+        threads: threads(c.threads),
+        cross_mounts: c.cross_mounts,
+        strict: c.strict,
+        verbose: c.verbose,
+        force: c.force,
+    }
+}
+
+/// Runs a shift where it can run: here as root; otherwise inside a user namespace that maps
+/// the caller's delegated ranges onto themselves (refused before anything changes when the maps
+/// name ids the caller does not own). Prints the summary; returns the exit status.
+pub(super) fn shift_where_allowed(opts: &shift::ShiftOptions, c: &ShiftCommon) -> Result<u8> {
+    let printer = Printer {
+        progress: match c.progress {
+            ProgressArg::Auto => Progress::Auto,
+            ProgressArg::Always => Progress::Always,
+            ProgressArg::Never => Progress::Never,
+        },
+    };
+    if nix::unistd::geteuid().is_root() {
+        return shift_and_print(opts, &printer, c.json);
+    }
+    let own = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let ns = shift::delegated::namespace_map(
+        &opts.from,
+        &opts.to,
+        &User::current(),
+        own,
+        &SubIdFiles::default(),
+    )?;
+    let code = userns::call(&ns, &Mapper::default(), || {
+        shift_and_print(opts, &printer, c.json).unwrap_or_else(|err| {
+            report::err_line(&err.to_string());
+            error_status(&err)
+        })
+    })?;
+    Ok(u8::try_from(code).unwrap_or(exit::FAILED))
+}
+
+fn shift_and_print(opts: &shift::ShiftOptions, printer: &Printer, json: bool) -> Result<u8> {
+    let summary = shift::run(opts, printer)?;
+    report::print(json, &summary, || summary.render());
+    Ok(if summary.error_count > 0 {
+        exit::FAILED
+    } else {
+        0
+    })
+}

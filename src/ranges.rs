@@ -13,27 +13,80 @@ use crate::idmap::{IdKind, IdMap, IdRange};
 /// The size of the block `migrate --to auto` needs.
 pub const BLOCK: u32 = 65536;
 
+/// A container under the lxcpath and what its map takes from the host.
 #[derive(Clone, Debug, Serialize)]
 pub struct Container {
     pub name: String,
-    /// `u:0:100000:65536 g:0:100000:65536`, or why it could not be read.
-    pub map: Result<String, String>,
+    /// Its map, or `null` when its config could not be read (`error` says why).
+    #[serde(serialize_with = "crate::report::ser_opt_map")]
+    pub map: Option<IdMap>,
+    pub error: Option<String>,
     /// Host ranges of the map outside the user's delegated ranges.
-    pub undelegated: Vec<String>,
+    pub undelegated: Vec<KindRange>,
 }
 
+/// A run of host uids or gids: `{"kind": "uid", "start": 100000, "count": 65536}`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct KindRange {
+    pub kind: &'static str,
+    pub start: u32,
+    pub count: u32,
+}
+
+impl KindRange {
+    fn new(kind: IdKind, r: IdRange) -> KindRange {
+        KindRange {
+            kind: kind.name(),
+            start: r.start(),
+            count: r.count(),
+        }
+    }
+}
+
+impl std::fmt::Display for KindRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}:{}", self.kind, self.start, self.count)
+    }
+}
+
+/// Two containers sharing host ids: a security smell.
+#[derive(Clone, Debug, Serialize)]
+pub struct Overlap {
+    pub a: String,
+    pub b: String,
+    /// The host ids both map.
+    pub shared: KindRange,
+}
+
+/// What `ranges` reports (`"schema": 1` in JSON, described in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct Ranges {
+    pub schema: u32,
     pub user: String,
     pub uid: u32,
-    pub subuid: Vec<String>,
-    pub subgid: Vec<String>,
+    /// The user's ranges in /etc/subuid and /etc/subgid: `[{"start": N, "count": N}]`.
+    #[serde(serialize_with = "ser_ranges")]
+    pub subuid: Vec<IdRange>,
+    #[serde(serialize_with = "ser_ranges")]
+    pub subgid: Vec<IdRange>,
+    #[serde(serialize_with = "crate::report::ser_path")]
     pub lxcpath: PathBuf,
     pub containers: Vec<Container>,
-    /// Pairs of containers sharing host ids: a security smell.
-    pub overlaps: Vec<String>,
+    pub overlaps: Vec<Overlap>,
     /// The first 65536 host ids delegated as both uids and gids and used by no container.
     pub first_free_block: Option<u32>,
+}
+
+fn ser_ranges<S: serde::Serializer>(ranges: &[IdRange], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Range {
+        start: u32,
+        count: u32,
+    }
+    s.collect_seq(ranges.iter().map(|r| Range {
+        start: r.start(),
+        count: r.count(),
+    }))
 }
 
 fn fmt_range(r: &IdRange) -> String {
@@ -109,19 +162,21 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
                     .filter(|(k, r)| {
                         uncovered(*r, if *k == IdKind::Uid { &subuid } else { &subgid })
                     })
-                    .map(|(k, r)| format!("{} {}", k.name(), fmt_range(r)))
+                    .map(|&(k, r)| KindRange::new(k, r))
                     .collect();
                 used.extend(ranges.iter().map(|(_, r)| *r));
                 maps.push((name, ranges));
                 report.push(Container {
                     name: name.clone(),
-                    map: Ok(m.to_string()),
+                    map: Some(m.clone()),
+                    error: None,
                     undelegated,
                 });
             }
             Err(e) => report.push(Container {
                 name: name.clone(),
-                map: Err(e.to_string()),
+                map: None,
+                error: Some(e.to_string()),
                 undelegated: Vec::new(),
             }),
         }
@@ -133,22 +188,28 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
                 for (kb, y) in rb {
                     if ka == kb {
                         if let Some(both) = x.intersect(*y) {
-                            overlaps.push(format!("{a} and {b} share host {}s {both}", ka.name()));
+                            overlaps.push(Overlap {
+                                a: a.to_string(),
+                                b: b.to_string(),
+                                shared: KindRange::new(*ka, both),
+                            });
                         }
                     }
                 }
             }
         }
     }
+    let first_free_block = first_free_block(&subuid, &subgid, &used);
     Ok(Ranges {
+        schema: 1,
         user: user.name.clone(),
         uid: user.uid,
-        subuid: subuid.iter().map(fmt_range).collect(),
-        subgid: subgid.iter().map(fmt_range).collect(),
+        subuid,
+        subgid,
         lxcpath: lxcpath.to_path_buf(),
         containers: report,
         overlaps,
-        first_free_block: first_free_block(&subuid, &subgid, &used),
+        first_free_block,
     })
 }
 
@@ -169,11 +230,11 @@ pub fn lxcpath_of(user: &User) -> Result<PathBuf> {
 
 impl Ranges {
     pub fn render(&self) -> String {
-        let list = |v: &[String]| {
+        let list = |v: &[IdRange]| {
             if v.is_empty() {
                 "none".to_string()
             } else {
-                v.join(", ")
+                v.iter().map(fmt_range).collect::<Vec<_>>().join(", ")
             }
         };
         let mut out = format!("{} (uid {}):\n", self.user, self.uid);
@@ -182,24 +243,34 @@ impl Ranges {
             list(&self.subuid),
             list(&self.subgid)
         );
-        out += &format!("  containers under {}:", self.lxcpath.display());
+        out += &format!(
+            "  containers under {}:",
+            crate::report::escape_path(&self.lxcpath)
+        );
         if self.containers.is_empty() {
             out += " none\n";
         } else {
             out += "\n";
         }
         for c in &self.containers {
-            match &c.map {
-                Ok(m) => out += &format!("    {}: {m}", c.name),
-                Err(e) => out += &format!("    {}: unreadable: {e}", c.name),
+            match (&c.map, &c.error) {
+                (Some(m), _) => out += &format!("    {}: {m}", c.name),
+                (None, e) => {
+                    out += &format!("    {}: unreadable: {}", c.name, e.as_deref().unwrap_or(""))
+                }
             }
             if !c.undelegated.is_empty() {
-                out += &format!(" (not delegated: {})", c.undelegated.join(", "));
+                let list: Vec<String> = c.undelegated.iter().map(|r| r.to_string()).collect();
+                out += &format!(" (not delegated: {})", list.join(", "));
             }
             out += "\n";
         }
         for o in &self.overlaps {
-            out += &format!("  overlap: {o}\n");
+            let shared = IdRange::new(o.shared.start, o.shared.count).expect("from a range");
+            out += &format!(
+                "  overlap: {} and {} share host {}s {shared}\n",
+                o.a, o.b, o.shared.kind
+            );
         }
         match self.first_free_block {
             Some(b) => out += &format!("  first free block: {b} (b:0:{b}:{BLOCK})\n"),
@@ -267,14 +338,34 @@ mod tests {
             uid: 1000,
         };
         let rep = gather(&user, &files, &lxc).unwrap();
-        assert_eq!(rep.subuid, ["100000:65536", "200000:131072"]);
+        assert_eq!(rep.subuid, [r(100000, 65536), r(200000, 131072)]);
         assert_eq!(rep.containers.len(), 3);
-        assert_eq!(rep.containers[1].undelegated, ["gid 500000:10"]);
-        assert!(rep.containers[2].map.is_err());
-        assert_eq!(rep.overlaps, ["c1 and c2 share host uids 100000-100009"]);
+        let undelegated: Vec<String> = rep.containers[1]
+            .undelegated
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(undelegated, ["gid 500000:10"]);
+        assert!(rep.containers[2].map.is_none() && rep.containers[2].error.is_some());
         assert_eq!(rep.first_free_block, Some(200000));
-        assert!(rep
-            .render()
-            .contains("first free block: 200000 (b:0:200000:65536)"));
+        let text = rep.render();
+        assert!(
+            text.contains("overlap: c1 and c2 share host uids 100000-100009"),
+            "{text}"
+        );
+        assert!(text.contains("first free block: 200000 (b:0:200000:65536)"));
+        let json = serde_json::to_value(&rep).unwrap();
+        assert_eq!(json["schema"], 1);
+        assert_eq!(
+            json["subuid"][1],
+            serde_json::json!({"start": 200000, "count": 131072})
+        );
+        assert_eq!(
+            json["overlaps"][0],
+            serde_json::json!({"a": "c1", "b": "c2",
+                "shared": {"kind": "uid", "start": 100000, "count": 10}})
+        );
+        assert_eq!(json["containers"][0]["map"]["uid"][0]["host"], 100000);
+        assert!(json["containers"][2]["map"].is_null());
     }
 }

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::idmap::{IdKind, IdMap};
 use crate::shift::inode::InodeError;
+use crate::shift::View;
 
 /// Where an engine reports while it works: per-inode events, warnings and progress. The
 /// command line's is [`Printer`]; the engines never print.
@@ -93,6 +95,68 @@ pub fn ser_paths<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_seq(paths.iter().map(|p| escape_path(p)))
+}
+
+/// A map as JSON: its text, and its extents by kind with every id a number.
+///
+/// ```json
+/// {"text": "b:0:100000:65536", "host_view": false,
+///  "uid": [{"inside": 0, "host": 100000, "count": 65536}],
+///  "gid": [{"inside": 0, "host": 100000, "count": 65536}]}
+/// ```
+///
+/// The host view (ids as the host sees them) is `{"text": "host", "host_view": true, "uid": [],
+/// "gid": []}`.
+pub struct JsonView<'a>(pub &'a View);
+
+impl serde::Serialize for JsonView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(serde::Serialize)]
+        struct Extent {
+            inside: u32,
+            host: u32,
+            count: u32,
+        }
+        let extents = |kind: IdKind| -> Vec<Extent> {
+            match self.0 {
+                View::Host => Vec::new(),
+                View::Map(m) => m
+                    .entries(kind)
+                    .iter()
+                    .map(|e| Extent {
+                        inside: e.ns_range().start(),
+                        host: e.host_range().start(),
+                        count: e.ns_range().count(),
+                    })
+                    .collect(),
+            }
+        };
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("text", &self.0.to_string())?;
+        map.serialize_entry("host_view", &matches!(self.0, View::Host))?;
+        map.serialize_entry("uid", &extents(IdKind::Uid))?;
+        map.serialize_entry("gid", &extents(IdKind::Gid))?;
+        map.end()
+    }
+}
+
+/// `serialize_with` for a view ([`JsonView`]).
+pub fn ser_view<S: serde::Serializer>(view: &View, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&JsonView(view), s)
+}
+
+/// `serialize_with` for an optional view: [`JsonView`] or `null`.
+pub fn ser_opt_view<S: serde::Serializer>(view: &Option<View>, s: S) -> Result<S::Ok, S::Error> {
+    match view {
+        Some(v) => s.serialize_some(&JsonView(v)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `serialize_with` for an optional map: [`JsonView`] or `null`.
+pub fn ser_opt_map<S: serde::Serializer>(map: &Option<IdMap>, s: S) -> Result<S::Ok, S::Error> {
+    ser_opt_view(&map.clone().map(View::Map), s)
 }
 
 /// A stream that stops printing, quietly, once its reader is gone.

@@ -1,6 +1,7 @@
 //! `idshift status`: a read-only scan of a tree's ownership.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -9,18 +10,18 @@ use nix::errno::Errno;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::idmap::{IdKind, IdMap};
+use crate::idmap::{IdKind, IdMap, IdMapEntry};
 use crate::report::Reporter;
 use crate::shift::state::{self, Found};
 use crate::shift::walk::{self, At, Visitor};
-use crate::shift::{caps, ways_out, Tree};
+use crate::shift::{caps, ways_out, Tree, View};
 use crate::sys::fs::Stat;
 use crate::sys::xattr;
 
 /// The ids are bucketed in blocks of this many.
 pub const BLOCK: u32 = 65536;
 
-/// What `status` reports (`"schema": 1` in JSON).
+/// What `status` reports (`"schema": 2` in JSON, described in the README).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
     pub schema: u32,
@@ -33,37 +34,113 @@ pub struct Status {
     pub other: u64,
     pub root_uid: u32,
     pub root_gid: u32,
-    /// Inode counts by block start (`uid / 65536 * 65536`).
+    /// Inode counts by block start (`uid / 65536 * 65536`): `[{"start": N, "inodes": N}]`.
+    #[serde(serialize_with = "ser_blocks")]
     pub uid_blocks: BTreeMap<u32, u64>,
+    #[serde(serialize_with = "ser_blocks")]
     pub gid_blocks: BTreeMap<u32, u64>,
     pub lowest_uid: Option<u32>,
     pub highest_uid: Option<u32>,
     pub lowest_gid: Option<u32>,
     pub highest_gid: Option<u32>,
     /// The map the tree appears to use, from the owner of its root and the ids seen.
-    pub apparent_map: String,
+    pub apparent_map: Apparent,
     pub setuid_files: u64,
     pub setgid_files: u64,
     pub caps_v2: u64,
     pub caps_v3: u64,
-    /// v3 capability rootids and how many files carry each.
+    /// v3 capability rootids and how many files carry each: `[{"rootid": N, "files": N}]`,
+    /// `"rootid": null` for a rootid not mapped where idshift runs.
+    #[serde(serialize_with = "ser_rootids")]
     pub caps_rootids: BTreeMap<u32, u64>,
     pub acl_access: u64,
     pub acl_default: u64,
     /// With `--map`: inodes whose uid or gid the map's host side does not cover.
     pub outlier_inodes: Option<u64>,
-    pub outlier_ids: Vec<String>,
-    pub recorded_map: Option<String>,
+    pub outlier_ids: Vec<OutlierId>,
+    #[serde(serialize_with = "crate::report::ser_opt_view")]
+    pub recorded_map: Option<View>,
     /// Inodes whose ids the recorded map's host side does not cover: the record is stale (the
     /// tree was changed by another tool since), or the tree holds outliers.
     pub record_contradicted_by: Option<u64>,
-    pub pending_shift: Option<String>,
-    /// How to end the pending shift: finish it, or roll it back.
-    pub pending_finish: Option<String>,
-    pub pending_rollback: Option<String>,
+    /// The journal beside the tree, if there is one to speak of.
+    pub pending: Option<Pending>,
     #[serde(serialize_with = "crate::report::ser_paths")]
     pub mounts_skipped: Vec<PathBuf>,
     pub errors: u64,
+}
+
+/// The map a tree appears to use.
+#[derive(Clone, Debug, Serialize)]
+pub struct Apparent {
+    /// The host view when the tree's root is owned by 0:0, else a 65536 block at root's owner.
+    #[serde(serialize_with = "crate::report::ser_view")]
+    pub view: View,
+    /// Whether every id seen lies within `view` (`null` for the host view).
+    pub every_id_within: Option<bool>,
+}
+
+/// An id outside `--map`, and how many inodes hold it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutlierId {
+    /// `"uid"` or `"gid"`.
+    pub kind: &'static str,
+    pub id: u32,
+    pub inodes: u64,
+}
+
+/// What the journal beside the tree says.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pending {
+    /// `"pending"`: a shift is unfinished; `"completed"`: its journal is removed by the next
+    /// run; `"unusable"`: the journal is not used (`reason`); `"lost"`: the tree is marked as
+    /// under a shift but its journal is gone.
+    pub state: &'static str,
+    #[serde(serialize_with = "crate::report::ser_path")]
+    pub journal: PathBuf,
+    #[serde(serialize_with = "crate::report::ser_opt_view")]
+    pub from: Option<View>,
+    #[serde(serialize_with = "crate::report::ser_opt_view")]
+    pub to: Option<View>,
+    pub reason: Option<String>,
+    /// The command that finishes the pending shift.
+    pub finish: Option<String>,
+    /// The command that rolls it back.
+    pub rollback: Option<String>,
+}
+
+fn ser_counts<S: serde::Serializer>(
+    m: &BTreeMap<u32, u64>,
+    s: S,
+    key: &'static str,
+    count: &'static str,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    struct Pair(&'static str, Option<u32>, &'static str, u64);
+    impl Serialize for Pair {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry(self.0, &self.1)?;
+            m.serialize_entry(self.2, &self.3)?;
+            m.end()
+        }
+    }
+    s.collect_seq(m.iter().map(|(&k, &n)| {
+        Pair(
+            key,
+            (k != u32::MAX || key != "rootid").then_some(k),
+            count,
+            n,
+        )
+    }))
+}
+
+fn ser_blocks<S: serde::Serializer>(m: &BTreeMap<u32, u64>, s: S) -> Result<S::Ok, S::Error> {
+    ser_counts(m, s, "start", "inodes")
+}
+
+fn ser_rootids<S: serde::Serializer>(m: &BTreeMap<u32, u64>, s: S) -> Result<S::Ok, S::Error> {
+    ser_counts(m, s, "rootid", "files")
 }
 
 #[derive(Clone, Copy)]
@@ -213,34 +290,38 @@ pub fn scan(
 ) -> Result<Status> {
     let tree = Tree::open(dir)?;
     let st = tree.stat;
-    let journal = crate::report::escape_path(&tree.journal_path());
-    let (mut pending, mut finish, mut rollback) = (None, None, None);
-    match state::find(&tree)? {
-        Found::Nothing | Found::Abandoned(_) => {}
-        Found::Pending(j) if j.done => {
-            pending = Some(format!(
-                "none (the shift {} completed; its journal {journal} is removed by the next run)",
-                j.header
-            ))
-        }
+    let journal = tree.journal_path();
+    let pending = |state, from, to, reason| {
+        Some(Pending {
+            state,
+            journal: journal.clone(),
+            from,
+            to,
+            reason,
+            finish: None,
+            rollback: None,
+        })
+    };
+    let pending = match state::find(&tree)? {
+        Found::Nothing | Found::Abandoned(_) => None,
         Found::Pending(j) => {
             let h = &j.header;
-            let (f, b) = ways_out(dir, &h.from, &h.to);
-            pending = Some(format!("{h} (journal {journal})"));
-            finish = Some(f);
-            rollback = Some(b);
+            let mut p = pending(
+                if j.done { "completed" } else { "pending" },
+                Some(h.from.clone()),
+                Some(h.to.clone()),
+                None,
+            );
+            if let (Some(p), false) = (&mut p, j.done) {
+                let (f, b) = ways_out(dir, &h.from, &h.to);
+                p.finish = Some(f);
+                p.rollback = Some(b);
+            }
+            p
         }
-        Found::Unusable { why, .. } => {
-            pending = Some(format!(
-                "journal {journal} is not used: {why} (the next shift moves it aside)"
-            ))
-        }
-        Found::Lost => {
-            pending = Some(format!(
-                "marked as under a shift, but its journal {journal} is gone"
-            ))
-        }
-    }
+        Found::Unusable { why, .. } => pending("unusable", None, None, Some(why)),
+        Found::Lost => pending("lost", None, None, None),
+    };
     let recorded = state::recorded(tree.root.as_fd());
     let record = match &recorded {
         Some(crate::shift::View::Map(m)) => Some(m.clone()),
@@ -251,15 +332,13 @@ pub fn scan(
         record,
         reporter,
         acc: Mutex::new(Status {
-            schema: 1,
+            schema: 2,
             dir: dir.to_path_buf(),
             root_uid: st.uid,
             root_gid: st.gid,
             outlier_inodes: map.map(|_| 0),
-            recorded_map: recorded.map(|v| v.to_string()),
-            pending_shift: pending,
-            pending_finish: finish,
-            pending_rollback: rollback,
+            recorded_map: recorded,
+            pending,
             ..Status::default()
         }),
         outliers: Mutex::new(BTreeMap::new()),
@@ -276,31 +355,88 @@ pub fn scan(
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|((kind, id), n)| format!("{} {id} ({n})", kind.name()))
+        .map(|(&(kind, id), &inodes)| OutlierId {
+            kind: kind.name(),
+            id,
+            inodes,
+        })
         .collect();
     status.apparent_map = apparent_map(&status);
     Ok(status)
 }
 
 /// The map a tree seems to be in: a container whose root owns the tree, covering what is seen.
-fn apparent_map(s: &Status) -> String {
+fn apparent_map(s: &Status) -> Apparent {
     if s.root_uid == 0 && s.root_gid == 0 {
-        return "host view (the tree's root is owned by 0:0)".into();
+        return Apparent {
+            view: View::Host,
+            every_id_within: None,
+        };
     }
     let fits = |lo: Option<u32>, hi: Option<u32>, base: u32| {
         lo.is_some_and(|l| l >= base) && hi.is_some_and(|h| h - base < BLOCK)
     };
-    let spec = if s.root_uid == s.root_gid {
-        format!("b:0:{}:{BLOCK}", s.root_uid)
-    } else {
-        format!("u:0:{}:{BLOCK} g:0:{}:{BLOCK}", s.root_uid, s.root_gid)
-    };
-    let within = fits(s.lowest_uid, s.highest_uid, s.root_uid)
-        && fits(s.lowest_gid, s.highest_gid, s.root_gid);
-    if within {
-        format!("{spec} (every id lies within it)")
-    } else {
-        format!("{spec} (root's owner; some ids lie outside it: see the blocks)")
+    let block = |kind, root| IdMapEntry::new(kind, 0, root, BLOCK);
+    let map = block(IdKind::Uid, s.root_uid)
+        .and_then(|u| Ok([u, block(IdKind::Gid, s.root_gid)?]))
+        .and_then(IdMap::new);
+    Apparent {
+        // A root owner within 65536 of the last id has no whole block: the host view then.
+        view: map.map_or(View::Host, View::Map),
+        every_id_within: Some(
+            fits(s.lowest_uid, s.highest_uid, s.root_uid)
+                && fits(s.lowest_gid, s.highest_gid, s.root_gid),
+        ),
+    }
+}
+
+impl Default for Apparent {
+    fn default() -> Apparent {
+        Apparent {
+            view: View::Host,
+            every_id_within: None,
+        }
+    }
+}
+
+impl fmt::Display for Apparent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let map = match (&self.view, self.every_id_within) {
+            (View::Map(m), Some(_)) => m,
+            _ => return f.write_str("host view (the tree's root is owned by 0:0)"),
+        };
+        match (map.to_host(IdKind::Uid, 0), map.to_host(IdKind::Gid, 0)) {
+            (Some(u), Some(g)) if u == g => write!(f, "b:0:{u}:{BLOCK}")?,
+            _ => write!(f, "{map}")?,
+        }
+        if self.every_id_within == Some(true) {
+            f.write_str(" (every id lies within it)")
+        } else {
+            f.write_str(" (root's owner; some ids lie outside it: see the blocks)")
+        }
+    }
+}
+
+impl Pending {
+    /// The text of `unfinished shift:`.
+    fn describe(&self) -> String {
+        let journal = crate::report::escape_path(&self.journal);
+        let shift = match (&self.from, &self.to) {
+            (Some(from), Some(to)) => format!("from '{from}' to '{to}'"),
+            _ => String::new(),
+        };
+        match self.state {
+            "completed" => format!(
+                "none (the shift {shift} completed; its journal {journal} is removed by the next \
+                 run)"
+            ),
+            "pending" => format!("{shift} (journal {journal})"),
+            "unusable" => format!(
+                "journal {journal} is not used: {} (the next shift moves it aside)",
+                self.reason.as_deref().unwrap_or("")
+            ),
+            _ => format!("marked as under a shift, but its journal {journal} is gone"),
+        }
     }
 }
 
@@ -326,7 +462,9 @@ impl Status {
         out += &format!("  appears to use:  {}\n", self.apparent_map);
         out += &format!(
             "  recorded map:    {}{}\n",
-            self.recorded_map.as_deref().unwrap_or("none"),
+            self.recorded_map
+                .as_ref()
+                .map_or("none".to_string(), View::to_string),
             match self.record_contradicted_by {
                 Some(n) if n > 0 => format!(
                     " (contradicted: {n} inodes hold ids outside it; changed by another tool \
@@ -337,9 +475,16 @@ impl Status {
         );
         out += &format!(
             "  unfinished shift: {}\n",
-            self.pending_shift.as_deref().unwrap_or("none")
+            self.pending
+                .as_ref()
+                .map_or("none".to_string(), Pending::describe)
         );
-        if let (Some(f), Some(b)) = (&self.pending_finish, &self.pending_rollback) {
+        if let Some(Pending {
+            finish: Some(f),
+            rollback: Some(b),
+            ..
+        }) = &self.pending
+        {
             out += &format!("    finish it:     {f}\n    roll it back:  {b}\n");
         }
         out += &format!("  uids by block:   {}\n", blocks(&self.uid_blocks));
@@ -376,11 +521,11 @@ impl Status {
         if let Some(n) = self.outlier_inodes {
             out += &format!("  outside the map: {n} inodes");
             if !self.outlier_ids.is_empty() {
-                let shown: Vec<&str> = self
+                let shown: Vec<String> = self
                     .outlier_ids
                     .iter()
                     .take(20)
-                    .map(String::as_str)
+                    .map(|o| format!("{} {} ({})", o.kind, o.id, o.inodes))
                     .collect();
                 out += &format!(" — {}", shown.join(", "));
             }

@@ -142,14 +142,16 @@ pub struct ShiftOptions {
     pub force: bool,
 }
 
-/// The result of a shift, printed as text or JSON (`"schema": 1`).
+/// The result of a shift, printed as text or JSON (`"schema": 2`, described in the README).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Summary {
     pub schema: u32,
     #[serde(serialize_with = "crate::report::ser_path")]
     pub dir: PathBuf,
-    pub from: String,
-    pub to: String,
+    #[serde(serialize_with = "crate::report::ser_view")]
+    pub from: View,
+    #[serde(serialize_with = "crate::report::ser_view")]
+    pub to: View,
     pub dry_run: bool,
     /// The tree records TO, no shift was pending, and the walk found nothing to change.
     pub already_shifted: bool,
@@ -181,10 +183,10 @@ pub struct Summary {
 impl Summary {
     fn new(o: &ShiftOptions) -> Summary {
         Summary {
-            schema: 1,
+            schema: 2,
             dir: o.dir.clone(),
-            from: o.from.to_string(),
-            to: o.to.to_string(),
+            from: o.from.clone(),
+            to: o.to.clone(),
             dry_run: o.dry_run,
             already_shifted: false,
             resumed: false,
@@ -278,11 +280,7 @@ impl Summary {
             );
         }
         if self.error_count > 0 {
-            let (finish, back) = ways_out(
-                &self.dir,
-                &self.from.parse().unwrap_or(View::Host),
-                &self.to.parse().unwrap_or(View::Host),
-            );
+            let (finish, back) = ways_out(&self.dir, &self.from, &self.to);
             out += &format!(
                 "  {} inodes could not be changed (listed above); the shift stays pending: fix \
                  the cause and run the same command again ({finish}), or its reverse ({back})\n",

@@ -36,9 +36,54 @@ pub enum Error {
     /// or `--strict` found outliers. Exit 3; nothing was changed.
     #[error("{0}")]
     Refused(String),
-    /// Anything else that stopped the run, already phrased for the user.
+    /// The journal beside a tree, or the tree's pending mark, could not be written: the shift
+    /// did not begin.
+    #[error("{}: cannot {action} ({source}); nothing was changed", path.display())]
+    Journal {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    /// The kernel or the filesystem cannot do what is asked.
+    #[error("{what}: {why}")]
+    Unsupported { what: String, why: String },
+    /// Only root may do this.
+    #[error("{what} needs root: {why}")]
+    NeedsRoot { what: String, why: &'static str },
+    /// A map idshift built from valid parts came out invalid (a range list that cannot be
+    /// mapped as it is).
+    #[error("{what}: {source}")]
+    Derived { what: String, source: MapError },
+    /// Data read from a file that its format does not allow.
+    #[error("{}: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    /// A program that could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+    /// A program that ran and failed.
+    #[error("{program} failed: {status}{}", detail(.stderr))]
+    Program {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    /// The worker threads could not be started.
+    #[error("cannot start {threads} threads: {reason}")]
+    Threads { threads: usize, reason: String },
+    /// A child process of idshift's own broke off or garbled its part of the set-up.
+    #[error("the namespace child: {0}")]
+    Child(String),
+    /// Not yet given a variant of its own.
     #[error("{0}")]
     Failed(String),
+}
+
+/// `: TEXT` for a program's last words on stderr, or nothing.
+fn detail(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => String::new(),
+        text => format!(": {text}"),
+    }
 }
 
 impl Error {

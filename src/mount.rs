@@ -90,11 +90,9 @@ fn mount_of(path: &Path, mounts: &[MountInfo]) -> Result<MountInfo> {
         .iter()
         .find(|m| m.id == st.mnt_id)
         .cloned()
-        .ok_or_else(|| {
-            Error::Failed(format!(
-                "{}: its mount is not in /proc/self/mountinfo",
-                path.display()
-            ))
+        .ok_or_else(|| Error::Corrupt {
+            path: PathBuf::from("/proc/self/mountinfo"),
+            reason: format!("no line for the mount of {}", path.display()),
         })
 }
 
@@ -107,10 +105,11 @@ fn require_root(what: &str) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
-        Err(Error::Failed(format!(
-            "{what} needs root: idmapped mounts need CAP_SYS_ADMIN in the initial user namespace \
-             (without root, use `idshift exec` or `idshift shift`)"
-        )))
+        Err(Error::NeedsRoot {
+            what: what.to_string(),
+            why: "idmapped mounts need CAP_SYS_ADMIN in the initial user namespace (without \
+                  root, use `idshift exec` or `idshift shift`)",
+        })
     }
 }
 
@@ -289,10 +288,12 @@ fn refusal(src: &Path, recursive: bool, errno: Errno) -> Error {
         types.join(", ")
     };
     match errno {
-        Errno::EINVAL | Errno::EPERM | Errno::EOPNOTSUPP => Error::Failed(format!(
-            "{}: the kernel does not support idmapped mounts on this filesystem ({types}): {errno}",
-            src.display()
-        )),
+        Errno::EINVAL | Errno::EPERM | Errno::EOPNOTSUPP => Error::Unsupported {
+            what: src.display().to_string(),
+            why: format!(
+                "the kernel does not support idmapped mounts on this filesystem ({types}): {errno}"
+            ),
+        },
         _ => Error::sys(
             format!("{}: cannot idmap the mount ({types})", src.display()),
             errno,

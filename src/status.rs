@@ -346,7 +346,10 @@ pub fn scan(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| Error::Failed(format!("cannot start {threads} threads: {e}")))?;
+        .map_err(|e| Error::Threads {
+            threads,
+            reason: e.to_string(),
+        })?;
     walk::walk(&pool, tree.root.as_fd(), dir, cross_mounts, &scan)
         .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
     let mut status = scan.acc.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -3,13 +3,11 @@
 use clap::CommandFactory;
 
 use crate::cli::Cli;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub fn run(shell: clap_complete::Shell) -> Result<()> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "idshift", &mut script);
-    let text = String::from_utf8(script)
-        .map_err(|e| Error::Failed(format!("the completion script is not UTF-8: {e}")))?;
-    crate::report::out(&text);
+    crate::report::out(&String::from_utf8_lossy(&script));
     Ok(())
 }

@@ -166,19 +166,19 @@ fn run_program(program: &Path, args: &[&str], dir: Option<&Path>) -> Result<()> 
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| Error::Failed(format!("cannot run {}: {e}", program.display())))?;
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
     report::out(&String::from_utf8_lossy(&out.stdout));
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Failed(format!(
-            "{} failed: {}: {}",
-            program.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(Error::Program {
+            program: program.display().to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 }
 
@@ -246,8 +246,10 @@ fn caps_inside(path: &Path, map: &IdMap) -> Result<String> {
     let Some(bytes) = read_xattr(path, caps::NAME)? else {
         return Ok("no capability".into());
     };
-    let c =
-        caps::decode(&bytes).map_err(|e| Error::Failed(format!("{}: {}", path.display(), e.0)))?;
+    let c = caps::decode(&bytes).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.0,
+    })?;
     if map.to_ns(IdKind::Uid, c.rootid) != Some(0) {
         return Ok(format!(
             "a capability for root id {}, not this container",
@@ -269,8 +271,10 @@ fn acl_inside(path: &Path, map: &IdMap) -> Result<String> {
     let Some(bytes) = read_xattr(path, ACCESS)? else {
         return Ok("no ACL".into());
     };
-    let entries =
-        decode(&bytes).map_err(|e| Error::Failed(format!("{}: {}", path.display(), e.0)))?;
+    let entries = decode(&bytes).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.0,
+    })?;
     let perm = |p: u16| {
         format!(
             "{}{}{}",
@@ -364,8 +368,7 @@ pub fn run(keep: bool) -> Result<()> {
     heading(&format!(
         "idshift exec -m {MAP} -- sh -c '…'   (as container root)"
     ));
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Failed(format!("cannot find idshift itself: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("/proc/self/exe", e))?;
     run_program(&exe, &["exec", "-m", MAP, "--", "sh", "-c", &listing], None)?;
     say(&format!(
         "usr/bin/ping {}",

@@ -14,7 +14,7 @@ pub fn run(out_dir: Option<&Path>) -> Result<()> {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
                 .render(&mut page)
-                .map_err(|e| Error::Failed(format!("writing the man page: {e}")))?;
+                .map_err(|e| Error::io("the man page", e))?;
             crate::report::out(&String::from_utf8_lossy(&page));
             Ok(())
         }

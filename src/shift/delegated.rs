@@ -56,12 +56,19 @@ pub fn namespace_map(
         }
         for r in ranges {
             entries.push(
-                IdMapEntry::new(kind, r.start(), r.start(), r.count())
-                    .map_err(|e| Error::Failed(e.to_string()))?,
+                IdMapEntry::new(kind, r.start(), r.start(), r.count()).map_err(|source| {
+                    Error::Derived {
+                        what: "the namespace map".into(),
+                        source,
+                    }
+                })?,
             );
         }
     }
-    IdMap::new(entries).map_err(|e| Error::Failed(format!("namespace map: {e}")))
+    IdMap::new(entries).map_err(|source| Error::Derived {
+        what: "the namespace map".into(),
+        source,
+    })
 }
 
 /// Sorted ranges with overlapping or touching ones merged (a subuid file may repeat a range).

@@ -342,7 +342,10 @@ fn pool(threads: usize) -> Result<rayon::ThreadPool> {
         .num_threads(threads)
         .thread_name(|i| format!("idshift-walk-{i}"))
         .build()
-        .map_err(|e| Error::Failed(format!("cannot start {threads} threads: {e}")))
+        .map_err(|e| Error::Threads {
+            threads,
+            reason: e.to_string(),
+        })
 }
 
 /// Where a shift stands when the walk begins.

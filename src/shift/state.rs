@@ -476,10 +476,11 @@ pub fn set_aside(tree: &Tree) -> Result<PathBuf> {
             }
         }
     }
-    Err(Error::Failed(format!(
-        "{}: cannot find a free name to move it aside",
-        tree.journal_path().display()
-    )))
+    Err(Error::Journal {
+        path: tree.journal_path(),
+        action: "move it aside under any of 100 free names",
+        source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+    })
 }
 
 /// Removes the tree's pending mark, then its journal (of a run that completed, or that was
@@ -527,11 +528,10 @@ impl Journal {
         };
         let name = tree.journal_name();
         let path = tree.journal_path();
-        let cannot = |what: &str, e: std::io::Error| {
-            Error::Failed(format!(
-                "{}: cannot {what} the journal ({e}); nothing was changed",
-                path.display()
-            ))
+        let cannot = |action: &'static str, source: std::io::Error| Error::Journal {
+            path: path.clone(),
+            action,
+            source,
         };
         // Written whole under a temporary name, then renamed into place: a journal is either
         // absent or has its whole header.
@@ -540,11 +540,11 @@ impl Journal {
         let tmp_name = CString::new(tmp_name).expect("no NUL");
         match sysfs::unlink(tree.parent.as_fd(), &tmp_name) {
             Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(cannot("clear the way for", e.into())),
+            Err(e) => return Err(cannot("clear the way for the journal", e.into())),
         }
         super::crash_point();
         let mut file = sysfs::create_private(tree.parent.as_fd(), &tmp_name)
-            .map_err(|e| cannot("create", e.into()))?;
+            .map_err(|e| cannot("create the journal", e.into()))?;
         let written = file
             .write_all(format_header(&header).as_bytes())
             .and_then(|()| file.sync_all())
@@ -554,7 +554,7 @@ impl Journal {
             .and_then(|()| sysfs::fsync(tree.parent.as_fd()).map_err(Into::into));
         if let Err(e) = written {
             let _ = sysfs::unlink(tree.parent.as_fd(), &tmp_name);
-            return Err(cannot("write", e));
+            return Err(cannot("write the journal", e));
         }
         super::crash_point();
         let marked = match xattr::set(tree.root.as_fd(), None, PENDING_XATTR, header.id.as_bytes())
@@ -564,10 +564,11 @@ impl Journal {
         };
         if let Err(e) = marked {
             let _ = sysfs::unlink(tree.parent.as_fd(), &name);
-            return Err(Error::Failed(format!(
-                "{}: cannot mark the tree as under a shift ({e}); nothing was changed",
-                tree.path.display()
-            )));
+            return Err(Error::Journal {
+                path: tree.path.clone(),
+                action: "mark the tree as under a shift",
+                source: e.into(),
+            });
         }
         Ok(Journal {
             done: false,

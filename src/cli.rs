@@ -1,4 +1,4 @@
-//! Command-line definitions (clap derive). Only argument structs live here; `lib::run` turns
+//! Command-line definitions (clap derive). Only argument structs live here; `cmd` turns
 //! them into domain values once.
 
 use std::ffi::OsString;

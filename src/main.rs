@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     // Before anything reads the arguments or the environment: a setuid or setgid idshift would
     // hand every user a root-mapped namespace. The privilege boundary is newuidmap/newgidmap.
     if let Some(why) = idshift::cmd::setuid_refusal() {
-        eprintln!("idshift: {why}");
+        idshift::report::err_line(&why);
         return ExitCode::from(idshift::cmd::exit::USAGE);
     }
     match idshift::cli::Cli::try_parse() {

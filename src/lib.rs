@@ -24,4 +24,5 @@ pub mod report;
 pub mod shift;
 pub mod status;
 pub mod sys;
+pub mod tree;
 pub mod userns;

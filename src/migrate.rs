@@ -116,7 +116,7 @@ pub fn moved(from: &IdMap, base: u32) -> Result<IdMap> {
 /// The map an interrupted migrate was moving the rootfs to: a pending shift from `from`, or a
 /// finished one whose map the config does not name yet.
 fn unfinished_target(rootfs: &Path, from: &IdMap) -> Result<Option<IdMap>> {
-    let tree = shift::Tree::open(rootfs)?;
+    let tree = crate::tree::Tree::open(rootfs)?;
     if let state::Found::Pending(j) = state::find(&tree)? {
         if let (View::Map(f), View::Map(t)) = (&j.header.from, &j.header.to) {
             if f == from {

@@ -13,10 +13,11 @@ use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap, IdMapEntry};
 use crate::report::Reporter;
 use crate::shift::state::{self, Found};
-use crate::shift::walk::{self, At, Visitor};
-use crate::shift::{caps, ways_out, Tree, View};
+use crate::shift::{caps, ways_out, View};
 use crate::sys::fs::Stat;
 use crate::sys::xattr;
+use crate::tree::walk::{self, At, Visitor};
+use crate::tree::Tree;
 
 /// The ids are bucketed in blocks of this many.
 pub const BLOCK: u32 = 65536;

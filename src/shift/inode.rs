@@ -24,13 +24,13 @@ use std::sync::Mutex;
 use nix::errno::Errno;
 
 use super::state::{format_record, Journal, Original, RecordKind, Records};
-use super::walk::{At, Visitor};
 use super::{acl, caps, crash_point, Translation};
 use crate::idmap::{IdKind, IdMap};
 use crate::report::escape_path;
 use crate::report::Reporter;
 use crate::sys::fs::{self as sysfs, Stat};
 use crate::sys::xattr;
+use crate::tree::walk::{At, Visitor};
 
 /// Counters, shared by the walk's threads.
 #[derive(Debug, Default)]
@@ -878,7 +878,7 @@ impl<'a> ShiftVisitor<'a> {
     fn carry_out(&self, dir: BorrowedFd<'_>, dir_path: &Path, plan: &Plan) {
         let path_of = || match &plan.name {
             None => dir_path.to_path_buf(),
-            Some(n) => dir_path.join(super::walk::os(n)),
+            Some(n) => dir_path.join(crate::tree::walk::os(n)),
         };
         if self.verbose && plan.steps() > 0 {
             self.reporter.change(&plan.describe(&path_of()));
@@ -905,7 +905,7 @@ impl<'a> ShiftVisitor<'a> {
         self.push_error(InodeError {
             path: match &plan.name {
                 None => dir_path.to_path_buf(),
-                Some(n) => dir_path.join(super::walk::os(n)),
+                Some(n) => dir_path.join(crate::tree::walk::os(n)),
             },
             op: "write journal",
             errno: e.raw_os_error().unwrap_or(0),

@@ -9,11 +9,9 @@ pub mod caps;
 pub mod delegated;
 pub mod inode;
 pub mod state;
-pub mod tree;
-pub mod walk;
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -23,9 +21,9 @@ use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap, MapError};
 use crate::report::Reporter;
 use crate::sys::fs as sysfs;
+use crate::tree::{walk, Tree};
 use inode::{Direction, InodeError, Outlier, Rules, ShiftVisitor};
 use state::{Found, Journal};
-pub use tree::Tree;
 
 /// How a tree's ids are read: as host ids, or as a container's ids through its map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,11 +317,6 @@ pub(crate) fn crash_point() {
 #[cfg(not(debug_assertions))]
 #[inline(always)]
 pub(crate) fn crash_point() {}
-
-/// Opens DIR itself, refusing a symlink in its last component and anything but a directory.
-pub fn open_root(dir: &Path) -> Result<OwnedFd> {
-    Tree::open(dir).map(|t| t.root)
-}
 
 /// The two commands that end a pending shift `from` → `to` of `dir`: finishing it, and rolling
 /// it back.

@@ -25,10 +25,10 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 
-use super::tree::Tree;
 use super::View;
 use crate::error::{Error, Result};
 use crate::sys::{fs as sysfs, xattr};
+use crate::tree::{Tree, TreeId};
 
 pub const MAP_XATTR: &CStr = c"user.idshift.map";
 pub const PENDING_XATTR: &CStr = c"user.idshift.pending";
@@ -66,14 +66,6 @@ pub struct Original {
 pub enum RecordKind {
     Forward,
     Rollback,
-}
-
-/// The identity of a tree: its root's device, inode and birth time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TreeId {
-    pub dev: u64,
-    pub ino: u64,
-    pub btime: Option<i128>,
 }
 
 /// The header of a journal: which tree, which shift.

@@ -1,6 +1,9 @@
-//! A tree to shift, opened once: its parent directory (where the journal lives), its last
-//! component, and its root opened under the parent without following a symlink. Every later
-//! use goes through these fds, so the tree is the same inode from start to end.
+//! A tree, opened once: its parent directory (where the journal lives), its last component,
+//! and its root opened under the parent without following a symlink. Every later use goes
+//! through these fds, so the tree is the same inode from start to end. [`walk`] visits it in
+//! parallel. Shared by `shift`, `status` and `migrate`.
+
+pub mod walk;
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -9,9 +12,16 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
-use super::state::TreeId;
 use crate::error::{Error, Result};
 use crate::sys::fs::{self as sysfs, Stat};
+
+/// The identity of a tree: its root's device, inode and birth time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeId {
+    pub dev: u64,
+    pub ino: u64,
+    pub btime: Option<i128>,
+}
 
 pub struct Tree {
     /// DIR as given, for messages.
@@ -21,6 +31,11 @@ pub struct Tree {
     name: CString,
     pub root: OwnedFd,
     pub stat: Stat,
+}
+
+/// Opens DIR itself, refusing a symlink in its last component and anything but a directory.
+pub fn open_root(dir: &Path) -> Result<OwnedFd> {
+    Tree::open(dir).map(|t| t.root)
 }
 
 /// DIR split into its parent and last component, refusing forms whose last component is not

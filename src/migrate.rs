@@ -101,8 +101,8 @@ pub fn moved(from: &IdMap, base: u32) -> Result<IdMap> {
         };
         let offset = i64::from(base) - i64::from(root);
         for e in from.entries(kind) {
-            let host = u32::try_from(i64::from(e.host_start) + offset).ok();
-            let entry = host.and_then(|h| IdMapEntry::new(kind, e.ns_start, h, e.count).ok());
+            let host = u32::try_from(i64::from(e.host_start()) + offset).ok();
+            let entry = host.and_then(|h| IdMapEntry::new(kind, e.ns_start(), h, e.count()).ok());
             entries.push(entry.ok_or_else(|| {
                 Error::Usage(format!(
                     "--to {base}: entry '{e}' would move past the last id"

@@ -117,7 +117,7 @@ pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<Strin
                     out.push(format!(
                         "{which} map '{map}' maps container {} {} onto host {} 0",
                         kind.name(),
-                        e.ns_start,
+                        e.ns_start(),
                         kind.name()
                     ));
                 } else if !delegated

@@ -114,7 +114,7 @@ pub fn first_free_block(uids: &[IdRange], gids: &[IdRange], used: &[IdRange]) ->
 /// Host ranges of `map` (both kinds).
 fn host_ranges(map: &IdMap) -> Vec<(IdKind, IdRange)> {
     map.all_entries()
-        .map(|e| (e.kind, e.host_range()))
+        .map(|e| (e.kind(), e.host_range()))
         .collect()
 }
 

@@ -123,10 +123,10 @@ fn push_idmap_lines(out: &mut String, indent: &str, key: &str, map: &IdMap) {
     for e in map.all_entries() {
         out.push_str(&format!(
             "{indent}{key} = {} {} {} {}\n",
-            e.kind.letter(),
-            e.ns_start,
-            e.host_start,
-            e.count
+            e.kind().letter(),
+            e.ns_start(),
+            e.host_start(),
+            e.count()
         ));
     }
 }

@@ -106,47 +106,68 @@ impl fmt::Display for IdRange {
 }
 
 /// One line of a uid or gid map: `count` ids from `ns_start` inside are `host_start..` outside.
+///
+/// Built only by [`IdMapEntry::new`], so both sides are valid ranges of the same length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IdMapEntry {
-    pub kind: IdKind,
-    pub ns_start: u32,
-    pub host_start: u32,
-    pub count: u32,
+    kind: IdKind,
+    ns: IdRange,
+    host: IdRange,
 }
 
 impl IdMapEntry {
-    /// Checks that both sides are valid ranges.
+    /// An entry of `count` ids; refused if `count` is 0 or either side would reach id `-1`.
     pub fn new(kind: IdKind, ns_start: u32, host_start: u32, count: u32) -> Result<Self, MapError> {
-        let entry = IdMapEntry {
-            kind,
-            ns_start,
-            host_start,
-            count,
-        };
+        let text = || format!("{}:{ns_start}:{host_start}:{count}", kind.letter());
         if count == 0 {
-            return Err(MapError::new(entry.to_string(), "COUNT must be at least 1"));
+            return Err(MapError::new(text(), "COUNT must be at least 1"));
         }
-        if IdRange::new(ns_start, count).is_none() {
-            return Err(MapError::new(
-                entry.to_string(),
+        let ns = IdRange::new(ns_start, count).ok_or_else(|| {
+            MapError::new(
+                text(),
                 "the namespace range runs past 4294967294 (the largest valid id)",
-            ));
-        }
-        if IdRange::new(host_start, count).is_none() {
-            return Err(MapError::new(
-                entry.to_string(),
+            )
+        })?;
+        let host = IdRange::new(host_start, count).ok_or_else(|| {
+            MapError::new(
+                text(),
                 "the host range runs past 4294967294 (the largest valid id)",
-            ));
-        }
-        Ok(entry)
+            )
+        })?;
+        Ok(IdMapEntry { kind, ns, host })
+    }
+
+    pub fn kind(&self) -> IdKind {
+        self.kind
+    }
+
+    pub fn ns_start(&self) -> u32 {
+        self.ns.start()
+    }
+
+    pub fn host_start(&self) -> u32 {
+        self.host.start()
+    }
+
+    pub fn count(&self) -> u32 {
+        self.ns.count()
     }
 
     pub fn ns_range(&self) -> IdRange {
-        IdRange::new(self.ns_start, self.count).expect("validated in IdMapEntry::new")
+        self.ns
     }
 
     pub fn host_range(&self) -> IdRange {
-        IdRange::new(self.host_start, self.count).expect("validated in IdMapEntry::new")
+        self.host
+    }
+
+    /// The same extent read the other way: host ids become namespace ids.
+    pub fn inverse(&self) -> IdMapEntry {
+        IdMapEntry {
+            kind: self.kind,
+            ns: self.host,
+            host: self.ns,
+        }
     }
 }
 
@@ -165,10 +186,10 @@ impl fmt::Display for IdMapEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt_entry(
             f,
-            self.kind.letter(),
-            self.ns_start,
-            self.host_start,
-            self.count,
+            self.kind().letter(),
+            self.ns_start(),
+            self.host_start(),
+            self.count(),
         )
     }
 }
@@ -213,8 +234,8 @@ impl KindMap {
     fn build(entries: Vec<IdMapEntry>) -> Result<KindMap, MapError> {
         let mut by_ns: Vec<u32> = (0..entries.len() as u32).collect();
         let mut by_host = by_ns.clone();
-        by_ns.sort_by_key(|&i| entries[i as usize].ns_start);
-        by_host.sort_by_key(|&i| entries[i as usize].host_start);
+        by_ns.sort_by_key(|&i| entries[i as usize].ns_start());
+        by_host.sort_by_key(|&i| entries[i as usize].host_start());
         let map = KindMap {
             entries,
             by_ns,
@@ -239,7 +260,7 @@ impl KindMap {
             if let Some(both) = range(a).intersect(range(b)) {
                 return Err(MapError::new(
                     format!("{a} {b}"),
-                    format!("the entries overlap in {side} {}s {both}", a.kind.name()),
+                    format!("the entries overlap in {side} {}s {both}", a.kind().name()),
                 ));
             }
         }
@@ -251,7 +272,7 @@ impl KindMap {
         // The last entry starting at or before `id`.
         let pos = order.partition_point(|&i| key(&self.entries[i as usize]) <= id);
         let entry = &self.entries[*order.get(pos.checked_sub(1)?)? as usize];
-        (id - key(entry) < entry.count).then_some(entry)
+        (id - key(entry) < entry.count()).then_some(entry)
     }
 }
 
@@ -266,7 +287,7 @@ impl IdMap {
     /// Builds a map from entries of both kinds, keeping their order within each kind.
     pub fn new(entries: impl IntoIterator<Item = IdMapEntry>) -> Result<IdMap, MapError> {
         let (uids, gids): (Vec<_>, Vec<_>) =
-            entries.into_iter().partition(|e| e.kind == IdKind::Uid);
+            entries.into_iter().partition(|e| e.kind() == IdKind::Uid);
         Ok(IdMap {
             uids: KindMap::build(uids)?,
             gids: KindMap::build(gids)?,
@@ -315,33 +336,29 @@ impl IdMap {
     /// The host id that namespace id `id` stands for.
     pub fn to_host(&self, kind: IdKind, id: u32) -> Option<u32> {
         let map = self.kind(kind);
-        map.find(&map.by_ns, id, |e| e.ns_start)
-            .map(|e| e.host_start + (id - e.ns_start))
+        map.find(&map.by_ns, id, |e| e.ns_start())
+            .map(|e| e.host_start() + (id - e.ns_start()))
     }
 
     /// The namespace id that host id `id` appears as, if it is mapped.
     pub fn to_ns(&self, kind: IdKind, id: u32) -> Option<u32> {
         let map = self.kind(kind);
-        map.find(&map.by_host, id, |e| e.host_start)
-            .map(|e| e.ns_start + (id - e.host_start))
+        map.find(&map.by_host, id, |e| e.host_start())
+            .map(|e| e.ns_start() + (id - e.host_start()))
     }
 
     /// The kernel's text for `/proc/PID/{uid,gid}_map`: one `NSID HOSTID COUNT` line an entry.
     pub fn proc_text(&self, kind: IdKind) -> String {
         self.entries(kind)
             .iter()
-            .map(|e| format!("{} {} {}\n", e.ns_start, e.host_start, e.count))
+            .map(|e| format!("{} {} {}\n", e.ns_start(), e.host_start(), e.count()))
             .collect()
     }
 
     /// The map read the other way: host ids become namespace ids.
     pub fn inverse(&self) -> IdMap {
-        IdMap::new(self.all_entries().map(|e| IdMapEntry {
-            ns_start: e.host_start,
-            host_start: e.ns_start,
-            ..*e
-        }))
-        .expect("the inverse of a valid map is valid")
+        IdMap::new(self.all_entries().map(IdMapEntry::inverse))
+            .expect("the inverse of a valid map is valid")
     }
 
     /// Parses the text `Display` writes: specs separated by spaces.
@@ -382,8 +399,8 @@ impl IdMap {
                 let mut covered = Vec::new();
                 for target in to.entries(kind) {
                     if let Some(both) = want.intersect(target.ns_range()) {
-                        let old_host = from.host_start + (both.start() - from.ns_start);
-                        let new_host = target.host_start + (both.start() - target.ns_start);
+                        let old_host = from.host_start() + (both.start() - from.ns_start());
+                        let new_host = target.host_start() + (both.start() - target.ns_start());
                         out.push(
                             IdMapEntry::new(kind, old_host, new_host, both.count())
                                 .expect("a sub-range of valid ranges is valid"),
@@ -494,6 +511,32 @@ mod tests {
 
     fn e(kind: IdKind, ns: u32, host: u32, count: u32) -> IdMapEntry {
         IdMapEntry::new(kind, ns, host, count).unwrap()
+    }
+
+    #[test]
+    fn entries_and_specs_refuse_an_empty_count_when_built() {
+        // The fields are private: the constructor is the only way to an entry, so IdMap::new
+        // never meets a count of 0 (which used to panic it).
+        for kind in IdKind::BOTH {
+            let err = IdMapEntry::new(kind, 0, 100000, 0).unwrap_err();
+            assert_eq!(err.reason, "COUNT must be at least 1");
+        }
+        let err = MapSpec::new(SpecKind::Both, 0, 100000, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid map 'b:0:100000:0': COUNT must be at least 1"
+        );
+        let entry = e(IdKind::Gid, 0, 100000, 65536);
+        assert_eq!(
+            (
+                entry.kind(),
+                entry.ns_start(),
+                entry.host_start(),
+                entry.count()
+            ),
+            (IdKind::Gid, 0, 100000, 65536)
+        );
+        assert_eq!(entry.inverse().host_range(), entry.ns_range());
     }
 
     #[test]

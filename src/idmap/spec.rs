@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{IdKind, IdMapEntry, MapError};
+use super::{IdKind, IdMapEntry, IdRange, MapError};
 
 /// Which kinds of ids a spec maps: `u`, `g` or `b` (both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,17 +35,17 @@ impl SpecKind {
     }
 }
 
-/// One `KIND:NSID:HOSTID:COUNT` spec, validated.
+/// One `KIND:NSID:HOSTID:COUNT` spec, validated: built only by [`MapSpec::new`] (or parsed),
+/// so both sides are valid ranges of the same length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSpec {
-    pub kind: SpecKind,
-    pub ns_start: u32,
-    pub host_start: u32,
-    pub count: u32,
+    kind: SpecKind,
+    ns: IdRange,
+    host: IdRange,
 }
 
 impl MapSpec {
-    /// Builds a spec, checking both ranges.
+    /// Builds a spec, checking the count and both ranges.
     pub fn new(
         kind: SpecKind,
         ns_start: u32,
@@ -53,33 +53,41 @@ impl MapSpec {
         count: u32,
     ) -> Result<Self, MapError> {
         // IdMapEntry checks the count and that both ranges end below -1.
-        IdMapEntry::new(IdKind::Uid, ns_start, host_start, count).map_err(|e| {
+        let e = IdMapEntry::new(IdKind::Uid, ns_start, host_start, count).map_err(|e| {
             MapError::new(
-                MapSpec {
-                    kind,
-                    ns_start,
-                    host_start,
-                    count,
-                }
-                .to_string(),
+                format!("{}:{ns_start}:{host_start}:{count}", kind.letter()),
                 e.reason,
             )
         })?;
         Ok(MapSpec {
             kind,
-            ns_start,
-            host_start,
-            count,
+            ns: e.ns_range(),
+            host: e.host_range(),
         })
+    }
+
+    pub fn kind(&self) -> SpecKind {
+        self.kind
+    }
+
+    pub fn ns_start(&self) -> u32 {
+        self.ns.start()
+    }
+
+    pub fn host_start(&self) -> u32 {
+        self.host.start()
+    }
+
+    pub fn count(&self) -> u32 {
+        self.ns.count()
     }
 
     /// The map entries this spec stands for: one, or two for `b`.
     pub fn entries(&self) -> impl Iterator<Item = IdMapEntry> + '_ {
         self.kind.kinds().iter().map(move |&kind| IdMapEntry {
             kind,
-            ns_start: self.ns_start,
-            host_start: self.host_start,
-            count: self.count,
+            ns: self.ns,
+            host: self.host,
         })
     }
 }
@@ -89,9 +97,9 @@ impl fmt::Display for MapSpec {
         super::fmt_entry(
             f,
             self.kind.letter(),
-            self.ns_start,
-            self.host_start,
-            self.count,
+            self.ns_start(),
+            self.host_start(),
+            self.count(),
         )
     }
 }
@@ -149,12 +157,7 @@ mod tests {
     }
 
     fn ok(kind: SpecKind, ns: u32, host: u32, count: u32) -> Result<MapSpec, String> {
-        Ok(MapSpec {
-            kind,
-            ns_start: ns,
-            host_start: host,
-            count,
-        })
+        Ok(MapSpec::new(kind, ns, host, count).unwrap())
     }
 
     fn err(msg: &str) -> Result<MapSpec, String> {

@@ -59,7 +59,7 @@ impl Mapper {
             IdKind::Gid => self.own_ids.1,
         };
         match map.entries(kind) {
-            [e] if e.count == 1 && e.host_start == own => Method::Direct,
+            [e] if e.count() == 1 && e.host_start() == own => Method::Direct,
             _ => Method::Helper,
         }
     }
@@ -118,9 +118,9 @@ impl Mapper {
         cmd.arg(pid.as_raw().to_string());
         for e in map.entries(kind) {
             cmd.args([
-                e.ns_start.to_string(),
-                e.host_start.to_string(),
-                e.count.to_string(),
+                e.ns_start().to_string(),
+                e.host_start().to_string(),
+                e.count().to_string(),
             ]);
         }
         let child = cmd

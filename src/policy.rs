@@ -120,10 +120,7 @@ pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<Strin
                         e.ns_start(),
                         kind.name()
                     ));
-                } else if !delegated
-                    .iter()
-                    .any(|d| d.start() <= r.start() && r.end() <= d.end())
-                {
+                } else if !delegated.iter().any(|d| d.covers(r)) {
                     out.push(format!(
                         "{which} map '{map}' names host {}s {r}, not delegated to {} in {}",
                         kind.name(),

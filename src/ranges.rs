@@ -8,10 +8,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::idmap::lxc::LxcConfig;
 use crate::idmap::subid::{SubIdFiles, User};
-use crate::idmap::{IdKind, IdMap, IdRange};
-
-/// The size of the block `migrate --to auto` needs.
-pub const BLOCK: u32 = 65536;
+use crate::idmap::{IdKind, IdMap, IdRange, BLOCK};
 
 /// A container under the lxcpath and what its map takes from the host.
 #[derive(Clone, Debug, Serialize)]
@@ -103,10 +100,7 @@ pub fn first_free_block(uids: &[IdRange], gids: &[IdRange], used: &[IdRange]) ->
     candidates.sort_unstable();
     candidates.into_iter().find(|&start| {
         let block = IdRange::new(start, BLOCK).expect("inside a valid range");
-        let within = |rs: &[IdRange]| {
-            rs.iter()
-                .any(|r| r.start() <= start && block.end() <= r.end())
-        };
+        let within = |rs: &[IdRange]| rs.iter().any(|r| r.covers(block));
         within(uids) && within(gids) && used.iter().all(|u| u.intersect(block).is_none())
     })
 }
@@ -120,9 +114,7 @@ fn host_ranges(map: &IdMap) -> Vec<(IdKind, IdRange)> {
 
 /// Parts of `r` that no range of `delegated` covers.
 fn uncovered(r: IdRange, delegated: &[IdRange]) -> bool {
-    !delegated
-        .iter()
-        .any(|d| d.start() <= r.start() && r.end() <= d.end())
+    !delegated.iter().any(|d| d.covers(r))
 }
 
 /// The containers under `lxcpath`, sorted by name: every directory with a `config`.

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::idmap::{IdKind, IdMap, IdMapEntry};
+use crate::idmap::{IdKind, IdMap, IdMapEntry, BLOCK};
 use crate::report::Reporter;
 use crate::shift::state::{self, Found};
 use crate::shift::{caps, ways_out, View};
@@ -18,9 +18,6 @@ use crate::sys::fs::Stat;
 use crate::sys::xattr;
 use crate::tree::walk::{self, At, Visitor};
 use crate::tree::Tree;
-
-/// The ids are bucketed in blocks of this many.
-pub const BLOCK: u32 = 65536;
 
 /// What `status` reports (`"schema": 2` in JSON, described in the README).
 #[derive(Clone, Debug, Default, Serialize)]

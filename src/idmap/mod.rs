@@ -22,6 +22,10 @@ pub use spec::{MapSpec, SpecKind};
 /// The largest value a valid id range may end at (exclusive): `-1` is never a valid id.
 pub const ID_LIMIT: u32 = u32::MAX;
 
+/// The usual size of one container's share of ids (`b:0:100000:65536`, a subuid line): the unit
+/// `status` buckets ids in and `migrate --to auto` allocates.
+pub const BLOCK: u32 = 65536;
+
 /// The Linux limit on the number of lines in one `uid_map` or `gid_map` (since 4.15).
 pub const KERNEL_MAX_EXTENTS: usize = 340;
 
@@ -86,6 +90,11 @@ impl IdRange {
 
     pub fn contains(self, id: u32) -> bool {
         id >= self.start && id < self.end()
+    }
+
+    /// Whether every id of `other` is in this range.
+    pub fn covers(self, other: IdRange) -> bool {
+        self.start <= other.start && other.end() <= self.end()
     }
 
     /// The ids both ranges hold, if any.
@@ -551,6 +560,10 @@ mod tests {
         assert_eq!(IdRange::new(u32::MAX, 1), None, "-1 itself");
         assert_eq!(IdRange::new(3_000_000_000, 3_000_000_000), None, "overflow");
         assert_eq!(r.to_string(), "100-109");
+        assert!(r.covers(r) && r.covers(IdRange::new(101, 9).unwrap()));
+        assert!(
+            !r.covers(IdRange::new(99, 2).unwrap()) && !r.covers(IdRange::new(109, 2).unwrap())
+        );
     }
 
     #[test]

@@ -31,10 +31,7 @@ pub fn namespace_map(
         for (which, map) in [("FROM", from), ("TO", to)] {
             for e in map.entries(kind) {
                 let r = e.host_range();
-                if !delegated
-                    .iter()
-                    .any(|d| d.start() <= r.start() && r.end() <= d.end())
-                {
+                if !delegated.iter().any(|d| d.covers(r)) {
                     return Err(Error::Refused(format!(
                         "host {}s {r} of the {which} map '{e}' are not delegated to {} in {}: \
                          without root, idshift only shifts between ranges you own (see \

@@ -341,13 +341,7 @@ pub fn scan(
         }),
         outliers: Mutex::new(BTreeMap::new()),
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::Threads {
-            threads,
-            reason: e.to_string(),
-        })?;
+    let pool = walk::pool(threads)?;
     walk::walk(&pool, tree.root.as_fd(), dir, cross_mounts, &scan)
         .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
     let mut status = scan.acc.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -330,17 +330,6 @@ pub fn ways_out(dir: &Path, from: &View, to: &View) -> (String, String) {
     (cmd(from, to), cmd(to, from))
 }
 
-fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("idshift-walk-{i}"))
-        .build()
-        .map_err(|e| Error::Threads {
-            threads,
-            reason: e.to_string(),
-        })
-}
-
 /// Where a shift stands when the walk begins.
 struct Start {
     journal: Option<Journal>,
@@ -548,7 +537,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
         reporter.warning(text);
         summary.warnings.push(text.into());
     }
-    let pool = pool(opts.threads)?;
+    let pool = walk::pool(opts.threads)?;
     let empty = state::Records::new();
     let namespace = crate::userns::current_map()?;
 

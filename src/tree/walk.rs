@@ -13,7 +13,20 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
+use crate::error::{Error, Result};
 use crate::sys::fs::{self as sysfs, Stat};
+
+/// The pool a walk runs on: `threads` workers named `idshift-walk-N`.
+pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("idshift-walk-{i}"))
+        .build()
+        .map_err(|e| Error::Threads {
+            threads,
+            reason: e.to_string(),
+        })
+}
 
 /// The inode being visited: an entry of `dir`, or `dir` itself when `name` is `None`.
 #[derive(Clone, Copy)]
@@ -180,7 +193,7 @@ pub fn walk<V: Visitor>(
     root_path: &Path,
     cross_mounts: bool,
     visitor: &V,
-) -> Result<(), Errno> {
+) -> std::result::Result<(), Errno> {
     let root = sysfs::open_dir(Some(root), c".")?;
     let st = sysfs::statx(root.as_fd(), None)?;
     let walk = Walk {

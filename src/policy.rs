@@ -196,10 +196,7 @@ mod tests {
         let (u, g) = (dir.join("subuid"), dir.join("subgid"));
         std::fs::write(&u, text).unwrap();
         std::fs::write(&g, text).unwrap();
-        SubIdFiles {
-            subuid: u,
-            subgid: g,
-        }
+        SubIdFiles::new(u, g)
     }
 
     #[test]

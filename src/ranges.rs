@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::idmap::lxc::LxcConfig;
 use crate::idmap::subid::{SubIdFiles, User};
-use crate::idmap::{IdKind, IdMap, IdRange, BLOCK};
+use crate::idmap::{ByKind, IdKind, IdMap, IdRange, BLOCK};
 
 /// A container under the lxcpath and what its map takes from the host.
 #[derive(Clone, Debug, Serialize)]
@@ -139,8 +139,7 @@ fn containers(lxcpath: &Path) -> Result<Vec<(String, Result<IdMap>)>> {
 
 /// Gathers the report for `user`, whose containers live under `lxcpath`.
 pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges> {
-    let subuid = files.ranges(IdKind::Uid, user)?;
-    let subgid = files.ranges(IdKind::Gid, user)?;
+    let delegated = ByKind::try_from_fn(|kind| files.ranges(kind, user))?;
     let found = containers(lxcpath)?;
     let mut used = Vec::new();
     let mut report = Vec::new();
@@ -151,9 +150,7 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
                 let ranges = host_ranges(m);
                 let undelegated = ranges
                     .iter()
-                    .filter(|(k, r)| {
-                        uncovered(*r, if *k == IdKind::Uid { &subuid } else { &subgid })
-                    })
+                    .filter(|&&(k, r)| uncovered(r, &delegated[k]))
                     .map(|&(k, r)| KindRange::new(k, r))
                     .collect();
                 used.extend(ranges.iter().map(|(_, r)| *r));
@@ -191,7 +188,11 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
             }
         }
     }
-    let first_free_block = first_free_block(&subuid, &subgid, &used);
+    let first_free_block = first_free_block(&delegated.uid, &delegated.gid, &used);
+    let ByKind {
+        uid: subuid,
+        gid: subgid,
+    } = delegated;
     Ok(Ranges {
         schema: 1,
         user: user.name.clone(),
@@ -321,10 +322,7 @@ mod tests {
             std::fs::create_dir_all(lxc.join(name)).unwrap();
             std::fs::write(lxc.join(name).join("config"), conf).unwrap();
         }
-        let files = SubIdFiles {
-            subuid: dir.path().join("subuid"),
-            subgid: dir.path().join("subgid"),
-        };
+        let files = SubIdFiles::new(dir.path().join("subuid"), dir.path().join("subgid"));
         let user = User {
             name: "alice".into(),
             uid: 1000,

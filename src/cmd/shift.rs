@@ -113,7 +113,7 @@ pub(super) fn shift_where_allowed(opts: &shift::ShiftOptions, c: &ShiftCommon) -
     if nix::unistd::geteuid().is_root() {
         return shift_and_print(opts, &printer, c.json);
     }
-    let own = (
+    let own = crate::idmap::ByKind::new(
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
     );

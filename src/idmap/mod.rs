@@ -56,6 +56,38 @@ impl IdKind {
     }
 }
 
+/// One value for each kind of id, picked by [`IdKind`] (`by_kind[kind]`) instead of a `match`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ByKind<T> {
+    pub uid: T,
+    pub gid: T,
+}
+
+impl<T> ByKind<T> {
+    pub fn new(uid: T, gid: T) -> Self {
+        ByKind { uid, gid }
+    }
+
+    /// The value of each kind from `f`, uid first; the first error stops it.
+    pub fn try_from_fn<E>(mut f: impl FnMut(IdKind) -> Result<T, E>) -> Result<Self, E> {
+        Ok(ByKind {
+            uid: f(IdKind::Uid)?,
+            gid: f(IdKind::Gid)?,
+        })
+    }
+}
+
+impl<T> std::ops::Index<IdKind> for ByKind<T> {
+    type Output = T;
+
+    fn index(&self, kind: IdKind) -> &T {
+        match kind {
+            IdKind::Uid => &self.uid,
+            IdKind::Gid => &self.gid,
+        }
+    }
+}
+
 /// A half-open run of ids `[start, start + len)`; `len > 0` and the end fits below `-1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdRange {
@@ -288,8 +320,7 @@ impl KindMap {
 /// A uid map and a gid map, each validated (no overlap on either side).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdMap {
-    uids: KindMap,
-    gids: KindMap,
+    kinds: ByKind<KindMap>,
 }
 
 impl IdMap {
@@ -298,8 +329,7 @@ impl IdMap {
         let (uids, gids): (Vec<_>, Vec<_>) =
             entries.into_iter().partition(|e| e.kind() == IdKind::Uid);
         Ok(IdMap {
-            uids: KindMap::build(uids)?,
-            gids: KindMap::build(gids)?,
+            kinds: ByKind::new(KindMap::build(uids)?, KindMap::build(gids)?),
         })
     }
 
@@ -318,10 +348,7 @@ impl IdMap {
     }
 
     fn kind(&self, kind: IdKind) -> &KindMap {
-        match kind {
-            IdKind::Uid => &self.uids,
-            IdKind::Gid => &self.gids,
-        }
+        &self.kinds[kind]
     }
 
     /// The entries of `kind`, in the order they were given.
@@ -331,11 +358,11 @@ impl IdMap {
 
     /// Every entry, uids first.
     pub fn all_entries(&self) -> impl Iterator<Item = &IdMapEntry> {
-        self.uids.entries.iter().chain(&self.gids.entries)
+        self.kinds.uid.entries.iter().chain(&self.kinds.gid.entries)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.uids.entries.is_empty() && self.gids.entries.is_empty()
+        self.kinds.uid.entries.is_empty() && self.kinds.gid.entries.is_empty()
     }
 
     pub fn has(&self, kind: IdKind) -> bool {
@@ -546,6 +573,18 @@ mod tests {
             (IdKind::Gid, 0, 100000, 65536)
         );
         assert_eq!(entry.inverse().host_range(), entry.ns_range());
+    }
+
+    #[test]
+    fn by_kind_picks_by_kind() {
+        let b = ByKind::new("u", "g");
+        assert_eq!((b[IdKind::Uid], b[IdKind::Gid]), ("u", "g"));
+        let names = ByKind::try_from_fn(|k| Ok::<_, ()>(k.name())).unwrap();
+        assert_eq!(names, ByKind::new("uid", "gid"));
+        assert_eq!(
+            ByKind::try_from_fn(|k| if k == IdKind::Gid { Err(k) } else { Ok(1) }),
+            Err(IdKind::Gid)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::spec::parse_number;
-use super::{IdKind, IdMap, IdMapEntry, IdRange};
+use super::{ByKind, IdKind, IdMap, IdMapEntry, IdRange};
 use crate::error::{Error, Result};
 
 pub const SUBUID: &str = "/etc/subuid";
@@ -142,25 +142,24 @@ pub fn ranges_for(lines: &[SubIdLine], user: &User) -> Vec<IdRange> {
 /// Where the subid files are; tests point this elsewhere.
 #[derive(Clone, Debug)]
 pub struct SubIdFiles {
-    pub subuid: PathBuf,
-    pub subgid: PathBuf,
+    pub paths: ByKind<PathBuf>,
 }
 
 impl Default for SubIdFiles {
     fn default() -> Self {
-        SubIdFiles {
-            subuid: SUBUID.into(),
-            subgid: SUBGID.into(),
-        }
+        SubIdFiles::new(SUBUID, SUBGID)
     }
 }
 
 impl SubIdFiles {
-    pub fn path(&self, kind: IdKind) -> &Path {
-        match kind {
-            IdKind::Uid => &self.subuid,
-            IdKind::Gid => &self.subgid,
+    pub fn new(subuid: impl Into<PathBuf>, subgid: impl Into<PathBuf>) -> Self {
+        SubIdFiles {
+            paths: ByKind::new(subuid.into(), subgid.into()),
         }
+    }
+
+    pub fn path(&self, kind: IdKind) -> &Path {
+        &self.paths[kind]
     }
 
     /// The user's delegated ranges of `kind`, in file order; a missing file delegates nothing.
@@ -196,8 +195,8 @@ impl SubIdFiles {
                 "no subordinate ids for user {} (uid {}) in {} or {}; give a map with -m",
                 user.name,
                 user.uid,
-                self.subuid.display(),
-                self.subgid.display()
+                self.paths.uid.display(),
+                self.paths.gid.display()
             )));
         }
         Ok(IdMap::new(entries)?)
@@ -261,10 +260,7 @@ mod tests {
         if let Some(g) = subgid {
             std::fs::write(dir.join("subgid"), g).unwrap();
         }
-        SubIdFiles {
-            subuid: dir.join("subuid"),
-            subgid: dir.join("subgid"),
-        }
+        SubIdFiles::new(dir.join("subuid"), dir.join("subgid"))
     }
 
     #[test]

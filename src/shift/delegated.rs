@@ -7,7 +7,7 @@
 use super::View;
 use crate::error::{Error, Result};
 use crate::idmap::subid::{SubIdFiles, User};
-use crate::idmap::{IdKind, IdMap, IdMapEntry, IdRange};
+use crate::idmap::{ByKind, IdKind, IdMap, IdMapEntry, IdRange};
 
 /// The namespace map for shifting `from` → `to` as `user` with `own` ids (uid, gid): refused,
 /// before anything changes, when either map names host ids not delegated to `user`.
@@ -15,7 +15,7 @@ pub fn namespace_map(
     from: &View,
     to: &View,
     user: &User,
-    own: (u32, u32),
+    own: ByKind<u32>,
     files: &SubIdFiles,
 ) -> Result<IdMap> {
     let (View::Map(from), View::Map(to)) = (from, to) else {
@@ -43,10 +43,7 @@ pub fn namespace_map(
                 }
             }
         }
-        let own = match kind {
-            IdKind::Uid => own.0,
-            IdKind::Gid => own.1,
-        };
+        let own = own[kind];
         let mut ranges: Vec<IdRange> = merge(delegated);
         if !ranges.iter().any(|r| r.contains(own)) {
             ranges.push(IdRange::new(own, 1).expect("one id"));
@@ -99,10 +96,7 @@ mod tests {
             "alice:200000:65536\nalice:300000:65536\n",
         )
         .unwrap();
-        SubIdFiles {
-            subuid: dir.join("subuid"),
-            subgid: dir.join("subgid"),
-        }
+        SubIdFiles::new(dir.join("subuid"), dir.join("subgid"))
     }
 
     fn alice() -> User {
@@ -124,7 +118,7 @@ mod tests {
             &view("b:0:200000:65536"),
             &view("b:0:300000:65536"),
             &alice,
-            (1000, 1000),
+            ByKind::new(1000, 1000),
             &files(dir.path()),
         )
         .unwrap();
@@ -144,7 +138,7 @@ mod tests {
             &view("b:0:200000:65536"),
             &view("b:0:100000:65536"),
             &alice,
-            (1000, 1000),
+            ByKind::new(1000, 1000),
             &f,
         )
         .unwrap_err();
@@ -156,7 +150,7 @@ mod tests {
             &view("b:0:200000:65536"),
             &view("b:0:300001:65536"),
             &alice,
-            (1000, 1000),
+            ByKind::new(1000, 1000),
             &f,
         )
         .unwrap_err();
@@ -165,7 +159,7 @@ mod tests {
             &View::Host,
             &view("b:0:200000:65536"),
             &alice,
-            (1000, 1000),
+            ByKind::new(1000, 1000),
             &f,
         )
         .unwrap_err();

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
-use crate::idmap::{IdKind, IdMap};
+use crate::idmap::{ByKind, IdKind, IdMap};
 
 /// How one kind's map gets written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,22 +24,21 @@ pub enum Method {
 #[derive(Clone, Debug)]
 pub struct Mapper {
     pub proc_root: PathBuf,
-    pub newuidmap: PathBuf,
-    pub newgidmap: PathBuf,
+    /// `newuidmap` and `newgidmap`.
+    pub helpers: ByKind<PathBuf>,
     /// Whether the caller may write any map itself (euid 0 in the initial namespace).
     pub privileged: bool,
     /// The caller's effective uid and gid, which an unprivileged caller may map directly.
-    pub own_ids: (u32, u32),
+    pub own_ids: ByKind<u32>,
 }
 
 impl Default for Mapper {
     fn default() -> Self {
         Mapper {
             proc_root: PathBuf::from("/proc"),
-            newuidmap: PathBuf::from("newuidmap"),
-            newgidmap: PathBuf::from("newgidmap"),
+            helpers: ByKind::new("newuidmap".into(), "newgidmap".into()),
             privileged: nix::unistd::geteuid().is_root(),
-            own_ids: (
+            own_ids: ByKind::new(
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
             ),
@@ -54,10 +53,7 @@ impl Mapper {
         if self.privileged {
             return Method::Direct;
         }
-        let own = match kind {
-            IdKind::Uid => self.own_ids.0,
-            IdKind::Gid => self.own_ids.1,
-        };
+        let own = self.own_ids[kind];
         match map.entries(kind) {
             [e] if e.count() == 1 && e.host_start() == own => Method::Direct,
             _ => Method::Helper,
@@ -102,18 +98,12 @@ impl Mapper {
         if kind == IdKind::Gid && !self.privileged {
             write_once(&dir.join("setgroups"), b"deny")?;
         }
-        let file = match kind {
-            IdKind::Uid => "uid_map",
-            IdKind::Gid => "gid_map",
-        };
+        let file = format!("{}_map", kind.name());
         write_once(&dir.join(file), map.proc_text(kind).as_bytes())
     }
 
     fn spawn_helper(&self, pid: Pid, map: &IdMap, kind: IdKind) -> Result<(PathBuf, Child)> {
-        let program = match kind {
-            IdKind::Uid => &self.newuidmap,
-            IdKind::Gid => &self.newgidmap,
-        };
+        let program = &self.helpers[kind];
         let mut cmd = Command::new(program);
         cmd.arg(pid.as_raw().to_string());
         for e in map.entries(kind) {
@@ -207,10 +197,12 @@ mod tests {
         }
         let mapper = Mapper {
             proc_root: dir.path().to_path_buf(),
-            newuidmap: "/nonexistent/newuidmap".into(),
-            newgidmap: "/nonexistent/newgidmap".into(),
+            helpers: ByKind::new(
+                "/nonexistent/newuidmap".into(),
+                "/nonexistent/newgidmap".into(),
+            ),
             privileged: true,
-            own_ids: (0, 0),
+            own_ids: ByKind::new(0, 0),
         };
         (dir, mapper)
     }
@@ -247,7 +239,7 @@ mod tests {
     fn unprivileged_own_id_is_direct_with_setgroups_deny() {
         let (dir, mut mapper) = fake_proc(9);
         mapper.privileged = false;
-        mapper.own_ids = (1000, 1001);
+        mapper.own_ids = ByKind::new(1000, 1001);
         let m = map(&["u:0:1000:1", "g:0:1001:1"]);
         assert_eq!(mapper.method(&m, IdKind::Uid), Method::Direct);
         assert!(!mapper.setgroups_allowed(&m));
@@ -261,7 +253,7 @@ mod tests {
     fn unprivileged_ranges_go_through_the_helpers() {
         let (_dir, mut mapper) = fake_proc(9);
         mapper.privileged = false;
-        mapper.own_ids = (1000, 1000);
+        mapper.own_ids = ByKind::new(1000, 1000);
         let m = map(&["b:0:100000:65536"]);
         assert_eq!(mapper.method(&m, IdKind::Uid), Method::Helper);
         assert_eq!(mapper.method(&m, IdKind::Gid), Method::Helper);
@@ -290,10 +282,9 @@ mod tests {
         }
         let mapper = Mapper {
             proc_root: dir.path().into(),
-            newuidmap: fake.clone(),
-            newgidmap: ok,
+            helpers: ByKind::new(fake.clone(), ok),
             privileged: false,
-            own_ids: (1000, 1000),
+            own_ids: ByKind::new(1000, 1000),
         };
         let err = mapper
             .write(Pid::from_raw(1), &map(&["b:0:5:1"]))

@@ -10,10 +10,54 @@ use nix::errno::Errno;
 
 use super::fs::proc_fd_path;
 
-// x86_64, aarch64 and every other architecture with the unified syscall table (Linux 6.13).
-const SYS_SETXATTRAT: libc::c_long = 463;
-const SYS_GETXATTRAT: libc::c_long = 464;
-const SYS_LISTXATTRAT: libc::c_long = 465;
+/// The number of `setxattrat` (Linux 6.13), followed by `getxattrat` and `listxattrat`; `None`
+/// where this table does not know it, and then every call takes the fallback. The locked libc
+/// has these constants for m68k only.
+///
+/// Since Linux 5.1 every architecture numbers new syscalls alike (463-465 here), except alpha
+/// (110 further: 573-575; no Rust target) and MIPS, whose tables count from the ABI's base
+/// (o32 4000, n64 5000, n32 6000). x32 (x86_64 with 32-bit pointers, which sets
+/// `__X32_SYSCALL_BIT`) is left to the fallback.
+///
+/// # References
+///  - Linux 6.13: `include/uapi/asm-generic/unistd.h`, `arch/x86/entry/syscalls/syscall_64.tbl`,
+///    `arch/mips/kernel/syscalls/syscall_{o32,n64,n32}.tbl`, `arch/alpha/kernel/syscalls/syscall.tbl`
+const SETXATTRAT: Option<libc::c_long> = if cfg!(any(
+    target_arch = "x86",
+    all(target_arch = "x86_64", target_pointer_width = "64"),
+    target_arch = "arm",
+    target_arch = "aarch64",
+    target_arch = "riscv32",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "sparc",
+    target_arch = "sparc64",
+    target_arch = "m68k",
+    target_arch = "csky",
+    target_arch = "hexagon",
+)) {
+    Some(463)
+} else if cfg!(any(target_arch = "mips", target_arch = "mips32r6")) {
+    Some(4000 + 463)
+} else if cfg!(all(
+    any(target_arch = "mips64", target_arch = "mips64r6"),
+    target_pointer_width = "64"
+)) {
+    Some(5000 + 463)
+} else if cfg!(any(target_arch = "mips64", target_arch = "mips64r6")) {
+    Some(6000 + 463)
+} else {
+    None
+};
+
+/// The number of `setxattrat` plus `offset` (1: `getxattrat`, 2: `listxattrat`); ENOSYS where
+/// unknown, which sends the caller to the fallback as an old kernel does.
+fn xattrat(offset: libc::c_long) -> Result<libc::c_long, Errno> {
+    SETXATTRAT.map(|n| n + offset).ok_or(Errno::ENOSYS)
+}
 
 /// `struct xattr_args` of `getxattrat`/`setxattrat`.
 #[repr(C)]
@@ -104,10 +148,11 @@ pub fn list(dir: BorrowedFd, name: Option<&CStr>) -> Result<Vec<u8>, Errno> {
         || {
             read_sized(
                 |buf| {
+                    let nr = xattrat(2)?;
                     // SAFETY: valid fd and C string; `buf` is writable for its length.
                     let r = unsafe {
                         libc::syscall(
-                            SYS_LISTXATTRAT,
+                            nr,
                             dir.as_raw_fd(),
                             path.as_ptr(),
                             at_flags(name),
@@ -147,6 +192,7 @@ pub fn get(dir: BorrowedFd, name: Option<&CStr>, attr: &CStr) -> Result<Option<V
         || {
             read_sized(
                 |buf| {
+                    let nr = xattrat(1)?;
                     let mut args = XattrArgs {
                         value: buf.as_mut_ptr() as u64,
                         size: buf.len() as u32,
@@ -155,7 +201,7 @@ pub fn get(dir: BorrowedFd, name: Option<&CStr>, attr: &CStr) -> Result<Option<V
                     // SAFETY: valid fd and C strings; `args` points at a writable buffer of `size`.
                     let r = unsafe {
                         libc::syscall(
-                            SYS_GETXATTRAT,
+                            nr,
                             dir.as_raw_fd(),
                             path.as_ptr(),
                             at_flags(name),
@@ -204,6 +250,7 @@ pub fn set(dir: BorrowedFd, name: Option<&CStr>, attr: &CStr, value: &[u8]) -> R
         dir,
         name,
         || {
+            let nr = xattrat(0)?;
             let args = XattrArgs {
                 value: value.as_ptr() as u64,
                 size: value.len() as u32,
@@ -212,7 +259,7 @@ pub fn set(dir: BorrowedFd, name: Option<&CStr>, attr: &CStr, value: &[u8]) -> R
             // SAFETY: valid fd and C strings; `args` points at `value`, readable for `size`.
             let r = unsafe {
                 libc::syscall(
-                    SYS_SETXATTRAT,
+                    nr,
                     dir.as_raw_fd(),
                     path.as_ptr(),
                     at_flags(name),
@@ -289,6 +336,19 @@ mod tests {
         assert_eq!(get(fd, None, c"user.idshift.dir").unwrap().unwrap(), b"d");
         remove_self(fd, c"user.idshift.dir").unwrap();
         assert_eq!(get(fd, None, c"user.idshift.dir").unwrap(), None);
+    }
+
+    #[test]
+    fn xattrat_numbers_follow_the_unified_table() {
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            assert_eq!(
+                (xattrat(0), xattrat(1), xattrat(2)),
+                (Ok(463), Ok(464), Ok(465))
+            );
+        }
+        if SETXATTRAT.is_none() {
+            assert_eq!(xattrat(0), Err(Errno::ENOSYS));
+        }
     }
 
     #[test]

@@ -245,9 +245,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let f = files(tmp.path(), "");
         let c = tmp.path().join("lxc/c1");
-        std::fs::create_dir_all(c.join("rootfs")).unwrap();
+        let rootfs = c.join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
         let inside = Subject {
-            rootfs_within: Some((&c.join("rootfs"), c.clone())),
+            rootfs_within: Some((&rootfs, c.clone())),
             ..Subject::default()
         };
         let nobody = User {

@@ -794,7 +794,7 @@ impl<'a> ShiftVisitor<'a> {
                 && self
                     .namespace
                     .as_ref()
-                    .map_or(true, |ns| ns.to_host(kind, id).is_some())
+                    .is_none_or(|ns| ns.to_host(kind, id).is_some())
         };
         if let Some(rootid) = caps.and_then(|c| caps::decode(c).ok()).map(|c| c.rootid) {
             if !mapped(IdKind::Uid, rootid) {

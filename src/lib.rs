@@ -6,8 +6,9 @@
 //!   given: [`shift`] (remap a tree's ownership, crash-safe), [`status`], [`migrate`],
 //!   [`mount`] (idmapped mounts), [`ranges`], and [`userns`] (`exec`: a command in a new user
 //!   namespace);
-//! - the rules the engines share: [`idmap`] (the mapping model and one parser per source of
-//!   maps), [`policy`] (what root may do for a user), [`inuse`] (is a tree in use);
+//! - what the engines share: [`tree`] (a tree opened safely, locked, and walked in parallel by
+//!   directory fds), [`idmap`] (the mapping model and one parser per source of maps),
+//!   [`policy`] (what root may do for a user), [`inuse`] (is a tree in use);
 //! - [`sys`]: the only place with `unsafe` and raw `libc` calls.
 #![deny(unsafe_code)]
 

@@ -33,11 +33,6 @@ pub struct Tree {
     pub stat: Stat,
 }
 
-/// Opens DIR itself, refusing a symlink in its last component and anything but a directory.
-pub fn open_root(dir: &Path) -> Result<OwnedFd> {
-    Tree::open(dir).map(|t| t.root)
-}
-
 /// DIR split into its parent and last component, refusing forms whose last component is not
 /// the tree's own name (`.`, `..`, or a filesystem root).
 fn split(dir: &Path) -> Result<(PathBuf, CString)> {

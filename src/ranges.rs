@@ -112,7 +112,7 @@ fn host_ranges(map: &IdMap) -> Vec<(IdKind, IdRange)> {
         .collect()
 }
 
-/// Parts of `r` that no range of `delegated` covers.
+/// Whether no single range of `delegated` covers all of `r`.
 fn uncovered(r: IdRange, delegated: &[IdRange]) -> bool {
     !delegated.iter().any(|d| d.covers(r))
 }

@@ -27,7 +27,8 @@ pub fn namespace_map(
     };
     let mut entries = Vec::new();
     for kind in IdKind::BOTH {
-        let delegated = files.ranges(kind, user)?;
+        // Touching or overlapping lines are one delegation: a map may span two of them.
+        let delegated = merge(files.ranges(kind, user)?);
         for (which, map) in [("FROM", from), ("TO", to)] {
             for e in map.entries(kind) {
                 let r = e.host_range();
@@ -44,7 +45,7 @@ pub fn namespace_map(
             }
         }
         let own = own[kind];
-        let mut ranges: Vec<IdRange> = merge(delegated);
+        let mut ranges: Vec<IdRange> = delegated;
         if !ranges.iter().any(|r| r.contains(own)) {
             ranges.push(IdRange::new(own, 1).expect("one id"));
         }
@@ -126,6 +127,28 @@ mod tests {
             map.to_string(),
             "u:200000:200000:65536 u:300000:300000:65536 u:1000:1000:1 \
              g:200000:200000:65536 g:300000:300000:65536 g:1000:1000:1"
+        );
+    }
+
+    #[test]
+    fn a_map_may_span_two_touching_delegated_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = "alice:200000:65536\nalice:265536:65536\nalice:300000:1\n";
+        std::fs::write(dir.path().join("subuid"), line).unwrap();
+        std::fs::write(dir.path().join("subgid"), line).unwrap();
+        let f = SubIdFiles::new(dir.path().join("subuid"), dir.path().join("subgid"));
+        let map = namespace_map(
+            &view("b:0:200000:131072"),
+            &view("b:0:210000:65536"),
+            &alice(),
+            ByKind::new(1000, 1000),
+            &f,
+        )
+        .unwrap();
+        assert!(
+            map.to_string()
+                .starts_with("u:200000:200000:131072 u:1000:1000:1"),
+            "{map}"
         );
     }
 

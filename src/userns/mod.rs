@@ -179,40 +179,6 @@ impl Stage {
 
 const MSG_LEN: usize = 5;
 
-/// The map of the user namespace this process is in, from `/proc/self/{uid,gid}_map`; `None`
-/// in the initial namespace (which maps every id to itself).
-pub fn current_map() -> Result<Option<IdMap>> {
-    let mut entries = Vec::new();
-    let mut initial = true;
-    for kind in IdKind::BOTH {
-        let path = format!("/proc/self/{}_map", kind.name());
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        for line in text.lines() {
-            let f: Vec<u32> = line
-                .split_ascii_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect();
-            let [ns, host, count] = f[..] else {
-                return Err(Error::Failed(format!("{path}: unexpected line '{line}'")));
-            };
-            if (ns, host, count) == (0, 0, u32::MAX) {
-                continue;
-            }
-            initial = false;
-            entries.push(
-                crate::idmap::IdMapEntry::new(kind, ns, host, count)
-                    .map_err(|e| Error::Failed(format!("{path}: {e}")))?,
-            );
-        }
-    }
-    if initial {
-        return Ok(None);
-    }
-    Ok(Some(
-        IdMap::new(entries).map_err(|e| Error::Failed(format!("/proc/self: {e}")))?,
-    ))
-}
-
 /// What a failure message names: the ids asked for and the program.
 #[derive(Debug, Default)]
 struct Describe {

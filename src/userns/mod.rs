@@ -15,9 +15,11 @@
 //! The path is single-threaded from `main` to `fork` (no thread pool is ever started here).
 
 pub mod mapper;
+mod signals;
+mod spec;
 mod terminal;
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,110 +30,17 @@ use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::{Gid, Pid, Uid};
 
 pub use mapper::Mapper;
+pub use signals::FORWARDED;
+pub use spec::{EnvSetting, ExecSpec};
 
 use crate::error::{Error, Result};
-use crate::idmap::{IdKind, IdMap, KERNEL_MAX_EXTENTS};
+use crate::idmap::{IdKind, IdMap};
 use crate::sys;
-
-/// The signals idshift passes on to the command.
-pub const FORWARDED: [Signal; 6] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
-
-/// What to run and how.
-#[derive(Clone, Debug)]
-pub struct ExecSpec {
-    pub map: IdMap,
-    /// The uid to become inside; `None` keeps the (unmapped) uid, for maps without uid entries.
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// The command and its arguments; never empty.
-    pub command: Vec<OsString>,
-    /// `--rootfs`: also a private mount and PID namespace, a fresh `/proc` and a minimal `/dev`
-    /// in this directory, `pivot_root` into it, a terminal of its own, and a clean environment.
-    pub rootfs: Option<std::path::PathBuf>,
-    /// `--env`: variables added to the clean environment of `--rootfs`.
-    pub env: Vec<EnvSetting>,
-}
-
-/// `--env NAME=VALUE` (set) or `--env NAME` (the caller's value, if it has one).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EnvSetting {
-    pub name: String,
-    pub value: Option<String>,
-}
-
-impl std::str::FromStr for EnvSetting {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (name, value) = match s.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (s, None),
-        };
-        if name.is_empty() || s.contains('\0') {
-            return Err(format!("'{s}': expected NAME or NAME=VALUE"));
-        }
-        Ok(EnvSetting {
-            name: name.to_string(),
-            value,
-        })
-    }
-}
-
-impl ExecSpec {
-    /// Checks, before anything starts, that the kernel can take the map and that the ids to
-    /// become are mapped.
-    pub fn validate(&self) -> Result<()> {
-        if self.map.is_empty() {
-            return Err(Error::Usage("the map is empty".into()));
-        }
-        if self.command.is_empty() {
-            return Err(Error::Usage("no command to run".into()));
-        }
-        if let Some(dir) = &self.rootfs {
-            for kind in IdKind::BOTH {
-                if self.map.to_host(kind, 0).is_none() {
-                    return Err(Error::Usage(format!(
-                        "--rootfs {}: the map must map {} 0 (container root), and '{}' does not",
-                        dir.display(),
-                        kind.name(),
-                        self.map
-                    )));
-                }
-            }
-        }
-        for (kind, id) in [(IdKind::Uid, self.uid), (IdKind::Gid, self.gid)] {
-            let n = self.map.entries(kind).len();
-            if n > KERNEL_MAX_EXTENTS {
-                return Err(Error::Usage(format!(
-                    "the map has {n} {} entries; the kernel takes at most {KERNEL_MAX_EXTENTS}",
-                    kind.name()
-                )));
-            }
-            if let Some(id) = id {
-                if self.map.to_host(kind, id).is_none() {
-                    return Err(Error::Usage(format!(
-                        "{} {id} is not mapped by '{}' (map it, or choose another with --{})",
-                        kind.name(),
-                        self.map,
-                        kind.name()
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-}
+use signals::KernelSignals;
 
 /// Where the child stopped, sent back over the status pipe with the errno.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,15 +147,6 @@ enum Relay {
     Signals(KernelSignals),
     /// Also relay the command's own terminal and the caller's (`--rootfs` on a terminal).
     Terminal(terminal::Host),
-}
-
-/// Whether signals the kernel sent (the caller's terminal: Ctrl-C, a hangup) are passed on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KernelSignals {
-    /// The command shares the terminal and got them already.
-    Skip,
-    /// The command is in a session of its own (`--rootfs`): only idshift got them.
-    Forward,
 }
 
 /// Runs `f` in a child process inside a new user namespace with `map` and returns the code it
@@ -378,7 +278,7 @@ fn launch(
     describe: &Describe,
     relay: Relay,
 ) -> Result<i32> {
-    let mut blocked = forwarded_and_sigchld();
+    let mut blocked = signals::forwarded_and_sigchld();
     if let Relay::Terminal(_) = relay {
         // Read from the signalfd, not acted on: a window-size change, and a continue (the
         // continuing itself always happens).
@@ -387,10 +287,7 @@ fn launch(
         // A stop sent to idshift itself (`kill -TSTP`): the terminal is given back first.
         blocked.add(Signal::SIGTSTP);
     }
-    let mut old_mask = SigSet::empty();
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
-        .map_err(|e| Error::sys("sigprocmask", e))?;
-    let _restore = MaskGuard(old_mask);
+    let mask = signals::block(&blocked)?;
     let signals = SignalFd::with_flags(&blocked, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| Error::sys("signalfd", e))?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
@@ -403,7 +300,7 @@ fn launch(
     match sys::fork().map_err(|e| Error::sys("fork", e))? {
         nix::unistd::ForkResult::Child => {
             drop((go_w, status_r, signals, relay));
-            child(plan, go_r, status_w, &old_mask, parent)
+            child(plan, go_r, status_w, mask.old_mask(), parent)
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop((go_r, status_w));
@@ -412,7 +309,7 @@ fn launch(
                 Relay::Signals(kernel) => {
                     // The command runs: from here on the child is reaped below, not killed.
                     guard.0 = None;
-                    forward_until_exit(child, &signals, false, kernel)
+                    signals::forward_until_exit(child, &signals, false, kernel)
                 }
                 Relay::Terminal(host) => {
                     let master = terminal::receive_master(&host)?;
@@ -422,15 +319,6 @@ fn launch(
             }
         }
     }
-}
-
-fn forwarded_and_sigchld() -> SigSet {
-    let mut set = SigSet::empty();
-    for sig in FORWARDED {
-        set.add(sig);
-    }
-    set.add(Signal::SIGCHLD);
-    set
 }
 
 /// A new user namespace with `map`, as a file descriptor (for `mount_setattr`'s
@@ -555,7 +443,7 @@ fn child(plan: ChildPlan, go: OwnedFd, status: OwnedFd, old_mask: &SigSet, paren
                 }
                 Ok(nix::unistd::ForkResult::Parent { child }) => {
                     drop(status);
-                    relay(child)
+                    signals::relay_and_exit(child)
                 }
             }
         }
@@ -656,7 +544,7 @@ fn init(ids: Ids, argv: &[CString], rootfs: &RootfsPlan, status: OwnedFd, old_ma
             // The command's terminal ends (the master reads EIO) when the command's processes
             // are gone, not while PID 1 holds it too.
             drop((slave, status));
-            relay(child)
+            signals::relay_and_exit(child)
         }
     }
 }
@@ -830,17 +718,6 @@ fn minimal_dev() -> std::result::Result<bool, Errno> {
     Ok(devpts)
 }
 
-/// PID 1 under `--rootfs` (and its parent): waits for `child`, passing forwarded signals on and
-/// reaping every other child too (as PID 1 must), and exits with the child's status (128+N for
-/// signal N).
-fn relay(child: Pid) -> ! {
-    let code = match SignalFd::with_flags(&forwarded_and_sigchld(), SfdFlags::SFD_CLOEXEC) {
-        Ok(signals) => forward_until_exit(child, &signals, true, KernelSignals::Skip),
-        Err(_) => wait_blocking(child),
-    };
-    sys::exit_now(code.unwrap_or(125))
-}
-
 /// `execvp` answers EACCES when some directory of `PATH` cannot be searched (common inside a
 /// namespace, where the host's `/root` is unmapped) even if the command is nowhere: like a shell,
 /// call that "not found" unless a file of that name exists on the path.
@@ -870,15 +747,6 @@ impl Drop for ChildGuard {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
         }
-    }
-}
-
-/// Restores the signal mask when `run` returns.
-struct MaskGuard(SigSet);
-
-impl Drop for MaskGuard {
-    fn drop(&mut self) {
-        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
     }
 }
 
@@ -965,79 +833,4 @@ fn start(
         return Err(stage_error(stage, errno, describe));
     }
     Ok(guard)
-}
-
-/// Passes the forwarded signals that arrive on `signals` on to `child` until it ends, and
-/// returns its exit code (128+N for signal N). With `reap_others` every other child that ends
-/// is reaped too: PID 1 inherits the orphans of its namespace.
-fn forward_until_exit(
-    child: Pid,
-    signals: &SignalFd,
-    reap_others: bool,
-    kernel: KernelSignals,
-) -> Result<i32> {
-    let reap = if reap_others {
-        Pid::from_raw(-1)
-    } else {
-        child
-    };
-    loop {
-        let info = match signals.read_signal() {
-            Ok(Some(info)) => info,
-            Ok(None) | Err(Errno::EINTR) => continue,
-            Err(e) => {
-                // Without signals we can still wait for the command.
-                return wait_blocking(child).map_err(|_| Error::sys("reading signals", e));
-            }
-        };
-        let signo = info.ssi_signo as i32;
-        if signo == libc::SIGCHLD {
-            // One SIGCHLD may stand for several children that ended.
-            loop {
-                match waitpid(reap, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => break,
-                    Ok(status) if status.pid() == Some(child) => {
-                        if let Some(code) = exit_code(status) {
-                            return Ok(code);
-                        }
-                    }
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(_) if reap_others => break,
-                    Err(e) => return Err(Error::sys("waitpid", e)),
-                }
-            }
-            continue;
-        }
-        // A signal the terminal sent to the whole foreground process group reached the command
-        // already; only signals sent to idshift alone are passed on.
-        if info.ssi_code == libc::SI_KERNEL && kernel == KernelSignals::Skip {
-            continue;
-        }
-        if let Ok(sig) = Signal::try_from(signo) {
-            let _ = kill(child, sig);
-        }
-    }
-}
-
-fn wait_blocking(child: Pid) -> Result<i32> {
-    loop {
-        match waitpid(child, None) {
-            Ok(status) => {
-                if let Some(code) = exit_code(status) {
-                    return Ok(code);
-                }
-            }
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(Error::sys("waitpid", e)),
-        }
-    }
-}
-
-/// The shell's convention: the exit code, or 128+N for death by signal N.
-fn exit_code(status: WaitStatus) -> Option<i32> {
-    match status {
-        WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
-        _ => None,
-    }
 }

@@ -13,7 +13,8 @@
 //! reachable, whatever the command does with CAP_SYS_CHROOT), a terminal of its own instead of
 //! the caller's ([`terminal`]), and a clean environment.
 //!
-//! The path is single-threaded from `main` to `fork` (no thread pool is ever started
+//! Everything the child needs (arguments, environment, candidate paths) is built before the
+//! fork. The path is single-threaded from `main` to `fork` (no thread pool is ever started
 //! here).
 
 mod child;
@@ -23,7 +24,7 @@ mod signals;
 mod spec;
 mod terminal;
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -59,7 +60,11 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Usage("a command argument contains a NUL byte".into()))?;
     let (action, host) = match &spec.rootfs {
-        None => (Action::Exec(&argv), None),
+        None => {
+            // The environment the command inherits is the caller's: `execvp` searches its PATH.
+            let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+            (Action::Exec { argv: &argv, path }, None)
+        }
         Some(dir) => {
             let (terminal, host) = terminal::plan()?.unzip();
             let owner = (spec.uid.unwrap_or(0), spec.gid.unwrap_or(0));
@@ -199,8 +204,8 @@ fn launch(
 
 /// What the child does once its maps are written.
 enum Action<'a> {
-    /// `execvp` the command.
-    Exec(&'a [CString]),
+    /// `execvp` the command (`path`: the caller's `PATH`, which `execvp` searches).
+    Exec { argv: &'a [CString], path: OsString },
     /// Enter the rootfs (mount and PID namespaces, `/proc`, `/dev`, pivot_root), then run the
     /// command as PID 2 under a small PID 1 that forwards signals and reaps.
     ExecIn(&'a [CString], Box<RootfsPlan>),
@@ -224,12 +229,11 @@ fn child_main(plan: ChildPlan, channel: Channel, old_mask: &SigSet, parent: Pid)
     };
     let status = channel.enter(dir, flags);
     match plan.action {
-        Action::Exec(argv) => {
+        Action::Exec { argv, path } => {
             status.become_ids(plan.ids);
             // After the id changes, which clear it: the command dies with idshift.
             status.prepare_exec(old_mask, parent);
             let Err(e) = nix::unistd::execvp(&argv[0], argv);
-            let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
             status.fail(Stage::Exec, exec_errno(&argv[0], e, &path))
         }
         Action::ExecIn(argv, rootfs) => {

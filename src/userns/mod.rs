@@ -1,17 +1,17 @@
 //! `idshift exec`: run a command as in-container root in a new user namespace.
 //!
 //! fork → the child `unshare(CLONE_NEWUSER)`s and says so → the parent writes the child's maps
-//! (directly or through newuidmap/newgidmap, [`mapper`]) and says go → the child drops
+//! (directly or through newuidmap/newgidmap, `mapper.rs`) and says go → the child drops
 //! supplementary groups, `setresgid`/`setresuid`s to the ids asked for and `execvp`s the
 //! command. Every set-up failure of the child comes back over a close-on-exec pipe, so the
 //! parent knows the command never ran; end of file on that pipe means `execvp` succeeded
-//! ([`child`] is that protocol, the one `run`, `call` and `namespace_fd` share). The parent then
-//! forwards signals ([`signals`]) and turns the command's end into an exit status.
+//! (`child.rs` is that protocol, the one `run`, `call` and `namespace_fd` share). The parent then
+//! forwards signals (`signals.rs`) and turns the command's end into an exit status.
 //!
-//! `--rootfs` enters a container rather than a chroot ([`rootfs`]): its own mount, PID and user
+//! `--rootfs` enters a container rather than a chroot (`rootfs.rs`): its own mount, PID and user
 //! namespaces, `pivot_root` into the rootfs with the host's tree detached (nothing of it stays
 //! reachable, whatever the command does with CAP_SYS_CHROOT), a terminal of its own instead of
-//! the caller's ([`terminal`]), and a clean environment.
+//! the caller's (`terminal.rs`), and a clean environment.
 //!
 //! Everything the child needs (arguments, environment, candidate paths) is built before the
 //! fork. The path is single-threaded from `main` to `fork` (no thread pool is ever started

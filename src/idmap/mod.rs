@@ -6,11 +6,12 @@
 //! Lookups go both ways by binary search, so maps of many entries stay fast.
 //!
 //! Each source of maps has its own small parser: [`spec`] (`-m KIND:NSID:HOSTID:COUNT`),
-//! [`subid`] (`/etc/subuid`, `/etc/subgid`), [`lxc`] (LXC container configs) and [`oci`]
-//! (an OCI runtime `config.json`).
+//! [`subid`] (`/etc/subuid`, `/etc/subgid`), [`lxc`] (LXC container configs), [`oci`]
+//! (an OCI runtime `config.json`) and [`proc`] (`/proc/PID/{uid,gid}_map`, a running namespace).
 
 pub mod lxc;
 pub mod oci;
+pub mod proc;
 pub mod source;
 pub mod spec;
 pub mod subid;

@@ -539,7 +539,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     }
     let pool = walk::pool(opts.threads)?;
     let empty = state::Records::new();
-    let namespace = crate::userns::current_map()?;
+    let namespace = crate::idmap::proc::current_map()?;
 
     // A read-only pass first where the run must know the whole tree before changing it:
     // --strict (outliers), or a record of TO that overlapping ranges cannot check inode by inode.

@@ -73,9 +73,19 @@ pub enum Error {
     /// A child process of idshift's own broke off or garbled its part of the set-up.
     #[error("the namespace child: {0}")]
     Child(String),
-    /// Not yet given a variant of its own.
-    #[error("{0}")]
-    Failed(String),
+    /// newuidmap or newgidmap is not installed, and an unprivileged caller needs it.
+    #[error("{} not found: an unprivileged user needs it to map {kind}s (install the 'uidmap' package)", program.display())]
+    HelperMissing {
+        program: PathBuf,
+        kind: &'static str,
+    },
+    /// newuidmap or newgidmap refused to write the map.
+    #[error("{} refused the map ({status}){}", program.display(), detail(.message))]
+    MapRefused {
+        program: PathBuf,
+        status: String,
+        message: String,
+    },
 }
 
 /// `: TEXT` for a program's last words on stderr, or nothing.

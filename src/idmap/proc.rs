@@ -40,14 +40,19 @@ pub fn read(dir: &Path) -> Result<Option<IdMap>> {
     for kind in IdKind::BOTH {
         let path = dir.join(format!("{}_map", kind.name()));
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let extents =
-            parse(kind, &text).map_err(|e| Error::Failed(format!("{}: {e}", path.display())))?;
+        let extents = parse(kind, &text).map_err(|reason| Error::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
         entries.extend(extents);
     }
     if entries.is_empty() {
         return Ok(None);
     }
-    let map = IdMap::new(entries).map_err(|e| Error::Failed(format!("{}: {e}", dir.display())))?;
+    let map = IdMap::new(entries).map_err(|e| Error::Corrupt {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     Ok(Some(map))
 }
 

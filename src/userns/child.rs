@@ -178,7 +178,7 @@ impl Supervisor {
         match self.read_message()? {
             Some((Stage::Ready, _)) => Ok(()),
             Some((stage, errno)) => Err(explain(stage, errno)),
-            None => Err(Error::Failed("the child exited during set-up".into())),
+            None => Err(Error::Child("it exited during set-up".into())),
         }
     }
 
@@ -207,14 +207,14 @@ impl Supervisor {
         while got < MSG_LEN {
             match self.status.read(&mut msg[got..]) {
                 Ok(0) if got == 0 => return Ok(None),
-                Ok(0) => return Err(Error::Failed("short message from the child".into())),
+                Ok(0) => return Err(Error::Child("a short message".into())),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Failed(format!("reading the child's status: {e}"))),
+                Err(e) => return Err(Error::Child(format!("reading its status: {e}"))),
             }
         }
-        let stage = Stage::from_byte(msg[0])
-            .ok_or_else(|| Error::Failed("bad message from the child".into()))?;
+        let stage =
+            Stage::from_byte(msg[0]).ok_or_else(|| Error::Child("a garbled message".into()))?;
         let errno = Errno::from_raw(i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]));
         Ok(Some((stage, errno)))
     }
@@ -309,7 +309,10 @@ impl Describe {
                 } else {
                     ""
                 };
-                return Error::Failed(format!("cannot create a user namespace: {errno}{hint}"));
+                return Error::Unsupported {
+                    what: "cannot create a user namespace".into(),
+                    why: format!("{errno}{hint}"),
+                };
             }
             Stage::Setgroups => "cannot drop supplementary groups in the namespace".to_string(),
             Stage::Setresgid => {

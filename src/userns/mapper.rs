@@ -120,12 +120,10 @@ impl Mapper {
             .spawn()
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::Failed(format!(
-                        "{} not found: an unprivileged user needs it to map {}s \
-                         (install the 'uidmap' package)",
-                        program.display(),
-                        kind.name()
-                    ))
+                    Error::HelperMissing {
+                        program: program.clone(),
+                        kind: kind.name(),
+                    }
                 } else {
                     Error::io(program, e)
                 }
@@ -153,12 +151,11 @@ fn wait_helper(program: &Path, child: Child) -> Result<()> {
         Some(code) => format!("exit status {code}"),
         None => format!("{}", out.status),
     };
-    Err(Error::Failed(format!(
-        "{} refused the map ({status}){}{}",
-        program.display(),
-        if message.is_empty() { "" } else { ": " },
-        message
-    )))
+    Err(Error::MapRefused {
+        program: program.to_path_buf(),
+        status,
+        message,
+    })
 }
 
 /// The kernel takes a map in one `write`; a short write would leave it half-set.
@@ -169,11 +166,13 @@ fn write_once(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(path, e))?;
     match file.write(data) {
         Ok(n) if n == data.len() => Ok(()),
-        Ok(n) => Err(Error::Failed(format!(
-            "{}: short write ({n} of {} bytes)",
-            path.display(),
-            data.len()
-        ))),
+        Ok(n) => Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write ({n} of {} bytes)", data.len()),
+            ),
+        )),
         Err(e) => Err(Error::io(path, e)),
     }
 }

@@ -4,7 +4,14 @@ mod common;
 
 use common::*;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(completions_for_every_shell),
+        trial!(man_pages_render),
+        trial!(help_and_version),
+    ])
+}
+
 fn completions_for_every_shell() {
     for (shell, marker) in [
         ("bash", "complete -F _idshift"),
@@ -29,7 +36,6 @@ fn completions_for_every_shell() {
     assert_code(&run(&mut idshift(&["completions", "nosh"])), 2);
 }
 
-#[test]
 fn man_pages_render() {
     let out = run(&mut idshift(&["man"]));
     assert_code(&out, 0);
@@ -58,7 +64,6 @@ fn man_pages_render() {
     assert!(shift.contains("cross\\-mounts"), "options documented");
 }
 
-#[test]
 fn help_and_version() {
     let out = run(&mut idshift(&["--version"]));
     assert_code(&out, 0);

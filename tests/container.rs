@@ -9,9 +9,66 @@ use std::process::{Command, Output};
 use common::lxc::*;
 use common::tree::*;
 use common::*;
-use idshift::shift::{acl, caps};
 
-fn plus(delta: i64) -> impl Fn(idshift::idmap::IdKind, u32) -> Option<u32> {
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(migrate_a_real_container_as_root, Need::Root, Need::Rootfs),
+        trial!(
+            unprivileged_migrate_between_the_users_two_ranges,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(
+            unprivileged_refusals_change_nothing,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(
+            unprivileged_shift_leaves_what_it_could_not_restore,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            migrate_killed_at_every_step_finishes_on_rerun,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            unprivileged_migrate_killed_midway_finishes_on_rerun,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
+        trial!(
+            migrate_refuses_a_running_container,
+            Need::Root,
+            Need::Rootfs,
+            Need::Lxc
+        ),
+        trial!(
+            exec_rootfs_fixes_up_a_stopped_container_unprivileged,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(
+            exec_rootfs_forwards_signals_through_its_pid_1,
+            Need::Root,
+            Need::Rootfs
+        ),
+        trial!(
+            a_real_lxc_container_running_then_migrated_and_started_again,
+            Need::Root,
+            Need::Rootfs,
+            Need::Lxc
+        ),
+    ])
+}
+
+fn plus(delta: i64) -> impl Fn(IdKind, u32) -> Option<u32> {
     move |_, id| u32::try_from(i64::from(id) + delta).ok()
 }
 
@@ -67,7 +124,6 @@ fn migrate(c: &Container, user: Option<&TestUser>, extra: &[&str]) -> Output {
     }
 }
 
-#[test]
 fn migrate_a_real_container_as_root() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -106,7 +162,6 @@ fn migrate_a_real_container_as_root() {
     assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
 }
 
-#[test]
 fn unprivileged_migrate_between_the_users_two_ranges() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -141,7 +196,6 @@ fn unprivileged_migrate_between_the_users_two_ranges() {
     assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 200000));
 }
 
-#[test]
 fn unprivileged_refusals_change_nothing() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -185,7 +239,6 @@ fn unprivileged_refusals_change_nothing() {
 
 // Inside the namespace a host-root (v2) capability or an ACL entry naming a foreign id could not
 // be written back after the chown: those inodes are reported and left whole; root finishes them.
-#[test]
 fn unprivileged_shift_leaves_what_it_could_not_restore() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -300,7 +353,6 @@ fn killed(out: &Output) -> bool {
     out.status.signal() == Some(9) || out.status.code() == Some(128 + 9)
 }
 
-#[test]
 fn migrate_killed_at_every_step_finishes_on_rerun() {
     let Some(_) = require!(Root) else { return };
     let sample = tempfile::tempdir().unwrap();
@@ -339,7 +391,6 @@ fn migrate_killed_at_every_step_finishes_on_rerun() {
     }
 }
 
-#[test]
 fn unprivileged_migrate_killed_midway_finishes_on_rerun() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -377,7 +428,6 @@ fn unprivileged_migrate_killed_midway_finishes_on_rerun() {
     }
 }
 
-#[test]
 fn migrate_error_paths() {
     let Some(_) = require!(Root) else { return };
     let sample = tempfile::tempdir().unwrap();
@@ -430,7 +480,6 @@ fn migrate_error_paths() {
     );
 }
 
-#[test]
 fn migrate_refuses_a_running_container() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -477,7 +526,6 @@ fn migrate_refuses_a_running_container() {
     assert_eq!(c.config_now(), config);
 }
 
-#[test]
 fn exec_rootfs_fixes_up_a_stopped_container_unprivileged() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -549,7 +597,6 @@ fn exec_rootfs_fixes_up_a_stopped_container_unprivileged() {
     assert!(stderr(&out).contains(&missing), "{}", stderr(&out));
 }
 
-#[test]
 fn exec_rootfs_forwards_signals_through_its_pid_1() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -599,18 +646,15 @@ fn lxc(tool: &str, c: &Container, rest: &[&str]) -> Output {
 /// The container as LXC really runs it: refused while running (lxc-info and the monitor process
 /// say so), migrated once stopped, and after migrating back it starts again and its files are
 /// root's inside.
-#[test]
 fn a_real_lxc_container_running_then_migrated_and_started_again() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
     if !on_path("lxc-start") {
-        eprintln!("skipped: LXC is not installed (run .ci/setup-test-env)");
-        return;
+        skip("LXC is not installed (run .ci/setup-test-env)");
     }
     let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
     if !subuid.lines().any(|l| l.starts_with("root:100000:")) {
-        eprintln!("skipped: root has no root:100000:65536 in /etc/subuid (run .ci/setup-test-env)");
-        return;
+        skip("root has no root:100000:65536 in /etc/subuid (run .ci/setup-test-env)");
     }
     let c = container(&src, "r1", 100000, None);
     // No network (the test machine may have no lxcbr0) and an init that just waits.
@@ -635,8 +679,9 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
             .filter(|l| l.contains("ERROR"))
             .take(3)
             .collect();
-        eprintln!("skipped: this machine cannot start LXC containers: {errors:?}");
-        return;
+        skip(format!(
+            "this machine cannot start LXC containers: {errors:?}"
+        ));
     }
     let started = Started(&c);
     assert_eq!(

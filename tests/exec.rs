@@ -10,6 +10,58 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(root_map_inside_equals_the_requested_map, Need::Root),
+        trial!(
+            root_runs_as_uid_and_gid_0_without_supplementary_groups,
+            Need::Root
+        ),
+        trial!(uid_and_gid_options_pick_other_ids, Need::Root),
+        trial!(a_uid_only_or_gid_only_map_works, Need::Root),
+        trial!(exit_status_is_the_commands_own, Need::Root),
+        trial!(not_found_is_127_and_not_executable_is_126, Need::Root),
+        trial!(bad_maps_fail_with_125_before_the_command_runs, Need::Root),
+        trial!(maps_from_lxc_and_oci_configs, Need::Root),
+        trial!(default_command_is_shell, Need::Root),
+        trial!(sigterm_and_sigusr1_are_forwarded_to_the_command, Need::Root),
+        trial!(the_command_dies_when_idshift_dies, Need::Root),
+        trial!(
+            interactive_shell_on_a_terminal_has_job_control,
+            Need::Root,
+            Need::Tool("script")
+        ),
+        trial!(
+            interactive_shell_in_a_rootfs_has_job_control,
+            Need::Root,
+            Need::Rootfs,
+            Need::Tool("script")
+        ),
+        trial!(
+            unprivileged_default_map_spans_every_range_including_numeric_lines,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            unprivileged_explicit_map_through_the_helpers,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(unprivileged_own_id_and_map_self, Need::Root, Need::TestUser),
+        trial!(
+            unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again,
+            Need::Root,
+            Need::Rootfs,
+            Need::Tool("script")
+        ),
+    ])
+}
+
 fn uid_map_inside(cmd: &mut Command) -> (ProcMap, ProcMap) {
     let out = run(cmd);
     assert_code(&out, 0);
@@ -31,7 +83,6 @@ fn with_maps<'a>(head: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-#[test]
 fn root_map_inside_equals_the_requested_map() {
     let Some(_) = require!(Root) else { return };
     let (u, g) = uid_map_inside(&mut idshift(&with_maps(&[
@@ -45,7 +96,6 @@ fn root_map_inside_equals_the_requested_map() {
     assert_eq!(g, vec![(0, 100000, 65536)]);
 }
 
-#[test]
 fn root_runs_as_uid_and_gid_0_without_supplementary_groups() {
     let Some(_) = require!(Root) else { return };
     let out = run(&mut idshift(&[
@@ -69,7 +119,6 @@ fn root_runs_as_uid_and_gid_0_without_supplementary_groups() {
     );
 }
 
-#[test]
 fn uid_and_gid_options_pick_other_ids() {
     let Some(_) = require!(Root) else { return };
     let out = run(&mut idshift(&[
@@ -89,7 +138,6 @@ fn uid_and_gid_options_pick_other_ids() {
     assert_eq!(stdout(&out), "1000\n100\n");
 }
 
-#[test]
 fn a_uid_only_or_gid_only_map_works() {
     let Some(_) = require!(Root) else { return };
     let (u, g) = uid_map_inside(&mut idshift(&with_maps(&["exec", "-m", "u:0:100000:10"])));
@@ -108,7 +156,6 @@ fn a_uid_only_or_gid_only_map_works() {
     assert_eq!(stdout(&out), "0\n");
 }
 
-#[test]
 fn exit_status_is_the_commands_own() {
     let Some(_) = require!(Root) else { return };
     fn with<'a>(cmd: &[&'a str]) -> Vec<&'a str> {
@@ -127,7 +174,6 @@ fn exit_status_is_the_commands_own() {
     );
 }
 
-#[test]
 fn not_found_is_127_and_not_executable_is_126() {
     let Some(_) = require!(Root) else { return };
     let out = run(&mut idshift(&[
@@ -160,7 +206,6 @@ fn not_found_is_127_and_not_executable_is_126() {
 }
 
 /// Failures of idshift itself: one line on stderr, exit 125, and the command never ran.
-#[test]
 fn bad_maps_fail_with_125_before_the_command_runs() {
     let Some(_) = require!(Root) else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +233,6 @@ fn bad_maps_fail_with_125_before_the_command_runs() {
     }
 }
 
-#[test]
 fn maps_from_lxc_and_oci_configs() {
     let Some(_) = require!(Root) else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -231,7 +275,6 @@ fn maps_from_lxc_and_oci_configs() {
     assert_eq!((u, g), (vec![(0, 400000, 1000)], vec![(0, 500000, 1000)]));
 }
 
-#[test]
 fn default_command_is_shell() {
     let Some(_) = require!(Root) else { return };
     let out = run(idshift(&["exec", "-m", "b:0:100000:65536"])
@@ -263,7 +306,6 @@ fn spawn_with_ready_line(
     (child, out, line)
 }
 
-#[test]
 fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
     let Some(_) = require!(Root) else { return };
     for (sig, name) in [
@@ -285,7 +327,6 @@ fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
     }
 }
 
-#[test]
 fn the_command_dies_when_idshift_dies() {
     let Some(_) = require!(Root) else { return };
     let (mut child, _out, line) = spawn_with_ready_line(&[
@@ -316,14 +357,12 @@ fn the_command_dies_when_idshift_dies() {
 
 /// An interactive shell on a terminal: Ctrl-C reaches the shell's job (not idshift), Ctrl-Z
 /// stops a job and the shell keeps control, and the shell's exit status comes back.
-#[test]
 fn interactive_shell_on_a_terminal_has_job_control() {
     let Some(_) = require!(Root) else { return };
     job_control_on_a_terminal("-m b:0:100000:65536");
 }
 
 /// The same under `--rootfs`, where the shell is PID 2 behind idshift's PID 1.
-#[test]
 fn interactive_shell_in_a_rootfs_has_job_control() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
@@ -385,7 +424,6 @@ fn job_control_on_a_terminal(exec_args: &str) {
     assert!(text.contains("outer-5"), "the exit status: {text}");
 }
 
-#[test]
 fn unprivileged_default_map_spans_every_range_including_numeric_lines() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -400,7 +438,6 @@ fn unprivileged_default_map_spans_every_range_including_numeric_lines() {
     assert_eq!(stdout(&out), "0\n");
 }
 
-#[test]
 fn unprivileged_explicit_map_through_the_helpers() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -413,7 +450,6 @@ fn unprivileged_explicit_map_through_the_helpers() {
     assert_eq!(g, vec![(0, 300000, 65536)]);
 }
 
-#[test]
 fn unprivileged_own_id_and_map_self() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -430,7 +466,6 @@ fn unprivileged_own_id_and_map_self() {
     assert_eq!(u, vec![(0, 200000, 65536), (65536, me.uid, 1)]);
 }
 
-#[test]
 fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -460,7 +495,6 @@ fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {
 // `kill -TSTP` sent to idshift itself (not the keys, which go to the command): the caller's
 // terminal is given back in the state it had before idshift stops, and taken over again after
 // `fg` (the command's shell answers again, in raw mode).
-#[test]
 fn a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };

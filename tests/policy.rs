@@ -10,6 +10,46 @@ use std::path::PathBuf;
 use common::tree::*;
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(
+            root_migrate_of_a_users_config_naming_host_root_and_a_host_directory_is_refused,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            root_migrate_to_ranges_not_delegated_or_a_rootfs_elsewhere_is_refused_unless_forced,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            a_symlink_of_the_users_on_the_way_is_refused,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            root_mount_of_a_users_tree_showing_host_root_is_refused,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            a_users_config_naming_dev_zero_or_a_fifo_is_not_read,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            paths_owned_by_the_users_subordinate_ids_are_still_the_users,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            root_exec_rootfs_with_a_users_map_file_is_checked_too,
+            Need::Root,
+            Need::TestUser
+        ),
+    ])
+}
+
 /// A user-owned LXCPATH with container `c` whose config has `map_base` as its container root
 /// and `rootfs` as its rootfs; plus a root-owned "host directory" with a few files.
 struct Setup {
@@ -68,7 +108,6 @@ fn migrate(s: &Setup, extra: &[&str]) -> std::process::Output {
 
 // The attack: `lxc.idmap = u 0 0 65536` + `lxc.rootfs.path = dir:/etc` in a user's
 // config, then root's migrate.
-#[test]
 fn root_migrate_of_a_users_config_naming_host_root_and_a_host_directory_is_refused() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -101,7 +140,6 @@ fn root_migrate_of_a_users_config_naming_host_root_and_a_host_directory_is_refus
     assert_eq!(snapshot(&s.host_dir), before);
 }
 
-#[test]
 fn root_migrate_to_ranges_not_delegated_or_a_rootfs_elsewhere_is_refused_unless_forced() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -139,7 +177,6 @@ fn root_migrate_to_ranges_not_delegated_or_a_rootfs_elsewhere_is_refused_unless_
     );
 }
 
-#[test]
 fn a_symlink_of_the_users_on_the_way_is_refused() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -162,7 +199,6 @@ fn a_symlink_of_the_users_on_the_way_is_refused() {
 }
 
 // `mount` runs the same check: a user's tree shown with its ids as host root is refused.
-#[test]
 fn root_mount_of_a_users_tree_showing_host_root_is_refused() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -187,7 +223,6 @@ fn root_mount_of_a_users_tree_showing_host_root_is_refused() {
 
 // A user's config that is a symlink to /dev/zero (or a FIFO) is not read: root's migrate ends
 // at once with one line, instead of eating memory or hanging.
-#[test]
 fn a_users_config_naming_dev_zero_or_a_fifo_is_not_read() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -208,7 +243,6 @@ fn a_users_config_naming_dev_zero_or_a_fifo_is_not_read() {
 
 // The user hands their lxcpath, container directory and config to one of their subordinate
 // ids (as container root can): still theirs, still checked.
-#[test]
 fn paths_owned_by_the_users_subordinate_ids_are_still_the_users() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -229,7 +263,6 @@ fn paths_owned_by_the_users_subordinate_ids_are_still_the_users() {
 }
 
 // `exec --lxc-config FILE --rootfs DIR` (and -m) as root: the same check as --container.
-#[test]
 fn root_exec_rootfs_with_a_users_map_file_is_checked_too() {
     let Some(env) = require!(TestUser) else {
         return;

@@ -4,7 +4,14 @@ mod common;
 
 use common::*;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![trial!(
+        ranges_of_the_test_user_with_containers,
+        Need::Root,
+        Need::TestUser
+    )])
+}
+
 fn ranges_of_the_test_user_with_containers() {
     let Some(env) = require!(TestUser) else {
         return;

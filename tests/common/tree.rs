@@ -416,15 +416,25 @@ fn meta(path: &Path) -> Meta {
 }
 
 fn walk(dir: &Path, rel: PathBuf, out: &mut BTreeMap<PathBuf, Meta>) {
+    use nix::fcntl::OFlag;
     if rel.as_os_str().is_empty() {
         out.insert(rel.clone(), meta(dir));
     }
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()));
-    for entry in entries {
-        let entry = entry.unwrap();
-        let path = rel.join(entry.file_name());
-        let full = dir.join(entry.file_name());
+    // O_NOATIME: reading the directory must not change its atime (std's read_dir would).
+    let mut d = nix::dir::Dir::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOATIME | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()));
+    let names: Vec<std::ffi::OsString> = d
+        .iter()
+        .map(|e| OsStr::from_bytes(e.unwrap().file_name().to_bytes()).to_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    for name in names {
+        let path = rel.join(&name);
+        let full = dir.join(&name);
         let m = meta(&full);
         let is_dir = m.kind == libc::S_IFDIR;
         out.insert(path.clone(), m);

@@ -6,7 +6,11 @@ use common::*;
 
 fn main() -> std::process::ExitCode {
     common::harness::main(vec![
-        trial!(demo_shows_the_shift_and_cleans_up, Need::Root),
+        trial!(
+            demo_shows_the_shift_and_cleans_up,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
         trial!(
             demo_without_root_says_what_it_needs,
             Need::Root,

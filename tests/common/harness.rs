@@ -170,7 +170,7 @@ fn scratch_xattrs_problem() -> Option<String> {
     for (name, value) in tries {
         if let Err(e) = xattr::set(&f, name, &value) {
             return Some(format!(
-                "the scratch filesystem {} does not keep {name} xattrs ({e}); set TMPDIR elsewhere",
+                "{} keeps no {name} xattrs ({e}): set TMPDIR elsewhere",
                 scratch().display()
             ));
         }
@@ -181,10 +181,9 @@ fn scratch_xattrs_problem() -> Option<String> {
 fn scratch_exec_problem() -> Option<String> {
     let dir = scratch();
     match nix::sys::statvfs::statvfs(&dir) {
-        Ok(st) if st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC) => Some(format!(
-            "the scratch filesystem {} is noexec; set TMPDIR elsewhere",
-            dir.display()
-        )),
+        Ok(st) if st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC) => {
+            Some(format!("{} is noexec: set TMPDIR elsewhere", dir.display()))
+        }
         Ok(_) => None,
         Err(e) => Some(format!("cannot statvfs {}: {e}", dir.display())),
     }
@@ -193,8 +192,7 @@ fn scratch_exec_problem() -> Option<String> {
 fn rootfs_problem() -> Option<String> {
     let Some(dir) = std::env::var_os("IDSHIFT_TEST_ROOTFS") else {
         return Some(
-            "set IDSHIFT_TEST_ROOTFS to a tree built by ../shared/tools/make-rootfs.sh (.ci/run does)"
-                .into(),
+            "needs IDSHIFT_TEST_ROOTFS (../shared/tools/make-rootfs.sh; .ci/run sets it)".into(),
         );
     };
     let dir = Path::new(&dir);

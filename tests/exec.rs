@@ -439,9 +439,10 @@ fn unprivileged_default_map_spans_every_range_including_numeric_lines() {
     let Some(env) = require!(TestUser) else {
         return;
     };
-    // .ci/setup-test-env delegates NAME:200000:65536 and UID:300000:65536.
+    let (a, b) = env.user().ranges;
+    // .ci/setup-test-env delegates NAME:A:65536 and UID:B:65536 (A, B: 200000, 300000 if free).
     let (u, g) = uid_map_inside(&mut idshift_as(env.user(), &with_maps(&["exec"])));
-    let want = vec![(0, 200000, 65536), (65536, 300000, 65536)];
+    let want = vec![(0, a, 65536), (65536, b, 65536)];
     assert_eq!(u, want);
     assert_eq!(g, want);
     let out = run(&mut idshift_as(env.user(), &["exec", "--", "id", "-u"]));
@@ -453,18 +454,26 @@ fn unprivileged_explicit_map_through_the_helpers() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, b) = env.user().ranges;
     let (u, g) = uid_map_inside(&mut idshift_as(
         env.user(),
-        &with_maps(&["exec", "-m", "b:0:300000:65536", "-m", "u:65536:200000:1"]),
+        &with_maps(&[
+            "exec",
+            "-m",
+            &format!("b:0:{b}:65536"),
+            "-m",
+            &format!("u:65536:{a}:1"),
+        ]),
     ));
-    assert_eq!(u, vec![(0, 300000, 65536), (65536, 200000, 1)]);
-    assert_eq!(g, vec![(0, 300000, 65536)]);
+    assert_eq!(u, vec![(0, b, 65536), (65536, a, 1)]);
+    assert_eq!(g, vec![(0, b, 65536)]);
 }
 
 fn unprivileged_own_id_and_map_self() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, _) = env.user().ranges;
     let me = env.user();
     let own = format!("b:0:{}:1", me.uid);
     let out = run(&mut idshift_as(me, &["exec", "-m", &own, "--", "id", "-u"]));
@@ -472,9 +481,9 @@ fn unprivileged_own_id_and_map_self() {
     assert_eq!(stdout(&out), "0\n");
     let (u, _) = uid_map_inside(&mut idshift_as(
         me,
-        &with_maps(&["exec", "-s", "-m", "b:0:200000:65536"]),
+        &with_maps(&["exec", "-s", "-m", &format!("b:0:{a}:65536")]),
     ));
-    assert_eq!(u, vec![(0, 200000, 65536), (65536, me.uid, 1)]);
+    assert_eq!(u, vec![(0, a, 65536), (65536, me.uid, 1)]);
 }
 
 fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {

@@ -34,6 +34,9 @@ pub struct TestUser {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// The starts of its two delegated 65536-id ranges, the same in /etc/subuid and
+    /// /etc/subgid: the one on its user-name line, the one on its numeric-uid line.
+    pub ranges: (u32, u32),
 }
 
 /// What `require!` found.
@@ -106,29 +109,42 @@ fn test_user() -> Result<TestUser, String> {
         .ok()
         .flatten()
         .ok_or_else(|| format!("no test user '{name}' (run .ci/setup-test-env)"))?;
-    // The tests name the two ranges .ci/setup-test-env delegates: NAME:200000:65536 and
-    // UID:300000:65536, in /etc/subuid and /etc/subgid alike.
+    // The two ranges .ci/setup-test-env delegates: NAME:A:65536 and UID:B:65536, the same in
+    // /etc/subuid and /etc/subgid (wherever the machine had room for them).
     let uid = user.uid.as_raw();
+    let mut found = Vec::new();
     for file in ["/etc/subuid", "/etc/subgid"] {
         let text = std::fs::read_to_string(file).unwrap_or_default();
-        let mine: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name}:")) || l.starts_with(&format!("{uid}:")))
-            .collect();
-        let want = [
-            format!("{name}:200000:65536"),
-            format!("{uid}:300000:65536"),
-        ];
-        if mine != want {
-            return Err(format!(
-                "'{name}' needs exactly {want:?} in {file} (has {mine:?}; run .ci/setup-test-env)"
-            ));
-        }
+        let start = |key: &str| -> Result<u32, String> {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.split(':').next() == Some(key))
+                .collect();
+            match lines[..] {
+                [line] => match line.split(':').collect::<Vec<_>>()[..] {
+                    [_, start, "65536"] => start.parse().map_err(|e| format!("{line}: {e}")),
+                    _ => Err(format!("'{line}' in {file} is not KEY:START:65536")),
+                },
+                _ => Err(format!(
+                    "'{name}' needs one {key}:START:65536 line in {file}, has {lines:?} \
+                     (run .ci/setup-test-env)"
+                )),
+            }
+        };
+        found.push((start(&name)?, start(&uid.to_string())?));
     }
+    if found[0] != found[1] {
+        return Err(format!(
+            "'{name}' has other ranges in /etc/subuid ({:?}) than in /etc/subgid ({:?})",
+            found[0], found[1]
+        ));
+    }
+    let ranges = found[0];
     Ok(TestUser {
         name,
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
+        ranges,
     })
 }
 

@@ -169,15 +169,17 @@ impl Drop for LegacyTiocsti {
 /// the container's, so the shell never reads the line and the file is never made.
 fn a_rootfs_program_cannot_push_input_into_the_callers_terminal() {
     let Some(_) = require!(Root) else { return };
+    // The tree is container root's: root's own delegated range.
+    let base = root_base();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let Some(prog) = static_program(tmp.path(), "tiocsti", TIOCSTI_PROGRAM) else {
         return;
     };
-    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let root = tiny_rootfs(tmp.path(), &prog, base);
     let _legacy = LegacyTiocsti::on();
     let pwned = tmp.path().join("pwned");
     let cmd = format!(
-        "{} exec -m b:0:100000:65536 --rootfs {} -- /prog {}\n",
+        "{} exec -m b:0:{base}:65536 --rootfs {} -- /prog {}\n",
         bin().display(),
         root.display(),
         pwned.display()
@@ -232,19 +234,21 @@ int main(int argc, char **argv) {
 /// `pivot_root`: there is nothing above the rootfs to reach.
 fn a_double_chroot_does_not_leave_the_rootfs() {
     let Some(_) = require!(Root) else { return };
+    // The tree is container root's: root's own delegated range.
+    let base = root_base();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let Some(prog) = static_program(tmp.path(), "escape", ESCAPE_PROGRAM) else {
         return;
     };
-    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let root = tiny_rootfs(tmp.path(), &prog, base);
     let marker = tmp.path().join("host-marker");
     std::fs::write(&marker, "host\n").unwrap();
     std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = idshift(&[
         "exec",
         "-m",
-        "b:0:100000:65536",
+        &format!("b:0:{base}:65536"),
         "--rootfs",
         root.to_str().unwrap(),
         "--",
@@ -356,12 +360,14 @@ int main(int argc, char **argv) {
 /// and the command cannot mount, remount or unmount (no CAP_SYS_ADMIN) to lift that.
 fn no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs() {
     let Some(_) = require!(Root) else { return };
+    // The tree is container root's: root's own delegated range.
+    let base = root_base();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let Some(prog) = static_program(tmp.path(), "fddev", FD_DEV_PROGRAM) else {
         return;
     };
-    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let root = tiny_rootfs(tmp.path(), &prog, base);
     nix::sys::stat::mknod(
         &root.join("nulldev"),
         nix::sys::stat::SFlag::S_IFCHR,
@@ -369,7 +375,7 @@ fn no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs() {
         nix::sys::stat::makedev(1, 3),
     )
     .unwrap();
-    std::os::unix::fs::lchown(root.join("nulldev"), Some(100000), Some(100000)).unwrap();
+    std::os::unix::fs::lchown(root.join("nulldev"), Some(base), Some(base)).unwrap();
     // An fd to the host's / that the caller leaves open across exec.
     let host = std::fs::File::open("/").unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&host);
@@ -381,7 +387,7 @@ fn no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs() {
     let mut cmd = idshift(&[
         "exec",
         "-m",
-        "b:0:100000:65536",
+        &format!("b:0:{base}:65536"),
         "--rootfs",
         root.to_str().unwrap(),
         "--",

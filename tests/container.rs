@@ -656,16 +656,7 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
     }
     // LXC maps the container through newuidmap: root's own delegated range (wherever
     // .ci/setup-test-env found room for it).
-    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
-    let Some(base) = subuid
-        .lines()
-        .find_map(|l| match l.split(':').collect::<Vec<_>>()[..] {
-            ["root" | "0", start, count] if count.parse::<u32>().is_ok_and(|n| n >= 65536) => {
-                start.parse::<u32>().ok()
-            }
-            _ => None,
-        })
-    else {
+    let Some(base) = root_range() else {
         skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
     };
     let c = container(&src, "r1", base, None);

@@ -357,6 +357,25 @@ pub fn parse_proc_map(text: &str) -> ProcMap {
         .collect()
 }
 
+/// The start of root's delegated range in /etc/subuid (a `root:` or `0:` line of at least
+/// 65536 ids; .ci/setup-test-env adds one where there is room), if any.
+pub fn root_range() -> Option<u32> {
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    subuid
+        .lines()
+        .find_map(|l| match l.split(':').collect::<Vec<_>>()[..] {
+            ["root" | "0", start, count] if count.parse::<u32>().is_ok_and(|n| n >= 65536) => {
+                start.parse::<u32>().ok()
+            }
+            _ => None,
+        })
+}
+
+/// Where root's containers live in the tests: root's own range, else 100000.
+pub fn root_base() -> u32 {
+    root_range().unwrap_or(100000)
+}
+
 /// The real Debian rootfs of the tests (`IDSHIFT_TEST_ROOTFS`, built by
 /// `../shared/tools/make-rootfs.sh`; `.ci/run` sets it); skips the test without it (declare
 /// [`Need::Rootfs`] so that it is skipped up front). Always `Some`.

@@ -288,22 +288,27 @@ fn default_command_is_shell() {
     );
 }
 
+/// `idshift ARGS` with its first line read, and a watchdog that kills it (and all it started)
+/// after 30 seconds: a command that never prints fails the test instead of hanging it.
 fn spawn_with_ready_line(
     args: &[&str],
 ) -> (
     std::process::Child,
     BufReader<std::process::ChildStdout>,
     String,
+    Watchdog,
 ) {
     let mut child = idshift(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let watchdog = Watchdog::new(child.id(), 30);
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    (child, out, line)
+    (child, out, line, watchdog)
 }
 
 fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
@@ -315,7 +320,7 @@ fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
         let script = format!(
             "trap 'echo got {name}; exit 3' {name}; echo ready; while :; do sleep 0.05; done"
         );
-        let (mut child, mut out, line) =
+        let (mut child, mut out, line, _watchdog) =
             spawn_with_ready_line(&["exec", "-m", "b:0:100000:65536", "--", "sh", "-c", &script]);
         assert_eq!(line, "ready\n");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
@@ -329,7 +334,7 @@ fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
 
 fn the_command_dies_when_idshift_dies() {
     let Some(_) = require!(Root) else { return };
-    let (mut child, _out, line) = spawn_with_ready_line(&[
+    let (mut child, _out, line, _watchdog) = spawn_with_ready_line(&[
         "exec",
         "-m",
         "b:0:100000:65536",

@@ -264,13 +264,13 @@ macro_rules! trial {
     };
 }
 
-/// The longest one test may run (`IDSHIFT_TEST_TIMEOUT` seconds, default 900) before the whole
+/// The longest one test may run (`IDSHIFT_TEST_TIMEOUT` seconds, default 300) before the whole
 /// run stops as failed: nothing waits forever.
 fn test_limit() -> Duration {
     let secs = std::env::var("IDSHIFT_TEST_TIMEOUT")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(900);
+        .unwrap_or(300);
     Duration::from_secs(secs)
 }
 

@@ -14,7 +14,11 @@ fn main() -> std::process::ExitCode {
     common::harness::main(vec![trial!(
         real_rootfs_into_a_container_range_and_back,
         Need::Root,
-        Need::Rootfs
+        Need::Rootfs,
+        // Run inside the namespace and on the host to read what the shift kept.
+        Need::Tool("getcap"),
+        Need::Tool("getfacl"),
+        Need::Tool("find")
     )])
 }
 

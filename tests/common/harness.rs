@@ -87,6 +87,9 @@ fn probe(need: Need) -> Option<String> {
         Need::ScratchXattrs => scratch_xattrs_problem(),
         Need::ScratchExec => scratch_exec_problem(),
         Need::ScratchImmutable => root().or_else(|| {
+            if !on_path("chattr") {
+                return Some("needs chattr (not on PATH)".into());
+            }
             let tmp = tempfile::tempdir().ok()?;
             let f = tmp.path().join("probe");
             std::fs::write(&f, "x").ok()?;
@@ -130,8 +133,12 @@ fn probe(need: Need) -> Option<String> {
     }
 }
 
-/// Runs `cmd` with no input or output, within 30 seconds; whether it succeeded.
+/// Runs `cmd` with no input or output, within 30 seconds; whether it succeeded (a program that
+/// is not installed did not).
 fn quiet(cmd: &mut Command) -> bool {
+    if !super::on_path(&cmd.get_program().to_string_lossy()) {
+        return false;
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -12,9 +12,18 @@ use common::*;
 fn main() -> std::process::ExitCode {
     common::harness::main(vec![
         trial!(mount_on_ext4_or_the_root_filesystem, Need::Root),
-        trial!(mount_on_tmpfs, Need::Root, Need::Tmpfs),
-        trial!(recursive_mount_shows_submounts_too, Need::Root, Need::Tmpfs),
-        trial!(a_filesystem_without_idmapped_mounts_is_named, Need::Root),
+        trial!(mount_on_tmpfs, Need::Root, Need::Tmpfs, Need::IdmappedTmpfs),
+        trial!(
+            recursive_mount_shows_submounts_too,
+            Need::Root,
+            Need::Tmpfs,
+            Need::IdmappedTmpfs
+        ),
+        trial!(
+            a_filesystem_without_idmapped_mounts_is_named,
+            Need::Root,
+            Need::Tmpfs
+        ),
         trial!(
             umount_refuses_what_idshift_did_not_mount,
             Need::Root,

@@ -524,9 +524,11 @@ fn a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
     // --force: other tests enter the same shared rootfs at the same time (in use).
-    // The --env makes the command line this test's own, for pgrep.
+    // The --env makes the command line this run's own, for pgrep (another run of this test
+    // on the machine would otherwise receive the TSTP).
     let args = format!(
-        "-m b:0:0:65536 --force --env IDSHIFT_TSTP_TEST=1 --rootfs {}",
+        "-m b:0:0:65536 --force --env IDSHIFT_TSTP_TEST={} --rootfs {}",
+        std::process::id(),
         rootfs.display()
     );
     let stop = format!("(sleep 3; kill -TSTP $(pgrep -o -f 'exec {args}')) &\n",);

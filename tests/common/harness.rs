@@ -300,7 +300,9 @@ pub fn main(tests: Vec<Test>) -> ExitCode {
             }
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    let conclusion = libtest_mimic::run(&args, trials);
+    super::remove_public_bin();
+    conclusion.exit_code()
 }
 
 fn run_one(

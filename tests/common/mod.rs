@@ -159,10 +159,12 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_idshift"))
 }
 
-/// A copy of the binary that any user can run (the build tree may sit under a 0700 home).
+static PUBLIC_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// A copy of the binary that any user can run (the build tree may sit under a 0700 home);
+/// removed when the run ends ([`remove_public_bin`]).
 pub fn public_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    PUBLIC_BIN.get_or_init(|| {
         // In /var/tmp (the root filesystem): $TMPDIR may be noexec.
         let dir = Path::new("/var/tmp").join(format!("idshift-test-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -172,6 +174,13 @@ pub fn public_bin() -> &'static Path {
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
         dst
     })
+}
+
+/// Removes the copy [`public_bin`] made, if it made one.
+pub fn remove_public_bin() {
+    if let Some(dir) = PUBLIC_BIN.get().and_then(|b| b.parent()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// `idshift ARGS` as the current user, from `/`.

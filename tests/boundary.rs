@@ -12,9 +12,36 @@ use std::process::Command;
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(
+            a_setuid_or_setgid_copy_refuses_to_run,
+            Need::Root,
+            Need::TestUser,
+            Need::StaticCc
+        ),
+        trial!(
+            a_rootfs_program_cannot_push_input_into_the_callers_terminal,
+            Need::Root,
+            Need::Tool("script"),
+            Need::StaticCc
+        ),
+        trial!(
+            a_double_chroot_does_not_leave_the_rootfs,
+            Need::Root,
+            Need::StaticCc
+        ),
+        trial!(the_rootfs_environment_is_clean, Need::Root, Need::Rootfs),
+        trial!(
+            no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs,
+            Need::Root,
+            Need::StaticCc
+        ),
+    ])
+}
+
 /// A setuid (or setgid) copy of idshift refuses to run, whatever it was asked, before it parses
 /// its arguments: the privilege boundary is newuidmap/newgidmap.
-#[test]
 fn a_setuid_or_setgid_copy_refuses_to_run() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -51,9 +78,8 @@ fn a_setuid_or_setgid_copy_refuses_to_run() {
 
 /// Compiles a C program statically (it runs in a rootfs without a libc), or says why not.
 fn static_program(dir: &Path, name: &str, source: &str) -> Option<PathBuf> {
-    if !on_path("cc") {
-        eprintln!("skipped: needs a C compiler (cc) for a static helper");
-        return None;
+    if let Some(why) = common::harness::missing(Need::StaticCc) {
+        skip(why);
     }
     let src = dir.join(format!("{name}.c"));
     let out = dir.join(name);
@@ -62,13 +88,7 @@ fn static_program(dir: &Path, name: &str, source: &str) -> Option<PathBuf> {
         .args(["-static", "-O", "-o"])
         .arg(&out)
         .arg(&src));
-    if !result.status.success() {
-        eprintln!(
-            "skipped: cannot link a static program (install the libc's static library): {}",
-            stderr(&result)
-        );
-        return None;
-    }
+    assert!(result.status.success(), "cc -static: {}", stderr(&result));
     Some(out)
 }
 
@@ -147,18 +167,19 @@ impl Drop for LegacyTiocsti {
 /// A program in the rootfs pushes a command into the terminal it runs on. Under
 /// `exec --rootfs` from an interactive shell on a real terminal, that terminal is a new one of
 /// the container's, so the shell never reads the line and the file is never made.
-#[test]
 fn a_rootfs_program_cannot_push_input_into_the_callers_terminal() {
     let Some(_) = require!(Root) else { return };
+    // The tree is container root's: root's own delegated range.
+    let base = root_base();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let Some(prog) = static_program(tmp.path(), "tiocsti", TIOCSTI_PROGRAM) else {
         return;
     };
-    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let root = tiny_rootfs(tmp.path(), &prog, base);
     let _legacy = LegacyTiocsti::on();
     let pwned = tmp.path().join("pwned");
     let cmd = format!(
-        "{} exec -m b:0:100000:65536 --rootfs {} -- /prog {}\n",
+        "{} exec -m b:0:{base}:65536 --rootfs {} -- /prog {}\n",
         bin().display(),
         root.display(),
         pwned.display()
@@ -211,22 +232,23 @@ int main(int argc, char **argv) {
 /// Container root has CAP_SYS_CHROOT in its namespace: under a plain chroot, the double-chroot
 /// escape reaches the host's `/`. Under `exec --rootfs` the host's tree is detached after
 /// `pivot_root`: there is nothing above the rootfs to reach.
-#[test]
 fn a_double_chroot_does_not_leave_the_rootfs() {
     let Some(_) = require!(Root) else { return };
+    // The tree is container root's: root's own delegated range.
+    let base = root_base();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let Some(prog) = static_program(tmp.path(), "escape", ESCAPE_PROGRAM) else {
         return;
     };
-    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let root = tiny_rootfs(tmp.path(), &prog, base);
     let marker = tmp.path().join("host-marker");
     std::fs::write(&marker, "host\n").unwrap();
     std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = idshift(&[
         "exec",
         "-m",
-        "b:0:100000:65536",
+        &format!("b:0:{base}:65536"),
         "--rootfs",
         root.to_str().unwrap(),
         "--",
@@ -250,7 +272,6 @@ fn a_double_chroot_does_not_leave_the_rootfs() {
 
 /// Only PATH, HOME, TERM, LANG and LC_* reach a command under `--rootfs`, and what `--env`
 /// adds: never the caller's agent sockets, session bus or runtime directory.
-#[test]
 fn the_rootfs_environment_is_clean() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
@@ -337,15 +358,16 @@ int main(int argc, char **argv) {
 /// Under `exec --rootfs` only fds 0-2 reach the command (an fd the caller had open to a host
 /// directory would be a way out), device nodes in the rootfs open nothing (the bind is nodev),
 /// and the command cannot mount, remount or unmount (no CAP_SYS_ADMIN) to lift that.
-#[test]
 fn no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs() {
     let Some(_) = require!(Root) else { return };
+    // The tree is container root's: root's own delegated range.
+    let base = root_base();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let Some(prog) = static_program(tmp.path(), "fddev", FD_DEV_PROGRAM) else {
         return;
     };
-    let root = tiny_rootfs(tmp.path(), &prog, 100000);
+    let root = tiny_rootfs(tmp.path(), &prog, base);
     nix::sys::stat::mknod(
         &root.join("nulldev"),
         nix::sys::stat::SFlag::S_IFCHR,
@@ -353,7 +375,7 @@ fn no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs() {
         nix::sys::stat::makedev(1, 3),
     )
     .unwrap();
-    std::os::unix::fs::lchown(root.join("nulldev"), Some(100000), Some(100000)).unwrap();
+    std::os::unix::fs::lchown(root.join("nulldev"), Some(base), Some(base)).unwrap();
     // An fd to the host's / that the caller leaves open across exec.
     let host = std::fs::File::open("/").unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&host);
@@ -365,7 +387,7 @@ fn no_inherited_fd_device_node_or_remount_leads_out_of_the_rootfs() {
     let mut cmd = idshift(&[
         "exec",
         "-m",
-        "b:0:100000:65536",
+        &format!("b:0:{base}:65536"),
         "--rootfs",
         root.to_str().unwrap(),
         "--",

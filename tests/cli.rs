@@ -4,8 +4,22 @@ mod common;
 
 use common::*;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(completions_for_every_shell),
+        trial!(man_pages_render),
+        trial!(help_and_version),
+    ])
+}
+
 fn completions_for_every_shell() {
+    // How each shell's script names a subcommand: as its own word, so that `shift` is not
+    // found inside `idshift` (or `mount` inside `umount`).
+    let entry = |shell: &str, sub: &str| match shell {
+        "bash" => format!("idshift,{sub})"),
+        "zsh" => format!("'{sub}:"),
+        _ => format!("-a \"{sub}\" -d "),
+    };
     for (shell, marker) in [
         ("bash", "complete -F _idshift"),
         ("zsh", "#compdef idshift"),
@@ -18,7 +32,8 @@ fn completions_for_every_shell() {
         for sub in [
             "exec", "shift", "status", "ranges", "migrate", "mount", "umount",
         ] {
-            assert!(text.contains(sub), "{shell}: no {sub}");
+            let want = entry(shell, sub);
+            assert!(text.contains(&want), "{shell}: no {want:?} for {sub}");
         }
     }
     if on_path("bash") {
@@ -29,7 +44,6 @@ fn completions_for_every_shell() {
     assert_code(&run(&mut idshift(&["completions", "nosh"])), 2);
 }
 
-#[test]
 fn man_pages_render() {
     let out = run(&mut idshift(&["man"]));
     assert_code(&out, 0);
@@ -58,7 +72,6 @@ fn man_pages_render() {
     assert!(shift.contains("cross\\-mounts"), "options documented");
 }
 
-#[test]
 fn help_and_version() {
     let out = run(&mut idshift(&["--version"]));
     assert_code(&out, 0);

@@ -9,9 +9,66 @@ use std::process::{Command, Output};
 use common::lxc::*;
 use common::tree::*;
 use common::*;
-use idshift::shift::{acl, caps};
 
-fn plus(delta: i64) -> impl Fn(idshift::idmap::IdKind, u32) -> Option<u32> {
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(migrate_a_real_container_as_root, Need::Root, Need::Rootfs),
+        trial!(
+            unprivileged_migrate_between_the_users_two_ranges,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(
+            unprivileged_refusals_change_nothing,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(
+            unprivileged_shift_leaves_what_it_could_not_restore,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            migrate_killed_at_every_step_finishes_on_rerun,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            unprivileged_migrate_killed_midway_finishes_on_rerun,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
+        trial!(
+            migrate_refuses_a_running_container,
+            Need::Root,
+            Need::Rootfs,
+            Need::Lxc
+        ),
+        trial!(
+            exec_rootfs_fixes_up_a_stopped_container_unprivileged,
+            Need::Root,
+            Need::TestUser,
+            Need::Rootfs
+        ),
+        trial!(
+            exec_rootfs_forwards_signals_through_its_pid_1,
+            Need::Root,
+            Need::Rootfs
+        ),
+        trial!(
+            a_real_lxc_container_running_then_migrated_and_started_again,
+            Need::Root,
+            Need::Rootfs,
+            Need::Lxc
+        ),
+    ])
+}
+
+fn plus(delta: i64) -> impl Fn(IdKind, u32) -> Option<u32> {
     move |_, id| u32::try_from(i64::from(id) + delta).ok()
 }
 
@@ -67,7 +124,6 @@ fn migrate(c: &Container, user: Option<&TestUser>, extra: &[&str]) -> Output {
     }
 }
 
-#[test]
 fn migrate_a_real_container_as_root() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -106,22 +162,22 @@ fn migrate_a_real_container_as_root() {
     assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
 }
 
-#[test]
 fn unprivileged_migrate_between_the_users_two_ranges() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, b) = env.user().ranges;
     let Some(src) = test_rootfs() else { return };
     let user = env.user();
-    let c = container(&src, "c1", 200000, Some(user));
-    decorate(&c.rootfs, 200000);
+    let c = container(&src, "c1", a, Some(user));
+    decorate(&c.rootfs, a);
     let before = snapshot(&c.rootfs);
 
-    let out = migrate(&c, Some(user), &["--to", "300000"]);
+    let out = migrate(&c, Some(user), &["--to", &b.to_string()]);
     assert_code(&out, 0);
     let moved = snapshot(&c.rootfs);
-    assert_shifted(&before, &moved, &plus(100000));
-    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
+    assert_shifted(&before, &moved, &plus(i64::from(b) - i64::from(a)));
+    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", b));
     assert_eq!(
         owner(&c.config),
         (user.uid, user.gid),
@@ -129,7 +185,7 @@ fn unprivileged_migrate_between_the_users_two_ranges() {
     );
     assert_eq!(unmapped_files(&c, Some(user)), "");
 
-    // Back with --to auto: the user's first free block is 200000 again; every byte as before
+    // Back with --to auto: the user's first free block is A again; every byte as before
     // (but the atimes `find` just set).
     let out = migrate(&c, Some(user), &["--to", "auto"]);
     assert_code(&out, 0);
@@ -138,17 +194,17 @@ fn unprivileged_migrate_between_the_users_two_ranges() {
         &without_times_and_inodes(&before),
         "the rootfs",
     );
-    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 200000));
+    assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", a));
 }
 
-#[test]
 fn unprivileged_refusals_change_nothing() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, b) = env.user().ranges;
     let Some(src) = test_rootfs() else { return };
     let user = env.user();
-    let c = container(&src, "c1", 200000, Some(user));
+    let c = container(&src, "c1", a, Some(user));
     let before = snapshot(&c.rootfs);
     let config = c.config_now();
     // A range the user does not own, as a target and as a source.
@@ -168,14 +224,14 @@ fn unprivileged_refusals_change_nothing() {
             "--from",
             "b:0:100000:65536",
             "--to",
-            "b:0:300000:65536",
+            &format!("b:0:{b}:65536"),
         ],
     ));
     assert_code(&out, 3);
     // The host view needs root.
     let out = run(&mut idshift_as(
         user,
-        &["shift", root, "b:0:200000:65536", "-r"],
+        &["shift", root, &format!("b:0:{a}:65536"), "-r"],
     ));
     assert_code(&out, 3);
     assert!(stderr(&out).contains("needs root"), "{}", stderr(&out));
@@ -185,11 +241,11 @@ fn unprivileged_refusals_change_nothing() {
 
 // Inside the namespace a host-root (v2) capability or an ACL entry naming a foreign id could not
 // be written back after the chown: those inodes are reported and left whole; root finishes them.
-#[test]
 fn unprivileged_shift_leaves_what_it_could_not_restore() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, b) = env.user().ranges;
     let user = env.user();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(
@@ -202,13 +258,13 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
     for f in ["plain", "hostcap", "foreignacl", "nscap", "hostowned"] {
         std::fs::write(root.join(f), f).unwrap();
     }
-    let v3 = caps::encode(&caps::decode(&CAP_NET_RAW_V2).unwrap().with_rootid(200000));
+    let v3 = caps::encode(&caps::decode(&CAP_NET_RAW_V2).unwrap().with_rootid(a));
     set_xattr(&root.join("nscap"), caps::NAME, &v3);
     set_xattr(&root.join("foreignacl"), acl::ACCESS, &sample_acl()); // names 70000
     let out = run(&mut idshift(&[
         "shift",
         root.to_str().unwrap(),
-        "b:0:200000:65536",
+        &format!("b:0:{a}:65536"),
         "--progress",
         "never",
     ]));
@@ -224,9 +280,9 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
         "shift",
         root.to_str().unwrap(),
         "--from",
-        "b:0:200000:65536",
+        &format!("b:0:{a}:65536"),
         "--to",
-        "b:0:300000:65536",
+        &format!("b:0:{b}:65536"),
         "--progress",
         "never",
     ];
@@ -254,9 +310,9 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
     for f in ["hostcap", "foreignacl", "hostowned"] {
         assert_eq!(after[Path::new(f)], before[Path::new(f)], "{f} was touched");
     }
-    assert_eq!(owner(&root.join("plain")), (300000, 300000));
+    assert_eq!(owner(&root.join("plain")), (b, b));
     let nscap = caps::decode(&get_xattr(&root.join("nscap"), caps::NAME).unwrap()).unwrap();
-    assert_eq!(nscap.rootid, 300000);
+    assert_eq!(nscap.rootid, b);
 
     // Root runs the same shift: the user's journal is not root's to trust, so root refuses
     // (it may hold records root cannot use) until told to go on from what the inodes hold.
@@ -272,12 +328,12 @@ fn unprivileged_shift_leaves_what_it_could_not_restore() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(owner(&root.join("hostcap")), (300000, 300000));
+    assert_eq!(owner(&root.join("hostcap")), (b, b));
     assert_eq!(
         get_xattr(&root.join("hostcap"), caps::NAME).unwrap(),
         CAP_NET_RAW_V2.to_vec()
     );
-    assert_eq!(owner(&root.join("foreignacl")), (300000, 300000));
+    assert_eq!(owner(&root.join("foreignacl")), (b, b));
 }
 
 /// The invariant a killed migrate must keep: the config names the new map only if the rootfs
@@ -300,7 +356,6 @@ fn killed(out: &Output) -> bool {
     out.status.signal() == Some(9) || out.status.code() == Some(128 + 9)
 }
 
-#[test]
 fn migrate_killed_at_every_step_finishes_on_rerun() {
     let Some(_) = require!(Root) else { return };
     let sample = tempfile::tempdir().unwrap();
@@ -339,20 +394,20 @@ fn migrate_killed_at_every_step_finishes_on_rerun() {
     }
 }
 
-#[test]
 fn unprivileged_migrate_killed_midway_finishes_on_rerun() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, b) = env.user().ranges;
     let Some(src) = test_rootfs() else { return };
     let user = env.user();
     let reference = {
-        let c = container(&src, "c1", 200000, Some(user));
-        assert_code(&migrate(&c, Some(user), &["--to", "300000"]), 0);
+        let c = container(&src, "c1", a, Some(user));
+        assert_code(&migrate(&c, Some(user), &["--to", &b.to_string()]), 0);
         without_times_and_inodes(&snapshot(&c.rootfs))
     };
     for step in [1, 2, 3, 50, 2000, 6000] {
-        let c = container(&src, "c1", 200000, Some(user));
+        let c = container(&src, "c1", a, Some(user));
         let mut args = c.args(&["migrate"]);
         args.extend(["--to", "auto", "--progress", "never"]);
         let mut cmd = idshift_as(user, &args);
@@ -364,7 +419,7 @@ fn unprivileged_migrate_killed_midway_finishes_on_rerun() {
             out.status,
             stderr(&out)
         );
-        config_is_honest(&c, 300000);
+        config_is_honest(&c, b);
         // `auto` resumes the interrupted target, not some other free block.
         let again = migrate(&c, Some(user), &["--to", "auto"]);
         assert_code(&again, 0);
@@ -373,11 +428,10 @@ fn unprivileged_migrate_killed_midway_finishes_on_rerun() {
             &reference,
             &format!("killed before step {step}"),
         );
-        assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", 300000));
+        assert_eq!(c.config_now(), config_text(&c.lxcpath, "c1", b));
     }
 }
 
-#[test]
 fn migrate_error_paths() {
     let Some(_) = require!(Root) else { return };
     let sample = tempfile::tempdir().unwrap();
@@ -430,7 +484,6 @@ fn migrate_error_paths() {
     );
 }
 
-#[test]
 fn migrate_refuses_a_running_container() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -477,14 +530,14 @@ fn migrate_refuses_a_running_container() {
     assert_eq!(c.config_now(), config);
 }
 
-#[test]
 fn exec_rootfs_fixes_up_a_stopped_container_unprivileged() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, _) = env.user().ranges;
     let Some(src) = test_rootfs() else { return };
     let user = env.user();
-    let c = container(&src, "c1", 200000, Some(user));
+    let c = container(&src, "c1", a, Some(user));
     let rootfs = c.rootfs.to_str().unwrap();
     let mut args = c.args(&["exec", "--container"]);
     args.extend([
@@ -511,8 +564,8 @@ fn exec_rootfs_fixes_up_a_stopped_container_unprivileged() {
     );
     assert_eq!(lines[4], "1");
     // What the command wrote is owned by the container's ids on the host.
-    assert_eq!(owner(&c.rootfs.join("home/bob")), (201000, 201000));
-    assert_eq!(owner(&c.rootfs.join("root/note")), (200000, 200000));
+    assert_eq!(owner(&c.rootfs.join("home/bob")), (a + 1000, a + 1000));
+    assert_eq!(owner(&c.rootfs.join("root/note")), (a, a));
     let shadow = std::fs::read_to_string(c.rootfs.join("etc/shadow")).unwrap();
     assert!(shadow.starts_with("root::"), "{shadow}");
     assert!(shadow.contains("\nbob:"), "{shadow}");
@@ -526,10 +579,7 @@ fn exec_rootfs_fixes_up_a_stopped_container_unprivileged() {
         .unwrap()
         .parse::<u32>()
         .unwrap();
-    assert_eq!(
-        owner(&c.rootfs.join("etc/shadow")),
-        (200000, 200000 + shadow_gid)
-    );
+    assert_eq!(owner(&c.rootfs.join("etc/shadow")), (a, a + shadow_gid));
     // Nothing was left mounted on the host.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(rootfs), "{mounts}");
@@ -549,7 +599,6 @@ fn exec_rootfs_fixes_up_a_stopped_container_unprivileged() {
     assert!(stderr(&out).contains(&missing), "{}", stderr(&out));
 }
 
-#[test]
 fn exec_rootfs_forwards_signals_through_its_pid_1() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -599,20 +648,20 @@ fn lxc(tool: &str, c: &Container, rest: &[&str]) -> Output {
 /// The container as LXC really runs it: refused while running (lxc-info and the monitor process
 /// say so), migrated once stopped, and after migrating back it starts again and its files are
 /// root's inside.
-#[test]
 fn a_real_lxc_container_running_then_migrated_and_started_again() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
     if !on_path("lxc-start") {
-        eprintln!("skipped: LXC is not installed (run .ci/setup-test-env)");
-        return;
+        skip("LXC is not installed (run .ci/setup-test-env)");
     }
-    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
-    if !subuid.lines().any(|l| l.starts_with("root:100000:")) {
-        eprintln!("skipped: root has no root:100000:65536 in /etc/subuid (run .ci/setup-test-env)");
-        return;
-    }
-    let c = container(&src, "r1", 100000, None);
+    // LXC maps the container through newuidmap: root's own delegated range (wherever
+    // .ci/setup-test-env found room for it).
+    let Some(base) = root_range() else {
+        skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
+    };
+    let c = container(&src, "r1", base, None);
+    // Where root moves it while stopped: any range clear of BASE (root may use any).
+    let to = base + 3 * 65536;
     // No network (the test machine may have no lxcbr0) and an init that just waits.
     let config = c.config_now().replace(
         "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
@@ -635,8 +684,9 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
             .filter(|l| l.contains("ERROR"))
             .take(3)
             .collect();
-        eprintln!("skipped: this machine cannot start LXC containers: {errors:?}");
-        return;
+        skip(format!(
+            "this machine cannot start LXC containers: {errors:?}"
+        ));
     }
     let started = Started(&c);
     assert_eq!(
@@ -645,7 +695,7 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
     );
 
     let before = without_times_and_inodes(&snapshot(&c.rootfs));
-    let out = migrate(&c, None, &["--to", "300000"]);
+    let out = migrate(&c, None, &["--to", &to.to_string()]);
     assert_code(&out, 3);
     assert!(
         stderr(&out).contains("container 'r1' is running (lxc-info says RUNNING)"),
@@ -664,9 +714,9 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
         stdout(&lxc("lxc-info", &c, &["-s", "-H"])).trim(),
         "STOPPED"
     );
-    assert_code(&migrate(&c, None, &["--to", "300000"]), 0);
-    assert_eq!(owner(&c.rootfs.join("usr/bin/passwd")), (300000, 300000));
-    assert_code(&migrate(&c, None, &["--to", "100000"]), 0);
+    assert_code(&migrate(&c, None, &["--to", &to.to_string()]), 0);
+    assert_eq!(owner(&c.rootfs.join("usr/bin/passwd")), (to, to));
+    assert_code(&migrate(&c, None, &["--to", &base.to_string()]), 0);
     assert_eq!(c.config_now(), config);
 
     assert_code(&start(&c), 0);

@@ -4,7 +4,23 @@ mod common;
 
 use common::*;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(
+            demo_shows_the_shift_and_cleans_up,
+            Need::Root,
+            Need::ScratchXattrs,
+            // The demo lists the capability with getcap (libcap2-bin) when it is there.
+            Need::Tool("getcap")
+        ),
+        trial!(
+            demo_without_root_says_what_it_needs,
+            Need::Root,
+            Need::TestUser
+        ),
+    ])
+}
+
 fn demo_shows_the_shift_and_cleans_up() {
     let Some(_) = require!(Root) else { return };
     let out = run(&mut idshift(&["demo"]));
@@ -32,7 +48,6 @@ fn demo_shows_the_shift_and_cleans_up() {
     assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
 }
 
-#[test]
 fn demo_without_root_says_what_it_needs() {
     let Some(env) = require!(TestUser) else {
         return;

@@ -10,6 +10,58 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(root_map_inside_equals_the_requested_map, Need::Root),
+        trial!(
+            root_runs_as_uid_and_gid_0_without_supplementary_groups,
+            Need::Root
+        ),
+        trial!(uid_and_gid_options_pick_other_ids, Need::Root),
+        trial!(a_uid_only_or_gid_only_map_works, Need::Root),
+        trial!(exit_status_is_the_commands_own, Need::Root),
+        trial!(not_found_is_127_and_not_executable_is_126, Need::Root),
+        trial!(bad_maps_fail_with_125_before_the_command_runs, Need::Root),
+        trial!(maps_from_lxc_and_oci_configs, Need::Root),
+        trial!(default_command_is_shell, Need::Root),
+        trial!(sigterm_and_sigusr1_are_forwarded_to_the_command, Need::Root),
+        trial!(the_command_dies_when_idshift_dies, Need::Root),
+        trial!(
+            interactive_shell_on_a_terminal_has_job_control,
+            Need::Root,
+            Need::Tool("script")
+        ),
+        trial!(
+            interactive_shell_in_a_rootfs_has_job_control,
+            Need::Root,
+            Need::Rootfs,
+            Need::Tool("script")
+        ),
+        trial!(
+            unprivileged_default_map_spans_every_range_including_numeric_lines,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            unprivileged_explicit_map_through_the_helpers,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(unprivileged_own_id_and_map_self, Need::Root, Need::TestUser),
+        trial!(
+            unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again,
+            Need::Root,
+            Need::Rootfs,
+            Need::Tool("script")
+        ),
+    ])
+}
+
 fn uid_map_inside(cmd: &mut Command) -> (ProcMap, ProcMap) {
     let out = run(cmd);
     assert_code(&out, 0);
@@ -31,7 +83,6 @@ fn with_maps<'a>(head: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-#[test]
 fn root_map_inside_equals_the_requested_map() {
     let Some(_) = require!(Root) else { return };
     let (u, g) = uid_map_inside(&mut idshift(&with_maps(&[
@@ -45,7 +96,6 @@ fn root_map_inside_equals_the_requested_map() {
     assert_eq!(g, vec![(0, 100000, 65536)]);
 }
 
-#[test]
 fn root_runs_as_uid_and_gid_0_without_supplementary_groups() {
     let Some(_) = require!(Root) else { return };
     let out = run(&mut idshift(&[
@@ -69,7 +119,6 @@ fn root_runs_as_uid_and_gid_0_without_supplementary_groups() {
     );
 }
 
-#[test]
 fn uid_and_gid_options_pick_other_ids() {
     let Some(_) = require!(Root) else { return };
     let out = run(&mut idshift(&[
@@ -89,7 +138,6 @@ fn uid_and_gid_options_pick_other_ids() {
     assert_eq!(stdout(&out), "1000\n100\n");
 }
 
-#[test]
 fn a_uid_only_or_gid_only_map_works() {
     let Some(_) = require!(Root) else { return };
     let (u, g) = uid_map_inside(&mut idshift(&with_maps(&["exec", "-m", "u:0:100000:10"])));
@@ -108,7 +156,6 @@ fn a_uid_only_or_gid_only_map_works() {
     assert_eq!(stdout(&out), "0\n");
 }
 
-#[test]
 fn exit_status_is_the_commands_own() {
     let Some(_) = require!(Root) else { return };
     fn with<'a>(cmd: &[&'a str]) -> Vec<&'a str> {
@@ -127,7 +174,6 @@ fn exit_status_is_the_commands_own() {
     );
 }
 
-#[test]
 fn not_found_is_127_and_not_executable_is_126() {
     let Some(_) = require!(Root) else { return };
     let out = run(&mut idshift(&[
@@ -160,7 +206,6 @@ fn not_found_is_127_and_not_executable_is_126() {
 }
 
 /// Failures of idshift itself: one line on stderr, exit 125, and the command never ran.
-#[test]
 fn bad_maps_fail_with_125_before_the_command_runs() {
     let Some(_) = require!(Root) else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +233,6 @@ fn bad_maps_fail_with_125_before_the_command_runs() {
     }
 }
 
-#[test]
 fn maps_from_lxc_and_oci_configs() {
     let Some(_) = require!(Root) else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -231,7 +275,6 @@ fn maps_from_lxc_and_oci_configs() {
     assert_eq!((u, g), (vec![(0, 400000, 1000)], vec![(0, 500000, 1000)]));
 }
 
-#[test]
 fn default_command_is_shell() {
     let Some(_) = require!(Root) else { return };
     let out = run(idshift(&["exec", "-m", "b:0:100000:65536"])
@@ -245,25 +288,29 @@ fn default_command_is_shell() {
     );
 }
 
+/// `idshift ARGS` with its first line read, and a watchdog that kills it (and all it started)
+/// after 30 seconds: a command that never prints fails the test instead of hanging it.
 fn spawn_with_ready_line(
     args: &[&str],
 ) -> (
     std::process::Child,
     BufReader<std::process::ChildStdout>,
     String,
+    Watchdog,
 ) {
     let mut child = idshift(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let watchdog = Watchdog::new(child.id(), 30);
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    (child, out, line)
+    (child, out, line, watchdog)
 }
 
-#[test]
 fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
     let Some(_) = require!(Root) else { return };
     for (sig, name) in [
@@ -273,7 +320,7 @@ fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
         let script = format!(
             "trap 'echo got {name}; exit 3' {name}; echo ready; while :; do sleep 0.05; done"
         );
-        let (mut child, mut out, line) =
+        let (mut child, mut out, line, _watchdog) =
             spawn_with_ready_line(&["exec", "-m", "b:0:100000:65536", "--", "sh", "-c", &script]);
         assert_eq!(line, "ready\n");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
@@ -285,10 +332,9 @@ fn sigterm_and_sigusr1_are_forwarded_to_the_command() {
     }
 }
 
-#[test]
 fn the_command_dies_when_idshift_dies() {
     let Some(_) = require!(Root) else { return };
-    let (mut child, _out, line) = spawn_with_ready_line(&[
+    let (mut child, _out, line, _watchdog) = spawn_with_ready_line(&[
         "exec",
         "-m",
         "b:0:100000:65536",
@@ -316,14 +362,12 @@ fn the_command_dies_when_idshift_dies() {
 
 /// An interactive shell on a terminal: Ctrl-C reaches the shell's job (not idshift), Ctrl-Z
 /// stops a job and the shell keeps control, and the shell's exit status comes back.
-#[test]
 fn interactive_shell_on_a_terminal_has_job_control() {
     let Some(_) = require!(Root) else { return };
     job_control_on_a_terminal("-m b:0:100000:65536");
 }
 
 /// The same under `--rootfs`, where the shell is PID 2 behind idshift's PID 1.
-#[test]
 fn interactive_shell_in_a_rootfs_has_job_control() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
@@ -359,8 +403,15 @@ fn job_control_on_a_terminal(exec_args: &str) {
         ("\x1a", "Stopped"),
         ("jobs\n", "Stopped"),
         ("kill -9 %?33\n", ""),
-        // Time for the shell to see both gone, or `exit` would refuse (stopped jobs).
-        ("sleep 1; echo j-$((3+3))\n", "j-6"),
+        // No job may be left when `exit` comes, or bash answers "There are stopped jobs." and
+        // swallows it (the shell then waited for input that never came). Whatever is left (a
+        // Ctrl-Z that stopped something else on a loaded machine) is killed and reaped, and
+        // `jobs` must print nothing before the `j-6` marker.
+        (
+            "kill -9 $(jobs -p) 2>/dev/null; wait 2>/dev/null; jobs; echo j-$((3+3))\n",
+            "j-6",
+        ),
+        ("jobs; echo none-$((3+4))\n", "none-7"),
         ("exit 5\n", ""),
         ("echo outer-$?\n", "outer-"),
         ("exit\n", ""),
@@ -382,17 +433,21 @@ fn job_control_on_a_terminal(exec_args: &str) {
             .any(|l| l.contains("Stopped") && l.contains("sleep 33")),
         "a job brought back with fg was not stopped by Ctrl-Z:\n{text}"
     );
+    assert!(
+        !text.contains("There are stopped jobs"),
+        "a job was left for exit:\n{text}"
+    );
     assert!(text.contains("outer-5"), "the exit status: {text}");
 }
 
-#[test]
 fn unprivileged_default_map_spans_every_range_including_numeric_lines() {
     let Some(env) = require!(TestUser) else {
         return;
     };
-    // .ci/setup-test-env delegates NAME:200000:65536 and UID:300000:65536.
+    let (a, b) = env.user().ranges;
+    // .ci/setup-test-env delegates NAME:A:65536 and UID:B:65536 (A, B: 200000, 300000 if free).
     let (u, g) = uid_map_inside(&mut idshift_as(env.user(), &with_maps(&["exec"])));
-    let want = vec![(0, 200000, 65536), (65536, 300000, 65536)];
+    let want = vec![(0, a, 65536), (65536, b, 65536)];
     assert_eq!(u, want);
     assert_eq!(g, want);
     let out = run(&mut idshift_as(env.user(), &["exec", "--", "id", "-u"]));
@@ -400,24 +455,30 @@ fn unprivileged_default_map_spans_every_range_including_numeric_lines() {
     assert_eq!(stdout(&out), "0\n");
 }
 
-#[test]
 fn unprivileged_explicit_map_through_the_helpers() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, b) = env.user().ranges;
     let (u, g) = uid_map_inside(&mut idshift_as(
         env.user(),
-        &with_maps(&["exec", "-m", "b:0:300000:65536", "-m", "u:65536:200000:1"]),
+        &with_maps(&[
+            "exec",
+            "-m",
+            &format!("b:0:{b}:65536"),
+            "-m",
+            &format!("u:65536:{a}:1"),
+        ]),
     ));
-    assert_eq!(u, vec![(0, 300000, 65536), (65536, 200000, 1)]);
-    assert_eq!(g, vec![(0, 300000, 65536)]);
+    assert_eq!(u, vec![(0, b, 65536), (65536, a, 1)]);
+    assert_eq!(g, vec![(0, b, 65536)]);
 }
 
-#[test]
 fn unprivileged_own_id_and_map_self() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, _) = env.user().ranges;
     let me = env.user();
     let own = format!("b:0:{}:1", me.uid);
     let out = run(&mut idshift_as(me, &["exec", "-m", &own, "--", "id", "-u"]));
@@ -425,12 +486,11 @@ fn unprivileged_own_id_and_map_self() {
     assert_eq!(stdout(&out), "0\n");
     let (u, _) = uid_map_inside(&mut idshift_as(
         me,
-        &with_maps(&["exec", "-s", "-m", "b:0:200000:65536"]),
+        &with_maps(&["exec", "-s", "-m", &format!("b:0:{a}:65536")]),
     ));
-    assert_eq!(u, vec![(0, 200000, 65536), (65536, me.uid, 1)]);
+    assert_eq!(u, vec![(0, a, 65536), (65536, me.uid, 1)]);
 }
 
-#[test]
 fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -460,14 +520,15 @@ fn unprivileged_map_not_delegated_fails_with_125_and_the_helpers_message() {
 // `kill -TSTP` sent to idshift itself (not the keys, which go to the command): the caller's
 // terminal is given back in the state it had before idshift stops, and taken over again after
 // `fg` (the command's shell answers again, in raw mode).
-#[test]
 fn a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again() {
     let Some(_) = require!(Root) else { return };
     let Some(rootfs) = test_rootfs() else { return };
     // --force: other tests enter the same shared rootfs at the same time (in use).
-    // The --env makes the command line this test's own, for pgrep.
+    // The --env makes the command line this run's own, for pgrep (another run of this test
+    // on the machine would otherwise receive the TSTP).
     let args = format!(
-        "-m b:0:0:65536 --force --env IDSHIFT_TSTP_TEST=1 --rootfs {}",
+        "-m b:0:0:65536 --force --env IDSHIFT_TSTP_TEST={} --rootfs {}",
+        std::process::id(),
         rootfs.display()
     );
     let stop = format!("(sleep 3; kill -TSTP $(pgrep -o -f 'exec {args}')) &\n",);
@@ -489,6 +550,11 @@ fn a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again() {
         ("echo back-$((5+5)); sleep 30\n", "back-10"),
         ("\x1a", "Stopped"),
         ("kill -9 %?30; sleep 1; echo k-$((6+6))\n", "k-12"),
+        // As above: no job left for `exit` to refuse over.
+        (
+            "kill -9 $(jobs -p) 2>/dev/null; wait 2>/dev/null; echo w-$((7+7))\n",
+            "w-14",
+        ),
         ("exit 3\n", ""),
         ("echo outer-$?\n", "outer-"),
         ("exit\n", ""),

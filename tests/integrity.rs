@@ -24,6 +24,137 @@ use std::time::{Duration, Instant, SystemTime};
 use common::tree::*;
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(
+            crash_then_tree_changed_then_rerun_matches_uninterrupted,
+            Need::Root
+        ),
+        trial!(
+            crash_then_tree_changed_then_rerun_with_overlapping_ranges,
+            Need::Root
+        ),
+        trial!(
+            new_tree_at_a_killed_shifts_path_is_shifted_and_the_old_journal_moved_aside,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            stale_record_does_not_make_the_shift_a_noop,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            partial_shift_is_rolled_back_by_the_exact_reverse,
+            Need::Root,
+            Need::ScratchXattrs,
+            Need::ScratchImmutable
+        ),
+        trial!(
+            partial_shift_is_finished_after_chattr_minus_i,
+            Need::Root,
+            Need::ScratchXattrs,
+            Need::ScratchImmutable
+        ),
+        trial!(
+            tree_in_use_is_refused_unless_forced,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            exec_rootfs_on_a_tree_in_use_is_refused,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            closed_stdout_stops_printing_not_the_shift,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            non_utf8_paths_are_escaped_in_json,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(strict_shifts_every_inode_of_a_nested_tree, Need::Root),
+        trial!(
+            two_concurrent_identical_runs_with_overlapping_ranges,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            trailing_slash_through_a_symlink_and_dot_are_refused,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            journal_planted_by_another_user_cannot_make_files_setuid,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            journal_that_is_a_symlink_to_dev_zero_does_not_hang_or_eat_memory,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            journal_that_is_a_fifo_does_not_hang,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            pending_xattr_naming_dev_zero_does_not_hang,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            journal_write_failing_on_a_full_filesystem,
+            Need::Root,
+            Need::ScratchXattrs,
+            Need::LoopExt4
+        ),
+        trial!(
+            a_finished_inode_never_gets_back_what_it_lost_later,
+            Need::Root
+        ),
+        trial!(
+            the_reverse_of_a_completed_shift_is_not_a_rollback,
+            Need::Root
+        ),
+        trial!(
+            a_rollback_leaves_files_created_since_the_shift_began,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            overlapping_ranges_judge_each_id_on_its_own,
+            Need::Root,
+            Need::ScratchXattrs,
+            Need::Tool("setfacl")
+        ),
+        trial!(
+            a_forward_resume_after_a_killed_rollback_uses_its_records,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            a_completed_rollback_run_again_and_an_untouched_tree_do_not_shift_back,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            a_capability_is_not_restored_onto_a_file_changed_after_the_chown,
+            Need::Root
+        ),
+        trial!(what_was_removed_before_the_chown_stays_removed, Need::Root),
+        trial!(
+            a_killed_rollback_run_again_restores_everything,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+    ])
+}
+
 const MAP: &str = "b:0:100000:65536";
 const CRASH: &str = "IDSHIFT_CRASH_AFTER_STEPS";
 /// How long any one child may run before it is killed and the test fails.
@@ -364,7 +495,6 @@ fn crash_mutate_resume(prepare: &dyn Fn(&Path), args: &[&str], owners: &NewOwner
     n
 }
 
-#[test]
 fn crash_then_tree_changed_then_rerun_matches_uninterrupted() {
     let Some(_) = require!(Root) else { return };
     let owners = NewOwners {
@@ -377,7 +507,6 @@ fn crash_then_tree_changed_then_rerun_matches_uninterrupted() {
     assert!(n > 30, "only {n} steps: the hook is not reached");
 }
 
-#[test]
 fn crash_then_tree_changed_then_rerun_with_overlapping_ranges() {
     let Some(_) = require!(Root) else { return };
     let prepare = |root: &Path| assert_code(&shift(root, &[MAP]), 0);
@@ -399,7 +528,6 @@ fn crash_then_tree_changed_then_rerun_with_overlapping_ranges() {
 // ---------------------------------------------------------------------------------------------
 // 2. A new tree where a killed shift's tree was: its journal is moved aside, not applied.
 
-#[test]
 fn new_tree_at_a_killed_shifts_path_is_shifted_and_the_old_journal_moved_aside() {
     let Some(_) = require!(Root) else { return };
     let (tmp, root) = sample();
@@ -445,7 +573,6 @@ fn new_tree_at_a_killed_shifts_path_is_shifted_and_the_old_journal_moved_aside()
 // ---------------------------------------------------------------------------------------------
 // 3. A record that the inodes contradict is never a reason to skip the work.
 
-#[test]
 fn stale_record_does_not_make_the_shift_a_noop() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
@@ -504,13 +631,11 @@ fn stale_record_does_not_make_the_shift_a_noop() {
 // ---------------------------------------------------------------------------------------------
 // 4, 5. A partial shift (an immutable file): rolled back by the exact reverse, or finished.
 
-#[test]
 fn partial_shift_is_rolled_back_by_the_exact_reverse() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
     let Some(mut stuck) = Immutable::new(&[root.join("bin/su")]) else {
-        eprintln!("skipped: chattr +i is not supported on {}", root.display());
-        return;
+        skip(format!("chattr +i is not supported on {}", root.display()));
     };
     let before = snapshot(&root);
     let out = shift(&root, &[MAP]);
@@ -540,15 +665,13 @@ fn partial_shift_is_rolled_back_by_the_exact_reverse() {
     c.done();
 }
 
-#[test]
 fn partial_shift_is_finished_after_chattr_minus_i() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
     // bin/su takes several steps (journaled); etc/notes only a chown (one step, so it is
     // trusted by ctime today): `chattr -i` moves both ctimes past the shift's start.
     let Some(mut stuck) = Immutable::new(&[root.join("bin/su"), root.join("etc/notes")]) else {
-        eprintln!("skipped: chattr +i is not supported on {}", root.display());
-        return;
+        skip(format!("chattr +i is not supported on {}", root.display()));
     };
     let before = snapshot(&root);
     let out = shift(&root, &[MAP]);
@@ -638,7 +761,6 @@ fn refused_in_use(c: &mut Checks, out: &Output, pid: u32, what: &str) {
     });
 }
 
-#[test]
 fn tree_in_use_is_refused_unless_forced() {
     let Some(_) = require!(Root) else { return };
     let mut c = Checks::default();
@@ -690,7 +812,6 @@ fn tree_in_use_is_refused_unless_forced() {
 
 // `exec --rootfs` runs the same check: a rootfs in use is refused with 125 before anything
 // starts.
-#[test]
 fn exec_rootfs_on_a_tree_in_use_is_refused() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
@@ -722,7 +843,6 @@ fn exec_rootfs_on_a_tree_in_use_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // 7. A closed stdout stops the printing, never the shift.
 
-#[test]
 fn closed_stdout_stops_printing_not_the_shift() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
@@ -766,7 +886,6 @@ fn closed_stdout_stops_printing_not_the_shift() {
 // ---------------------------------------------------------------------------------------------
 // 8. Non-UTF-8 paths in JSON: escaped as \xNN, never a failure.
 
-#[test]
 fn non_utf8_paths_are_escaped_in_json() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
@@ -816,7 +935,6 @@ fn non_utf8_paths_are_escaped_in_json() {
 // ---------------------------------------------------------------------------------------------
 // 9. --strict checks the whole tree first and then shifts the whole tree.
 
-#[test]
 fn strict_shifts_every_inode_of_a_nested_tree() {
     let Some(_) = require!(Root) else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -852,7 +970,6 @@ fn strict_shifts_every_inode_of_a_nested_tree() {
 // ---------------------------------------------------------------------------------------------
 // 10. Two identical runs at once, overlapping ranges: one waits or is refused, never both act.
 
-#[test]
 fn two_concurrent_identical_runs_with_overlapping_ranges() {
     let Some(_) = require!(Root) else { return };
     let args = ["--from", MAP, "--to", "b:0:100007:65536"];
@@ -919,7 +1036,6 @@ fn two_concurrent_identical_runs_with_overlapping_ranges() {
 // ---------------------------------------------------------------------------------------------
 // 11. DIR is the real directory: `link/` and `dir/.` are refused; `dir/` is `dir`.
 
-#[test]
 fn trailing_slash_through_a_symlink_and_dot_are_refused() {
     let Some(_) = require!(Root) else { return };
     let mut c = Checks::default();
@@ -1009,7 +1125,6 @@ fn test_user_ids() -> (u32, u32) {
         .unwrap_or((65534, 65534))
 }
 
-#[test]
 fn journal_planted_by_another_user_cannot_make_files_setuid() {
     let Some(_) = require!(Root) else { return };
     let mut c = Checks::default();
@@ -1135,7 +1250,6 @@ fn journal_must_not_hang(c: &mut Checks, root: &Path, what: &str, must_name_jour
     }
 }
 
-#[test]
 fn journal_that_is_a_symlink_to_dev_zero_does_not_hang_or_eat_memory() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
@@ -1145,7 +1259,6 @@ fn journal_that_is_a_symlink_to_dev_zero_does_not_hang_or_eat_memory() {
     c.done();
 }
 
-#[test]
 fn journal_that_is_a_fifo_does_not_hang() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
@@ -1159,7 +1272,6 @@ fn journal_that_is_a_fifo_does_not_hang() {
     c.done();
 }
 
-#[test]
 fn pending_xattr_naming_dev_zero_does_not_hang() {
     let Some(_) = require!(Root) else { return };
     let (_tmp, root) = sample();
@@ -1265,7 +1377,6 @@ fn fill(mnt: &Path) -> Vec<PathBuf> {
     panic!("{} does not fill up", mnt.display());
 }
 
-#[test]
 fn journal_write_failing_on_a_full_filesystem() {
     let Some(_) = require!(Root) else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -1281,8 +1392,7 @@ fn journal_write_failing_on_a_full_filesystem() {
         LIMIT,
     );
     if !mkfs.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: mkfs.ext4 failed: {mkfs:?}");
-        return;
+        skip(format!("mkfs.ext4 failed: {mkfs:?}"));
     }
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -1294,8 +1404,7 @@ fn journal_write_failing_on_a_full_filesystem() {
         LIMIT,
     );
     if !mount.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: cannot mount a loop filesystem: {mount:?}");
-        return;
+        skip(format!("cannot mount a loop filesystem: {mount:?}"));
     }
     let _unmount = Unmount(mnt.clone());
     let root = mnt.join("rootfs");
@@ -1398,7 +1507,6 @@ fn has_cap(p: &Path) -> bool {
 // A record never gives back a capability or setuid bit the inode lost after it was finished:
 // killed after usr/bin/ping was shifted (capability rewritten), then ping is rewritten (the
 // kernel drops the capability), then the resume.
-#[test]
 fn a_finished_inode_never_gets_back_what_it_lost_later() {
     let Some(_) = require!(Root) else { return };
     let mut seen = 0;
@@ -1432,7 +1540,6 @@ fn a_finished_inode_never_gets_back_what_it_lost_later() {
 
 // A completed shift killed before its journal was removed: the reverse shift afterwards is a
 // new shift, not a rollback replaying records of inodes changed since.
-#[test]
 fn the_reverse_of_a_completed_shift_is_not_a_rollback() {
     let Some(_) = require!(Root) else { return };
     let mut seen = 0;
@@ -1460,7 +1567,6 @@ fn the_reverse_of_a_completed_shift_is_not_a_rollback() {
 
 // A rollback returns what the shift changed, and leaves files created since it began, even
 // when they hold TO ids (a setuid file of container root's must not become host root's).
-#[test]
 fn a_rollback_leaves_files_created_since_the_shift_began() {
     let Some(_) = require!(Root) else { return };
     let (_t, root) = sample();
@@ -1484,7 +1590,6 @@ fn a_rollback_leaves_files_created_since_the_shift_began() {
 
 // Overlapping ranges: after a crash, another process changes one id of a shifted inode (or adds
 // an ACL entry); the other ids are still judged one by one, never shifted twice.
-#[test]
 fn overlapping_ranges_judge_each_id_on_its_own() {
     let Some(_) = require!(Root) else { return };
     let prepare = |root: &Path| assert_code(&shift(root, &[MAP]), 0);
@@ -1522,7 +1627,6 @@ fn overlapping_ranges_judge_each_id_on_its_own() {
 // etc/zsuid (container root's setuid file, there before the shift: an id in TO) is mapped back
 // by the rollback (see the README's one limit) and shifted again by the forward run, setuid
 // bit included, wherever the rollback was killed.
-#[test]
 fn a_forward_resume_after_a_killed_rollback_uses_its_records() {
     let Some(_) = require!(Root) else { return };
     for n in 1..=80u32 {
@@ -1548,7 +1652,6 @@ fn a_forward_resume_after_a_killed_rollback_uses_its_records() {
 // A rollback killed after it completed (its journal ends in `done`) and run again: nothing
 // moves twice, with overlapping ranges too. And the rollback of a shift killed before it
 // changed anything has nothing to roll back.
-#[test]
 fn a_completed_rollback_run_again_and_an_untouched_tree_do_not_shift_back() {
     let Some(_) = require!(Root) else { return };
     // Shifted into MAP by some other tool: no record on the tree to fall back on.
@@ -1617,7 +1720,6 @@ fn a_completed_rollback_run_again_and_an_untouched_tree_do_not_shift_back() {
 // Killed right after an inode's chown (its capability dropped, not yet written back), then the
 // file is rewritten: the record does not put the capability onto the new content; the loss is
 // reported (exit 1) instead of passed off as done.
-#[test]
 fn a_capability_is_not_restored_onto_a_file_changed_after_the_chown() {
     let Some(_) = require!(Root) else { return };
     let mut seen = 0;
@@ -1648,7 +1750,6 @@ fn a_capability_is_not_restored_onto_a_file_changed_after_the_chown() {
 
 // Killed before an inode's chown (its record synced), then its setuid bit is removed and its
 // capability dropped by a write: the resume does not put them back.
-#[test]
 fn what_was_removed_before_the_chown_stays_removed() {
     let Some(_) = require!(Root) else { return };
     each_kill_point(&|_| {}, &[MAP], &mut |root, n| {
@@ -1678,7 +1779,6 @@ fn what_was_removed_before_the_chown_stays_removed() {
 
 // A rollback killed anywhere (after a forward run killed half-way), then run again: every
 // inode as it was, setuid/setgid bits and capabilities included.
-#[test]
 fn a_killed_rollback_run_again_restores_everything() {
     let Some(_) = require!(Root) else { return };
     for n in 1..=200u32 {

@@ -9,6 +9,40 @@ use std::path::{Path, PathBuf};
 use common::tree::*;
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![
+        trial!(mount_on_ext4_or_the_root_filesystem, Need::Root),
+        trial!(mount_on_tmpfs, Need::Root, Need::Tmpfs, Need::IdmappedTmpfs),
+        trial!(
+            recursive_mount_shows_submounts_too,
+            Need::Root,
+            Need::Tmpfs,
+            Need::IdmappedTmpfs
+        ),
+        trial!(
+            a_filesystem_without_idmapped_mounts_is_named,
+            Need::Root,
+            Need::Tmpfs
+        ),
+        trial!(
+            umount_refuses_what_idshift_did_not_mount,
+            Need::Root,
+            Need::Tmpfs
+        ),
+        trial!(mount_needs_root_and_a_valid_map, Need::Root, Need::TestUser),
+        trial!(
+            mount_is_nosuid_unless_asked_and_warns_when_it_shows_setuid_root,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
+            umount_refuses_an_idmapped_mount_idshift_did_not_make,
+            Need::Root,
+            Need::Tool("unshare")
+        ),
+    ])
+}
+
 /// Unmounts DST when a test ends, even a failing one.
 struct Mounted(PathBuf);
 
@@ -85,13 +119,11 @@ fn mount_shows_the_tree_shifted(base: &Path) {
     assert!(inside.is_empty(), "DST still shows the tree after umount");
 }
 
-#[test]
 fn mount_on_ext4_or_the_root_filesystem() {
     let Some(_) = require!(Root) else { return };
     mount_shows_the_tree_shifted(Path::new("/var/tmp"));
 }
 
-#[test]
 fn mount_on_tmpfs() {
     let Some(_) = require!(Root) else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -99,7 +131,6 @@ fn mount_on_tmpfs() {
     mount_shows_the_tree_shifted(tmp.path());
 }
 
-#[test]
 fn recursive_mount_shows_submounts_too() {
     let Some(_) = require!(Root) else { return };
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -129,7 +160,6 @@ fn recursive_mount_shows_submounts_too() {
     }
 }
 
-#[test]
 fn a_filesystem_without_idmapped_mounts_is_named() {
     let Some(_) = require!(Root) else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -152,7 +182,6 @@ fn a_filesystem_without_idmapped_mounts_is_named() {
     assert!(!mounts.contains(dst.to_str().unwrap()), "{mounts}");
 }
 
-#[test]
 fn umount_refuses_what_idshift_did_not_mount() {
     let Some(_) = require!(Root) else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -180,7 +209,6 @@ fn umount_refuses_what_idshift_did_not_mount() {
     );
 }
 
-#[test]
 fn mount_needs_root_and_a_valid_map() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -217,7 +245,6 @@ fn mount_options(dst: &Path) -> Vec<String> {
 /// Container root planted a setuid copy of `id` (owned by its host id 1000000 on disk); a map
 /// that shows 1000000 as 0 shows it as setuid root. The mount is nosuid and nodev, and idshift
 /// says why it matters; with --suid the bit works — and the warning is there.
-#[test]
 fn mount_is_nosuid_unless_asked_and_warns_when_it_shows_setuid_root() {
     let Some(env) = require!(TestUser) else {
         return;
@@ -288,12 +315,10 @@ fn mount_is_nosuid_unless_asked_and_warns_when_it_shows_setuid_root() {
 /// An idmapped mount made the way LXC or Incus make theirs (the same three syscalls, a user
 /// namespace of another process), not by `idshift mount`: `umount` refuses it (exit 3) and
 /// leaves it; `--force` removes it.
-#[test]
 fn umount_refuses_an_idmapped_mount_idshift_did_not_make() {
     let Some(_) = require!(Root) else { return };
     if !on_path("unshare") {
-        eprintln!("skipped: needs unshare(1)");
-        return;
+        skip("needs unshare(1)");
     }
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));

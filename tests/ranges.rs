@@ -4,15 +4,24 @@ mod common;
 
 use common::*;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![trial!(
+        ranges_of_the_test_user_with_containers,
+        Need::Root,
+        Need::TestUser
+    )])
+}
+
 fn ranges_of_the_test_user_with_containers() {
     let Some(env) = require!(TestUser) else {
         return;
     };
+    let (a, b) = env.user().ranges;
+    let a_last = a + 65535;
     let lxc = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(lxc.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for (name, base) in [("c1", 200000), ("c2", 200000)] {
+    for (name, base) in [("c1", a), ("c2", a)] {
         std::fs::create_dir(lxc.path().join(name)).unwrap();
         std::fs::write(
             lxc.path().join(name).join("config"),
@@ -30,19 +39,22 @@ fn ranges_of_the_test_user_with_containers() {
     ]));
     assert_code(&out, 0);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // .ci/setup-test-env: NAME:200000:65536 and UID:300000:65536.
+    // .ci/setup-test-env: NAME:A:65536 and UID:B:65536; the containers use A, so B is free.
     assert_eq!(
         r["subuid"],
-        serde_json::json!(["200000:65536", "300000:65536"])
+        serde_json::json!([format!("{a}:65536"), format!("{b}:65536")])
     );
     assert_eq!(r["containers"].as_array().unwrap().len(), 2);
-    assert_eq!(r["overlaps"][0], "c1 and c2 share host uids 200000-265535");
-    assert_eq!(r["first_free_block"], 300000);
+    assert_eq!(
+        r["overlaps"][0],
+        format!("c1 and c2 share host uids {a}-{a_last}").as_str()
+    );
+    assert_eq!(r["first_free_block"], b);
     // As the user itself, by default.
     let out = run(&mut idshift_as(env.user(), &["ranges", "-P", p]));
     assert_code(&out, 0);
     assert!(
-        stdout(&out).contains("first free block: 300000"),
+        stdout(&out).contains(&format!("first free block: {b}")),
         "{}",
         stdout(&out)
     );

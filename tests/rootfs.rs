@@ -9,7 +9,18 @@ use std::process::Command;
 
 use common::tree::*;
 use common::*;
-use idshift::shift::caps;
+
+fn main() -> std::process::ExitCode {
+    common::harness::main(vec![trial!(
+        real_rootfs_into_a_container_range_and_back,
+        Need::Root,
+        Need::Rootfs,
+        // Run inside the namespace and on the host to read what the shift kept.
+        Need::Tool("getcap"),
+        Need::Tool("getfacl"),
+        Need::Tool("find")
+    )])
+}
 
 fn sh(cmd: &mut Command) -> String {
     let out = run(cmd);
@@ -17,7 +28,6 @@ fn sh(cmd: &mut Command) -> String {
     stdout(&out)
 }
 
-#[test]
 fn real_rootfs_into_a_container_range_and_back() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -29,16 +39,8 @@ fn real_rootfs_into_a_container_range_and_back() {
         .arg(&root));
     // Sample capabilities and ACLs of our own, besides the ones the packages set.
     set_xattr(&root.join("usr/bin/dpkg"), caps::NAME, &CAP_NET_RAW_V2);
-    set_xattr(
-        &root.join("etc/debian_version"),
-        idshift::shift::acl::ACCESS,
-        &sample_acl(),
-    );
-    set_xattr(
-        &root.join("var/tmp"),
-        idshift::shift::acl::DEFAULT,
-        &sample_default_acl(),
-    );
+    set_xattr(&root.join("etc/debian_version"), acl::ACCESS, &sample_acl());
+    set_xattr(&root.join("var/tmp"), acl::DEFAULT, &sample_default_acl());
     let before = snapshot(&root);
 
     let out = run(&mut idshift(&[

@@ -1,19 +1,23 @@
 //! Shared helpers for the integration tests: run the binary, probe what the machine allows.
 //!
-//! Tests that need root, user namespaces or the unprivileged test user call `require!`, which
-//! prints `skipped: <why>` and makes the test return when the capability is missing. CI runs as
-//! root with the test user created by `.ci/setup-test-env`, so there they all run.
+//! Each test file's `main` lists its tests with their [`harness::Need`]s; a missing one makes the
+//! test *ignored* with the reason. `require!` inside a test returns what the needs found (the
+//! test user) and, should a need be missing after all, ends the test as skipped, never `ok`.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod lxc;
 pub mod tree;
 
+pub use harness::{skip, Need};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-/// What a test may need.
+/// What a test may need (the names `require!` takes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cap {
     /// Effective uid 0.
@@ -30,6 +34,9 @@ pub struct TestUser {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// The starts of its two delegated 65536-id ranges, the same in /etc/subuid and
+    /// /etc/subgid: the one on its user-name line, the one on its numeric-uid line.
+    pub ranges: (u32, u32),
 }
 
 /// What `require!` found.
@@ -47,27 +54,25 @@ impl Env {
 #[macro_export]
 macro_rules! require {
     ($($cap:ident),*) => {
-        $crate::common::require(&[$($crate::common::Cap::$cap),*], module_path!())
+        $crate::common::require(&[$($crate::common::Cap::$cap),*])
     };
 }
 
-pub fn require(caps: &[Cap], test: &str) -> Option<Env> {
+/// The environment for `caps`; a missing one ends the test as skipped (see [`skip`]). Always
+/// `Some`: the `Option` keeps `let Some(env) = require!(..) else { return }` reading as before.
+pub fn require(caps: &[Cap]) -> Option<Env> {
     let mut env = Env::default();
     for cap in caps {
-        let missing = match cap {
-            Cap::Root => (!is_root()).then(|| "needs root".to_string()),
-            Cap::Userns => userns_problem(),
-            Cap::TestUser => match test_user() {
-                Ok(u) => {
-                    env.user = Some(u);
-                    None
-                }
-                Err(why) => Some(why),
-            },
+        let need = match cap {
+            Cap::Root => Need::Root,
+            Cap::Userns => Need::Userns,
+            Cap::TestUser => Need::TestUser,
         };
-        if let Some(why) = missing {
-            eprintln!("skipped: {test}: {why}");
-            return None;
+        if let Some(why) = harness::missing(need) {
+            skip(why);
+        }
+        if *cap == Cap::TestUser {
+            env.user = Some(test_user().unwrap_or_else(|why| skip(why)));
         }
     }
     Some(env)
@@ -104,16 +109,42 @@ fn test_user() -> Result<TestUser, String> {
         .ok()
         .flatten()
         .ok_or_else(|| format!("no test user '{name}' (run .ci/setup-test-env)"))?;
-    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
-    if !subuid.lines().any(|l| l.starts_with(&format!("{name}:"))) {
+    // The two ranges .ci/setup-test-env delegates: NAME:A:65536 and UID:B:65536, the same in
+    // /etc/subuid and /etc/subgid (wherever the machine had room for them).
+    let uid = user.uid.as_raw();
+    let mut found = Vec::new();
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let start = |key: &str| -> Result<u32, String> {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.split(':').next() == Some(key))
+                .collect();
+            match lines[..] {
+                [line] => match line.split(':').collect::<Vec<_>>()[..] {
+                    [_, start, "65536"] => start.parse().map_err(|e| format!("{line}: {e}")),
+                    _ => Err(format!("'{line}' in {file} is not KEY:START:65536")),
+                },
+                _ => Err(format!(
+                    "'{name}' needs one {key}:START:65536 line in {file}, has {lines:?} \
+                     (run .ci/setup-test-env)"
+                )),
+            }
+        };
+        found.push((start(&name)?, start(&uid.to_string())?));
+    }
+    if found[0] != found[1] {
         return Err(format!(
-            "'{name}' has no /etc/subuid range (run .ci/setup-test-env)"
+            "'{name}' has other ranges in /etc/subuid ({:?}) than in /etc/subgid ({:?})",
+            found[0], found[1]
         ));
     }
+    let ranges = found[0];
     Ok(TestUser {
         name,
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
+        ranges,
     })
 }
 
@@ -128,11 +159,14 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_idshift"))
 }
 
-/// A copy of the binary that any user can run (the build tree may sit under a 0700 home).
+static PUBLIC_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// A copy of the binary that any user can run (the build tree may sit under a 0700 home);
+/// removed when the run ends ([`remove_public_bin`]).
 pub fn public_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("idshift-test-bin-{}", std::process::id()));
+    PUBLIC_BIN.get_or_init(|| {
+        // In /var/tmp (the root filesystem): $TMPDIR may be noexec.
+        let dir = Path::new("/var/tmp").join(format!("idshift-test-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let dst = dir.join("idshift");
@@ -140,6 +174,13 @@ pub fn public_bin() -> &'static Path {
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
         dst
     })
+}
+
+/// Removes the copy [`public_bin`] made, if it made one.
+pub fn remove_public_bin() {
+    if let Some(dir) = PUBLIC_BIN.get().and_then(|b| b.parent()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// `idshift ARGS` as the current user, from `/`.
@@ -159,10 +200,119 @@ pub fn idshift_as(user: &TestUser, args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs and returns the output, with a readable failure when it could not start.
+/// How long one command of a test may run (`IDSHIFT_CMD_TIMEOUT` seconds, default 300).
+pub fn cmd_limit() -> Duration {
+    let secs = std::env::var("IDSHIFT_CMD_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// Runs and returns the output (stdin closed), failing the test when
+/// the command runs longer than [`cmd_limit`] (its process group is killed) and skipping it
+/// when the program is not installed.
+#[track_caller]
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    run_limited(cmd, cmd_limit()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `cmd` in a process group of its own with both outputs captured; `Err` (with what it
+/// printed) when it did not end within `limit` and was killed, with all its descendants. A
+/// program that is not installed skips the test.
+pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    use std::os::unix::process::CommandExt;
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // Like Command::output: no input.
+    cmd.stdin(Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => skip(format!(
+            "needs {} (not installed)",
+            cmd.get_program().to_string_lossy()
+        )),
+        Err(e) => panic!("cannot run {cmd:?}: {e}"),
+    };
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let end = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() >= end {
+            kill_tree(child.id());
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let output = Output {
+        status: status.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9)),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    match status {
+        Some(_) => Ok(output),
+        None => Err(format!(
+            "{cmd:?} did not finish within {limit:?} (killed)\nstdout:\n{}\nstderr:\n{}",
+            stdout(&output),
+            stderr(&output)
+        )),
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+/// The pids of `pid`'s descendants (children first found by scanning /proc).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // The parent is the second field after the command's closing parenthesis.
+            if let Some(pp) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                parent_of.push((p, pp));
+            }
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// SIGKILLs `pid`, its process group and every descendant (stopped or in another session).
+pub fn kill_tree(pid: u32) {
+    use nix::sys::signal::{kill, killpg, SIGKILL};
+    use nix::unistd::Pid;
+    let kids = descendants(pid);
+    let _ = kill(Pid::from_raw(pid as i32), SIGKILL);
+    let _ = killpg(Pid::from_raw(pid as i32), SIGKILL);
+    for k in kids {
+        let _ = kill(Pid::from_raw(k as i32), SIGKILL);
+    }
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -216,49 +366,69 @@ pub fn parse_proc_map(text: &str) -> ProcMap {
         .collect()
 }
 
-/// The real Debian rootfs of the tests (`IDSHIFT_TEST_ROOTFS`, built by
-/// `../shared/tools/make-rootfs.sh`; `.ci/run` sets it), or `None` with a printed reason.
-pub fn test_rootfs() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("IDSHIFT_TEST_ROOTFS").map(PathBuf::from) else {
-        eprintln!(
-            "skipped: set IDSHIFT_TEST_ROOTFS to a tree built by ../shared/tools/make-rootfs.sh \
-             (.ci/run does)"
-        );
-        return None;
-    };
-    if !dir.join("etc/debian_version").exists() {
-        eprintln!("skipped: {} is not a Debian rootfs", dir.display());
-        return None;
-    }
-    Some(dir)
+/// The start of root's delegated range in /etc/subuid (a `root:` or `0:` line of at least
+/// 65536 ids; .ci/setup-test-env adds one where there is room), if any.
+pub fn root_range() -> Option<u32> {
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    subuid
+        .lines()
+        .find_map(|l| match l.split(':').collect::<Vec<_>>()[..] {
+            ["root" | "0", start, count] if count.parse::<u32>().is_ok_and(|n| n >= 65536) => {
+                start.parse::<u32>().ok()
+            }
+            _ => None,
+        })
 }
 
-/// Kills process `pid` (with SIGKILL) if it still runs after `secs` seconds, unless dropped
-/// first: every test with a child on a terminal has a time limit.
-pub struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+/// Where root's containers live in the tests: root's own range, else 100000.
+pub fn root_base() -> u32 {
+    root_range().unwrap_or(100000)
+}
+
+/// The real Debian rootfs of the tests (`IDSHIFT_TEST_ROOTFS`, built by
+/// `../shared/tools/make-rootfs.sh`; `.ci/run` sets it); skips the test without it (declare
+/// [`Need::Rootfs`] so that it is skipped up front). Always `Some`.
+pub fn test_rootfs() -> Option<PathBuf> {
+    if let Some(why) = harness::missing(Need::Rootfs) {
+        skip(why);
+    }
+    std::env::var_os("IDSHIFT_TEST_ROOTFS").map(PathBuf::from)
+}
+
+/// Kills process `pid` and all its descendants (with SIGKILL) if it still runs after `secs`
+/// seconds, unless dropped first: every test with a child it spawns itself has a time limit.
+/// `fired()` says whether it had to.
+pub struct Watchdog(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Watchdog {
     pub fn new(pid: u32, secs: u64) -> Watchdog {
-        use std::sync::atomic::Ordering;
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = done.clone();
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let done = Arc::new(AtomicBool::new(false));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (seen, fire) = (done.clone(), fired.clone());
         std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-            while std::time::Instant::now() < deadline {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < deadline {
                 if seen.load(Ordering::SeqCst) {
                     return;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(50));
             }
             if !seen.load(Ordering::SeqCst) {
-                eprintln!("watchdog: {pid} still runs after {secs}s, killing it");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::SIGKILL,
-                );
+                eprintln!("watchdog: {pid} still runs after {secs}s, killing it and its children");
+                fire.store(true, Ordering::SeqCst);
+                kill_tree(pid);
             }
         });
-        Watchdog(done)
+        Watchdog(done, fired)
+    }
+
+    pub fn fired(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -270,31 +440,33 @@ impl Drop for Watchdog {
 
 /// Types `steps` into an interactive `bash` on a new terminal (script(1)): each step's keys,
 /// then a wait until its text appears in what the terminal shows after them ("" for none), and
-/// a short pause to let the keys take effect. Gives up after `secs` seconds in all (the shell
-/// is killed). Returns the transcript (without carriage returns) and the exit code. `None`
-/// (with a printed reason) without script or bash.
+/// a short pause to let the keys take effect. After the last step the input is closed and the
+/// shell must end; if anything still runs after `secs` seconds in all, the shell and everything
+/// under it is killed and the test fails with the transcript. Returns the transcript (without
+/// carriage returns) and the exit code. Skips the test without script or bash (declare
+/// `Need::Tool("script")`). Always `Some`.
 ///
 /// Waiting for output rather than for fixed times keeps the test right on a loaded machine: a
 /// Ctrl-Z typed before the job starts would reach the shell instead.
 pub fn interactive_bash(steps: &[(&str, &str)], secs: u64) -> Option<(String, Option<i32>)> {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-    if !on_path("script") || !on_path("bash") {
-        eprintln!("skipped: needs script(1) and bash");
-        return None;
+    for tool in ["script", "bash"] {
+        if let Some(why) = harness::missing(Need::Tool(tool)) {
+            skip(why);
+        }
     }
     let mut child = Command::new("script")
         .args(["-qec", "bash --norc --noprofile -i", "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .env("PS1", "$ ")
         .env("HISTFILE", "/dev/null")
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let _watchdog = Watchdog::new(child.id(), secs);
+    let watchdog = Watchdog::new(child.id(), secs);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut out = child.stdout.take().unwrap();
     let reader = {
@@ -309,6 +481,7 @@ pub fn interactive_bash(steps: &[(&str, &str)], secs: u64) -> Option<(String, Op
             }
         })
     };
+    let transcript = || String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
     let mut stdin = child.stdin.take().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     for (keys, wait_for) in steps {
@@ -326,9 +499,22 @@ pub fn interactive_bash(steps: &[(&str, &str)], secs: u64) -> Option<(String, Op
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    // End of input: script passes it on as an end of file, so the shell ends even when a step
+    // did not do what it should.
     drop(stdin);
     let status = child.wait().unwrap();
-    let _ = reader.join();
-    let text = String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
-    Some((text, status.code()))
+    if watchdog.fired() {
+        panic!(
+            "the terminal session did not end within {secs}s (killed):\n{}",
+            transcript()
+        );
+    }
+    drop(watchdog);
+    // The pipe ends when the last process holding script's output is gone; not waited for
+    // beyond a few seconds.
+    let end = Instant::now() + Duration::from_secs(5);
+    while !reader.is_finished() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((transcript(), status.code()))
 }

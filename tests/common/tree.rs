@@ -1,18 +1,165 @@
 //! Test trees: a builder for a small rootfs-like tree with every kind of inode and every piece of
-//! metadata a shift must keep, and an fd-based snapshot of a tree's metadata to compare runs.
+//! metadata a shift must keep, and a snapshot of a tree's metadata to compare runs.
+//!
+//! The snapshot is the tests' oracle, so it shares no code with idshift: it reads through `std`
+//! (`symlink_metadata`, `read_link`) and the `xattr` crate (`l*xattr`, never following a
+//! symlink), and decodes ACLs and file capabilities with the small codecs below, written from
+//! the kernel's formats rather than taken from `idshift::shift`.
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::{CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use idshift::idmap::IdKind;
-use idshift::shift::{acl, caps};
-use idshift::sys::fs::{open_dir, read_dir, statx};
-use idshift::sys::xattr;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+/// Which id an ACL entry or a map entry names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    Uid,
+    Gid,
+}
+
+/// POSIX ACLs as the kernel stores them in `system.posix_acl_{access,default}`: a little-endian
+/// u32 version (2), then entries of u16 tag, u16 permissions, u32 id.
+pub mod acl {
+    use super::IdKind;
+
+    pub const ACCESS: &std::ffi::CStr = c"system.posix_acl_access";
+    pub const DEFAULT: &std::ffi::CStr = c"system.posix_acl_default";
+    pub const VERSION: u32 = 2;
+    pub const TAG_USER_OBJ: u16 = 0x01;
+    pub const TAG_USER: u16 = 0x02;
+    pub const TAG_GROUP_OBJ: u16 = 0x04;
+    pub const TAG_GROUP: u16 = 0x08;
+    pub const TAG_MASK: u16 = 0x10;
+    pub const TAG_OTHER: u16 = 0x20;
+    pub const UNDEFINED_ID: u32 = u32::MAX;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct AclEntry {
+        pub tag: u16,
+        pub perm: u16,
+        pub id: u32,
+    }
+
+    pub fn encode(entries: &[AclEntry]) -> Vec<u8> {
+        let mut v = VERSION.to_le_bytes().to_vec();
+        for e in entries {
+            v.extend_from_slice(&e.tag.to_le_bytes());
+            v.extend_from_slice(&e.perm.to_le_bytes());
+            v.extend_from_slice(&e.id.to_le_bytes());
+        }
+        v
+    }
+
+    /// The entries, or why the bytes are no ACL.
+    pub fn decode(b: &[u8]) -> Result<Vec<AclEntry>, String> {
+        if b.len() < 4 || (b.len() - 4) % 8 != 0 {
+            return Err(format!("an ACL of {} bytes", b.len()));
+        }
+        let version = u32::from_le_bytes(b[..4].try_into().unwrap());
+        if version != VERSION {
+            return Err(format!("ACL version {version}"));
+        }
+        Ok(b[4..]
+            .chunks_exact(8)
+            .map(|c| AclEntry {
+                tag: u16::from_le_bytes([c[0], c[1]]),
+                perm: u16::from_le_bytes([c[2], c[3]]),
+                id: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect())
+    }
+
+    /// The ACL with every named user and group entry's id mapped (`None`: left as it is).
+    pub fn remap(b: &[u8], map: &dyn Fn(IdKind, u32) -> Option<u32>) -> Vec<u8> {
+        let mut entries = decode(b).unwrap();
+        for e in &mut entries {
+            let kind = match e.tag {
+                TAG_USER => IdKind::Uid,
+                TAG_GROUP => IdKind::Gid,
+                _ => continue,
+            };
+            e.id = map(kind, e.id).unwrap_or(e.id);
+        }
+        encode(&entries)
+    }
+}
+
+/// `security.capability` as the kernel stores it (`struct vfs_ns_cap_data`): a little-endian
+/// u32 magic (revision in the top byte, bit 0 the effective flag), two (permitted, inheritable)
+/// u32 pairs — one in revision 1 — and, in revision 3 only, the rootid.
+pub mod caps {
+    pub const NAME: &std::ffi::CStr = c"security.capability";
+    pub const REVISION_1: u32 = 0x0100_0000;
+    pub const REVISION_2: u32 = 0x0200_0000;
+    pub const REVISION_3: u32 = 0x0300_0000;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct FileCaps {
+        pub magic: u32,
+        pub data: Vec<u32>,
+        /// 0 for revisions 1 and 2 (host root).
+        pub rootid: u32,
+    }
+
+    pub fn decode(b: &[u8]) -> Result<FileCaps, String> {
+        let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        if b.len() < 4 {
+            return Err(format!("a capability of {} bytes", b.len()));
+        }
+        let magic = word(0);
+        let len = match magic & 0xff00_0000 {
+            REVISION_1 => 12,
+            REVISION_2 => 20,
+            REVISION_3 => 24,
+            r => return Err(format!("capability revision {:#x}", r >> 24)),
+        };
+        if b.len() != len {
+            return Err(format!(
+                "a revision {} capability of {} bytes",
+                magic >> 24,
+                b.len()
+            ));
+        }
+        Ok(FileCaps {
+            magic,
+            data: (4..len.min(20)).step_by(4).map(word).collect(),
+            rootid: if len == 24 { word(20) } else { 0 },
+        })
+    }
+
+    pub fn encode(c: &FileCaps) -> Vec<u8> {
+        let mut v = c.magic.to_le_bytes().to_vec();
+        for w in &c.data {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        if c.magic & 0xff00_0000 == REVISION_3 {
+            v.extend_from_slice(&c.rootid.to_le_bytes());
+        }
+        v
+    }
+
+    impl FileCaps {
+        /// The same capabilities owned by `rootid`, as the kernel writes them: revision 3,
+        /// or revision 2 for rootid 0 (revision 1 stays 1).
+        pub fn with_rootid(&self, rootid: u32) -> FileCaps {
+            let flags = self.magic & 0x00ff_ffff;
+            let revision = match (rootid, self.magic & 0xff00_0000) {
+                (0, REVISION_1) => REVISION_1,
+                (0, _) => REVISION_2,
+                _ => REVISION_3,
+            };
+            FileCaps {
+                magic: revision | flags,
+                data: self.data.clone(),
+                rootid,
+            }
+        }
+    }
+}
 
 /// A v2 `cap_net_raw+ep` capability, as `setcap` stores it for host root.
 pub const CAP_NET_RAW_V2: [u8; 20] = [
@@ -54,22 +201,29 @@ pub fn sample_default_acl() -> Vec<u8> {
     ])
 }
 
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
+fn xname(name: &CStr) -> &OsStr {
+    OsStr::from_bytes(name.to_bytes())
 }
 
-/// Sets an xattr on a path's last component without following it.
+/// Sets an xattr on a path's last component without following it (`lsetxattr`). A filesystem
+/// that does not support the name skips the test (declare `Need::ScratchXattrs` to skip it up
+/// front).
 pub fn set_xattr(path: &Path, name: &CStr, value: &[u8]) {
-    let parent = std::fs::File::open(path.parent().unwrap()).unwrap();
-    let file = cpath(Path::new(path.file_name().unwrap()));
-    xattr::set(parent.as_fd(), Some(&file), name, value)
-        .unwrap_or_else(|e| panic!("setxattr {} {name:?}: {e}", path.display()));
+    if let Err(e) = xattr::set(path, xname(name), value) {
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            crate::common::skip(format!(
+                "{} does not support {name:?} xattrs",
+                path.display()
+            ));
+        }
+        panic!("lsetxattr {} {name:?}: {e}", path.display());
+    }
 }
 
+/// An xattr of a path's last component, not following it (`lgetxattr`).
 pub fn get_xattr(path: &Path, name: &CStr) -> Option<Vec<u8>> {
-    let parent = std::fs::File::open(path.parent().unwrap()).unwrap();
-    let file = cpath(Path::new(path.file_name().unwrap()));
-    xattr::get(parent.as_fd(), Some(&file), name).unwrap()
+    xattr::get(path, xname(name))
+        .unwrap_or_else(|e| panic!("lgetxattr {} {name:?}: {e}", path.display()))
 }
 
 fn file(path: &Path, uid: u32, gid: u32, mode: u32) {
@@ -214,64 +368,78 @@ pub fn journal_of(root: &Path) -> PathBuf {
     root.parent().unwrap().join(name)
 }
 
-/// Every inode under `root` by relative path (`""` for root), read through dir fds with
-/// O_NOATIME so that taking the snapshot changes no atime. The xattrs idshift keeps on the
-/// root (`user.idshift.*`) are left out.
+/// Every inode under `root` by relative path (`""` for root). `lstat` and `llistxattr` change
+/// no atime; reading a symlink does, so symlinks' atimes are left out. The xattrs idshift keeps
+/// on the root (`user.idshift.*`) are left out.
 pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Meta> {
     let mut out = BTreeMap::new();
-    let fd = open_dir(None, &cpath(root)).unwrap();
-    walk(&fd, PathBuf::new(), &mut out);
+    walk(root, PathBuf::new(), &mut out);
     out
 }
 
-fn meta(dir: &OwnedFd, name: Option<&CStr>) -> Meta {
-    let st = statx(dir.as_fd(), name).unwrap();
+fn meta(path: &Path) -> Meta {
+    let st =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+    let is_link = st.file_type().is_symlink();
     let mut xattrs = BTreeMap::new();
-    if !st.is_symlink() {
-        let names = xattr::list(dir.as_fd(), name).unwrap();
-        for n in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            let key = String::from_utf8_lossy(n).into_owned();
+    if !is_link {
+        let names =
+            xattr::list(path).unwrap_or_else(|e| panic!("llistxattr {}: {e}", path.display()));
+        for n in names {
+            let key = n.to_string_lossy().into_owned();
             if key.starts_with("user.idshift.") {
                 continue;
             }
-            let cn = CString::new(n).unwrap();
-            xattrs.insert(key, xattr::get(dir.as_fd(), name, &cn).unwrap().unwrap());
+            let value = xattr::get(path, &n)
+                .unwrap_or_else(|e| panic!("lgetxattr {} {key}: {e}", path.display()))
+                .unwrap_or_default();
+            xattrs.insert(key, value);
         }
     }
-    let link = match (st.is_symlink(), name) {
-        (true, Some(n)) => Some(
-            nix::fcntl::readlinkat(dir.as_fd(), n)
-                .map(PathBuf::from)
-                .unwrap(),
-        ),
-        _ => None,
-    };
+    let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
     Meta {
-        kind: st.file_type(),
-        mode: st.mode & 0o7777,
-        uid: st.uid,
-        gid: st.gid,
-        ino: st.ino,
-        mtime: st.mtime_ns,
+        kind: st.mode() & libc::S_IFMT,
+        mode: st.mode() & 0o7777,
+        uid: st.uid(),
+        gid: st.gid(),
+        ino: st.ino(),
+        mtime: ns(st.mtime(), st.mtime_nsec()),
         // Reading a symlink (as the snapshot does) sets its atime; idshift never reads one.
-        atime: if st.is_symlink() { 0 } else { st.atime_ns },
-        link,
+        atime: if is_link {
+            0
+        } else {
+            ns(st.atime(), st.atime_nsec())
+        },
+        link: is_link.then(|| std::fs::read_link(path).unwrap()),
         xattrs,
     }
 }
 
-fn walk(dir: &OwnedFd, rel: PathBuf, out: &mut BTreeMap<PathBuf, Meta>) {
+fn walk(dir: &Path, rel: PathBuf, out: &mut BTreeMap<PathBuf, Meta>) {
+    use nix::fcntl::OFlag;
     if rel.as_os_str().is_empty() {
-        out.insert(rel.clone(), meta(dir, None));
+        out.insert(rel.clone(), meta(dir));
     }
-    for entry in read_dir(dir.as_fd()).unwrap() {
-        let path = rel.join(OsStr::from_bytes(entry.name.to_bytes()));
-        let m = meta(dir, Some(&entry.name));
+    // O_NOATIME: reading the directory must not change its atime (std's read_dir would).
+    let mut d = nix::dir::Dir::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOATIME | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap_or_else(|e| panic!("opendir {}: {e}", dir.display()));
+    let names: Vec<std::ffi::OsString> = d
+        .iter()
+        .map(|e| OsStr::from_bytes(e.unwrap().file_name().to_bytes()).to_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    for name in names {
+        let path = rel.join(&name);
+        let full = dir.join(&name);
+        let m = meta(&full);
         let is_dir = m.kind == libc::S_IFDIR;
         out.insert(path.clone(), m);
         if is_dir {
-            let sub = open_dir(Some(dir.as_fd()), &entry.name).unwrap();
-            walk(&sub, path, out);
+            walk(&full, path, out);
         }
     }
 }
@@ -300,9 +468,7 @@ pub fn assert_shifted(
                     *value = caps::encode(&c.with_rootid(r));
                 }
             } else if name.starts_with("system.posix_acl_") {
-                if let Some(v) = acl::remap(value, map).unwrap().value {
-                    *value = v;
-                }
+                *value = acl::remap(value, map);
             }
         }
         assert_eq!(a, &want, "{}", path.display());

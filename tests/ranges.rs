@@ -40,14 +40,21 @@ fn ranges_of_the_test_user_with_containers() {
     assert_code(&out, 0);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // .ci/setup-test-env: NAME:A:65536 and UID:B:65536; the containers use A, so B is free.
+    assert_eq!(r["schema"], 1);
     assert_eq!(
         r["subuid"],
-        serde_json::json!([format!("{a}:65536"), format!("{b}:65536")])
+        serde_json::json!([{"start": a, "count": 65536}, {"start": b, "count": 65536}])
     );
     assert_eq!(r["containers"].as_array().unwrap().len(), 2);
+    assert_eq!(r["containers"][0]["map"]["uid"][0]["host"], a);
     assert_eq!(
         r["overlaps"][0],
-        format!("c1 and c2 share host uids {a}-{a_last}").as_str()
+        serde_json::json!({"a": "c1", "b": "c2", "shared": {"kind": "uid", "start": a, "count": 65536}})
+    );
+    let text = stdout(&run(&mut idshift(&["ranges", &env.user().name, "-P", p])));
+    assert!(
+        text.contains(&format!("overlap: c1 and c2 share host uids {a}-{a_last}")),
+        "{text}"
     );
     assert_eq!(r["first_free_block"], b);
     // As the user itself, by default.

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -138,6 +137,14 @@ fn shift_into_a_container_range_keeps_everything_else() {
     );
     // The summary lists the outliers and counts the work.
     let s = json(&out);
+    assert_eq!(s["schema"], 2);
+    assert_eq!(s["from"]["host_view"], true);
+    assert_eq!(s["from"]["uid"], serde_json::json!([]));
+    assert_eq!(s["to"]["text"], "u:0:100000:65536 g:0:100000:65536");
+    assert_eq!(
+        s["to"]["gid"],
+        serde_json::json!([{"inside": 0, "host": 100000, "count": 65536}])
+    );
     assert_eq!(s["outlier_inodes"], 2);
     assert_eq!(s["acl_outlier_entries"], 1);
     let listed: Vec<String> = s["outliers"]
@@ -705,25 +712,50 @@ fn status_reports_blocks_map_caps_acls_and_outliers() {
     let n = snapshot(&root).len() as u64;
     assert_eq!(s["inodes"], n);
     assert_eq!(s["root_uid"], 100000);
-    assert!(
-        s["apparent_map"]
-            .as_str()
-            .unwrap()
-            .starts_with("b:0:100000:65536"),
-        "{s}"
+    assert_eq!(s["schema"], 2);
+    let block = |host: u32| serde_json::json!([{"inside": 0, "host": host, "count": 65536}]);
+    assert_eq!(s["apparent_map"]["view"]["uid"], block(100000), "{s}");
+    assert_eq!(s["apparent_map"]["view"]["gid"], block(100000), "{s}");
+    assert_eq!(
+        s["apparent_map"]["every_id_within"], false,
+        "the outliers lie below"
     );
     assert_eq!(s["setuid_files"], 3, "su, both, suidcap");
     assert_eq!(s["setgid_files"], 2);
     assert_eq!(s["caps_v3"], 2);
-    assert_eq!(s["caps_rootids"]["100000"], 2);
+    assert_eq!(
+        s["caps_rootids"],
+        serde_json::json!([{"rootid": 100000, "files": 2}])
+    );
     assert_eq!(s["acl_access"], 1);
     assert_eq!(s["acl_default"], 1);
     assert_eq!(s["outlier_inodes"], 2);
-    assert_eq!(s["recorded_map"], "u:0:100000:65536 g:0:100000:65536");
-    let blocks: BTreeMap<String, u64> = serde_json::from_value(s["uid_blocks"].clone()).unwrap();
-    assert_eq!(blocks.values().sum::<u64>(), n);
+    let outliers: Vec<(String, u64)> = s["outlier_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap().to_string(),
+                o["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        !outliers.is_empty() && outliers.iter().all(|(_, id)| *id < 100000),
+        "{outliers:?}"
+    );
+    assert_eq!(
+        s["recorded_map"]["text"],
+        "u:0:100000:65536 g:0:100000:65536"
+    );
+    assert_eq!(s["recorded_map"]["uid"], block(100000));
+    assert_eq!(s["pending"], serde_json::Value::Null);
     // Every id (100000-101000, and the outliers 65536 and 70000) lies in block 65536-131071.
-    assert_eq!(blocks.keys().collect::<Vec<_>>(), ["65536"]);
+    assert_eq!(
+        s["uid_blocks"],
+        serde_json::json!([{"start": 65536, "inodes": n}])
+    );
     let text = run(&mut idshift(&["status", root.to_str().unwrap()]));
     assert!(
         stdout(&text).contains("appears to use:  b:0:100000:65536"),

@@ -14,7 +14,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -301,7 +301,7 @@ impl Summary {
 pub(crate) fn crash_point() {
     use std::sync::OnceLock;
     static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
-    static STEPS: AtomicU64 = AtomicU64::new(0);
+    static STEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let limit = LIMIT.get_or_init(|| {
         std::env::var("IDSHIFT_CRASH_AFTER_STEPS")
             .ok()

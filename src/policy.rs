@@ -109,7 +109,7 @@ pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<Strin
     let mut out = Vec::new();
     let uid = user.uid;
     for kind in IdKind::BOTH {
-        let delegated = files.ranges(kind, user)?;
+        let delegated = files.delegated(kind, user)?;
         for (which, map) in &s.maps {
             for e in map.entries(kind) {
                 let r = e.host_range();

@@ -139,7 +139,9 @@ fn containers(lxcpath: &Path) -> Result<Vec<(String, Result<IdMap>)>> {
 
 /// Gathers the report for `user`, whose containers live under `lxcpath`.
 pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges> {
+    // The lines as they are, for the report; merged where a map may span touching lines.
     let delegated = ByKind::try_from_fn(|kind| files.ranges(kind, user))?;
+    let merged = ByKind::try_from_fn(|kind| files.delegated(kind, user))?;
     let found = containers(lxcpath)?;
     let mut used = Vec::new();
     let mut report = Vec::new();
@@ -150,7 +152,7 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
                 let ranges = host_ranges(m);
                 let undelegated = ranges
                     .iter()
-                    .filter(|&&(k, r)| uncovered(r, &delegated[k]))
+                    .filter(|&&(k, r)| uncovered(r, &merged[k]))
                     .map(|&(k, r)| KindRange::new(k, r))
                     .collect();
                 used.extend(ranges.iter().map(|(_, r)| *r));
@@ -188,7 +190,7 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
             }
         }
     }
-    let first_free_block = first_free_block(&delegated.uid, &delegated.gid, &used);
+    let first_free_block = first_free_block(&merged.uid, &merged.gid, &used);
     let ByKind {
         uid: subuid,
         gid: subgid,
@@ -292,6 +294,34 @@ mod tests {
         );
         assert_eq!(first_free_block(&d, &[r(200000, 65536)], &[]), Some(200000));
         assert_eq!(first_free_block(&[r(0, 1000)], &[r(0, 1000)], &[]), None);
+    }
+
+    #[test]
+    fn a_map_spanning_touching_lines_is_delegated() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["subuid", "subgid"] {
+            std::fs::write(
+                dir.path().join(f),
+                "alice:100000:65536\nalice:165536:65536\n",
+            )
+            .unwrap();
+        }
+        let lxc = dir.path().join("lxc");
+        std::fs::create_dir_all(lxc.join("big")).unwrap();
+        std::fs::write(
+            lxc.join("big/config"),
+            "lxc.idmap = u 0 100000 131072\nlxc.idmap = g 0 100000 131072\n",
+        )
+        .unwrap();
+        let files = SubIdFiles::new(dir.path().join("subuid"), dir.path().join("subgid"));
+        let user = User {
+            name: "alice".into(),
+            uid: 1000,
+        };
+        let rep = gather(&user, &files, &lxc).unwrap();
+        assert!(rep.containers[0].undelegated.is_empty(), "{}", rep.render());
+        assert_eq!(rep.subuid.len(), 2, "the lines are reported as they are");
+        assert_eq!(rep.first_free_block, None);
     }
 
     #[test]

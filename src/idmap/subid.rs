@@ -131,6 +131,23 @@ pub fn read(path: &Path) -> Result<Vec<SubIdLine>> {
 }
 
 /// The ranges delegated to `user`, in file order.
+/// Sorted ranges with overlapping or touching ones merged (a subuid file may repeat a range, or
+/// split one across lines).
+pub fn merged(mut ranges: Vec<IdRange>) -> Vec<IdRange> {
+    ranges.sort_by_key(|r| r.start());
+    let mut out: Vec<IdRange> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start() <= last.end() => {
+                let end = last.end().max(r.end());
+                *last = IdRange::new(last.start(), end - last.start()).expect("within u32");
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
 pub fn ranges_for(lines: &[SubIdLine], user: &User) -> Vec<IdRange> {
     lines
         .iter()
@@ -163,6 +180,12 @@ impl SubIdFiles {
     }
 
     /// The user's delegated ranges of `kind`, in file order; a missing file delegates nothing.
+    /// What is delegated to `user`: [`SubIdFiles::ranges`] with touching or overlapping lines
+    /// merged, so that a map may span two lines (as newuidmap allows).
+    pub fn delegated(&self, kind: IdKind, user: &User) -> Result<Vec<IdRange>> {
+        self.ranges(kind, user).map(merged)
+    }
+
     pub fn ranges(&self, kind: IdKind, user: &User) -> Result<Vec<IdRange>> {
         let path = self.path(kind);
         match fs::read_to_string(path) {

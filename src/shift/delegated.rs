@@ -28,7 +28,7 @@ pub fn namespace_map(
     let mut entries = Vec::new();
     for kind in IdKind::BOTH {
         // Touching or overlapping lines are one delegation: a map may span two of them.
-        let delegated = merge(files.ranges(kind, user)?);
+        let delegated = files.delegated(kind, user)?;
         for (which, map) in [("FROM", from), ("TO", to)] {
             for e in map.entries(kind) {
                 let r = e.host_range();
@@ -64,22 +64,6 @@ pub fn namespace_map(
         what: "the namespace map".into(),
         source,
     })
-}
-
-/// Sorted ranges with overlapping or touching ones merged (a subuid file may repeat a range).
-fn merge(mut ranges: Vec<IdRange>) -> Vec<IdRange> {
-    ranges.sort_by_key(|r| r.start());
-    let mut out: Vec<IdRange> = Vec::new();
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.start() <= last.end() => {
-                let end = last.end().max(r.end());
-                *last = IdRange::new(last.start(), end - last.start()).expect("within u32");
-            }
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

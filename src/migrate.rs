@@ -299,15 +299,21 @@ mod tests {
     fn the_config_changes_only_after_the_rootfs_shift_finished() {
         let (_keep, m) = container();
         assert_eq!(m.to.to_string(), "u:0:300000:65536 g:0:300000:65536");
+        let shifted = std::cell::Cell::new(false);
         let outcome = carry_out(&m, false, |m| {
             assert_eq!(
                 config_map(m),
                 "u:0:100000:65536 g:0:100000:65536",
                 "config changed first"
             );
+            shifted.set(true);
             Ok(0)
         });
         assert_eq!(outcome.unwrap(), Outcome::Renamed);
+        assert!(
+            shifted.get(),
+            "the config was rewritten without shifting the rootfs"
+        );
         assert_eq!(config_map(&m), "u:0:300000:65536 g:0:300000:65536");
         let again = carry_out(
             &prepare("c1", _keep.path(), &Target::Map(m.to.clone())).unwrap(),

@@ -91,8 +91,8 @@ fn mount_of(path: &Path, mounts: &[MountInfo]) -> Result<MountInfo> {
         .find(|m| m.id == st.mnt_id)
         .cloned()
         .ok_or_else(|| Error::Corrupt {
-            path: PathBuf::from("/proc/self/mountinfo"),
-            reason: format!("no line for the mount of {}", path.display()),
+            path: path.to_path_buf(),
+            reason: "its mount is not in /proc/self/mountinfo".into(),
         })
 }
 

@@ -100,7 +100,7 @@ pub fn ser_paths<S: serde::Serializer>(
 /// A map as JSON: its text, and its extents by kind with every id a number.
 ///
 /// ```json
-/// {"text": "b:0:100000:65536", "host_view": false,
+/// {"text": "u:0:100000:65536 g:0:100000:65536", "host_view": false,
 ///  "uid": [{"inside": 0, "host": 100000, "count": 65536}],
 ///  "gid": [{"inside": 0, "host": 100000, "count": 65536}]}
 /// ```

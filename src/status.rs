@@ -71,10 +71,11 @@ pub struct Status {
 /// The map a tree appears to use.
 #[derive(Clone, Debug, Serialize)]
 pub struct Apparent {
-    /// The host view when the tree's root is owned by 0:0, else a 65536 block at root's owner.
-    #[serde(serialize_with = "crate::report::ser_view")]
-    pub view: View,
-    /// Whether every id seen lies within `view` (`null` for the host view).
+    /// The host view when the tree's root is owned by 0:0, else a 65536 block at root's owner;
+    /// `null` when no whole block fits there (an owner within 65536 of the last id).
+    #[serde(serialize_with = "crate::report::ser_opt_view")]
+    pub view: Option<View>,
+    /// Whether every id seen lies within `view` (`null` for the host view, or without a view).
     pub every_id_within: Option<bool>,
 }
 
@@ -364,7 +365,7 @@ pub fn scan(
 fn apparent_map(s: &Status) -> Apparent {
     if s.root_uid == 0 && s.root_gid == 0 {
         return Apparent {
-            view: View::Host,
+            view: Some(View::Host),
             every_id_within: None,
         };
     }
@@ -375,20 +376,26 @@ fn apparent_map(s: &Status) -> Apparent {
     let map = block(IdKind::Uid, s.root_uid)
         .and_then(|u| Ok([u, block(IdKind::Gid, s.root_gid)?]))
         .and_then(IdMap::new);
-    Apparent {
-        // A root owner within 65536 of the last id has no whole block: the host view then.
-        view: map.map_or(View::Host, View::Map),
-        every_id_within: Some(
-            fits(s.lowest_uid, s.highest_uid, s.root_uid)
-                && fits(s.lowest_gid, s.highest_gid, s.root_gid),
-        ),
+    match map {
+        Ok(map) => Apparent {
+            view: Some(View::Map(map)),
+            every_id_within: Some(
+                fits(s.lowest_uid, s.highest_uid, s.root_uid)
+                    && fits(s.lowest_gid, s.highest_gid, s.root_gid),
+            ),
+        },
+        // A root owner within 65536 of the last id: no container map starts there.
+        Err(_) => Apparent {
+            view: None,
+            every_id_within: None,
+        },
     }
 }
 
 impl Default for Apparent {
     fn default() -> Apparent {
         Apparent {
-            view: View::Host,
+            view: Some(View::Host),
             every_id_within: None,
         }
     }
@@ -396,9 +403,15 @@ impl Default for Apparent {
 
 impl fmt::Display for Apparent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let map = match (&self.view, self.every_id_within) {
-            (View::Map(m), Some(_)) => m,
-            _ => return f.write_str("host view (the tree's root is owned by 0:0)"),
+        let map = match &self.view {
+            Some(View::Map(m)) => m,
+            Some(View::Host) => return f.write_str("host view (the tree's root is owned by 0:0)"),
+            None => {
+                return f.write_str(
+                    "no container map (root's owner lies within 65536 of the last id, so no \
+                     block of 65536 ids starts there)",
+                )
+            }
         };
         match (map.to_host(IdKind::Uid, 0), map.to_host(IdKind::Gid, 0)) {
             (Some(u), Some(g)) if u == g => write!(f, "b:0:{u}:{BLOCK}")?,

@@ -9,9 +9,7 @@ fn main() -> std::process::ExitCode {
         trial!(
             demo_shows_the_shift_and_cleans_up,
             Need::Root,
-            Need::ScratchXattrs,
-            // The demo lists the capability with getcap (libcap2-bin) when it is there.
-            Need::Tool("getcap")
+            Need::ScratchXattrs
         ),
         trial!(
             demo_without_root_says_what_it_needs,

@@ -159,10 +159,11 @@ fn heading(text: &str) {
     }
 }
 
-/// Runs a program, its output on ours; fails unless it succeeds.
+/// Runs a program, its stdout through our printer and its stderr on ours; fails unless it
+/// succeeds.
 fn run_program(program: &Path, args: &[&str], dir: Option<&Path>) -> Result<()> {
     let mut cmd = Command::new(program);
-    cmd.args(args);
+    cmd.args(args).stderr(std::process::Stdio::inherit());
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }
@@ -177,7 +178,7 @@ fn run_program(program: &Path, args: &[&str], dir: Option<&Path>) -> Result<()> 
         Err(Error::Program {
             program: program.display().to_string(),
             status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr: String::new(), // already shown
         })
     }
 }

@@ -470,7 +470,7 @@ pub fn set_aside(tree: &Tree) -> Result<PathBuf> {
     }
     Err(Error::Journal {
         path: tree.journal_path(),
-        action: "move it aside under any of 100 free names",
+        action: "find a free name to move it aside under",
         source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
     })
 }

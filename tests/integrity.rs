@@ -12,13 +12,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::tree::*;
@@ -165,55 +164,10 @@ const SHORT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 // Running children under a deadline.
 
-fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
-}
-
-/// Waits for `child` until `limit` has passed; then kills and reaps it and returns `None`.
-fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("waitpid") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Runs `cmd` with stdin closed and both outputs captured; `Err` (with what it printed) when
-/// it did not end within `limit` and was killed.
+/// Runs `cmd` with stdin closed and both outputs captured, in a process group of its own;
+/// `Err` (with what it printed) when it did not end within `limit` and was killed.
 fn run_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let status = wait_within(&mut child, limit);
-    let output = Output {
-        status: status.unwrap_or_else(|| ExitStatus::from_raw(9)),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    };
-    match status {
-        Some(_) => Ok(output),
-        None => Err(format!(
-            "{cmd:?} did not finish within {limit:?} (killed)\nstdout:\n{}\nstderr:\n{}",
-            stdout(&output),
-            stderr(&output)
-        )),
-    }
+    run_limited(cmd, limit)
 }
 
 /// `run_within(cmd, LIMIT)`, failing the test on a timeout.

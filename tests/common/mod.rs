@@ -237,18 +237,7 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<Output, String>
     };
     let out = drain(child.stdout.take().unwrap());
     let err = drain(child.stderr.take().unwrap());
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() >= end {
-            kill_tree(child.id());
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_within(&mut child, limit);
     let output = Output {
         status: status.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(9)),
         stdout: out.join().unwrap(),
@@ -264,8 +253,28 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<Output, String>
     }
 }
 
+/// Waits for `child` until `limit` has passed; then kills it and all its descendants, reaps it
+/// and returns `None`.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("waitpid") {
+            return Some(st);
+        }
+        if Instant::now() >= end {
+            kill_tree(child.id());
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Reads a pipe to its end on a thread of its own.
-fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+pub fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = r.read_to_end(&mut v);

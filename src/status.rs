@@ -277,6 +277,16 @@ impl Visitor for Scan<'_> {
             .mounts_skipped
             .push(path);
     }
+
+    fn changed(&self, path: PathBuf) {
+        self.reporter.inode_error(&crate::shift::inode::InodeError {
+            path,
+            op: "scan",
+            errno: 0,
+            message: "its entries changed while status read the tree: the counts may be off".into(),
+        });
+        self.acc.lock().unwrap_or_else(|e| e.into_inner()).errors += 1;
+    }
 }
 
 /// Scans DIR; `map`, when given, is the map the tree should be in (host side), for outliers.

@@ -1025,6 +1025,16 @@ impl Visitor for ShiftVisitor<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .push(path);
     }
+
+    fn changed(&self, path: PathBuf) {
+        self.error_msg(
+            path,
+            "walk",
+            "its entries changed while the shift ran (added, removed or renamed): what was moved \
+             in may be unshifted; run the same command again to finish"
+                .into(),
+        );
+    }
 }
 
 #[cfg(test)]

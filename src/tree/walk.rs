@@ -5,6 +5,13 @@
 //! checks its mount, reads its entries, hands the visitor its own inode and every non-directory
 //! entry as one batch, and spawns a task per subdirectory. A task keeps only its parent's fd
 //! (shared) and its name until it runs, so the fds open at once stay few.
+//!
+//! A walk that someone else changes under it can miss entries: a directory moved, mid-walk,
+//! from one not read yet into one already read is never visited. Each directory's (dev, ino,
+//! mtime) is noted when it is opened, and after the walk every directory is looked at again:
+//! one whose entries changed since (its mtime moved, or it is no longer where it was) is
+//! reported to the visitor ([`Visitor::changed`]), so that no walk claims a tree it may not have
+//! seen whole.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -68,6 +75,18 @@ pub trait Visitor: Sync {
 
     /// A mount point left alone.
     fn mount_skipped(&self, path: PathBuf);
+
+    /// A directory whose entries were added, removed or renamed while the walk ran (or that is
+    /// no longer where it was): what was moved into it may not have been visited.
+    fn changed(&self, path: PathBuf);
+}
+
+/// A directory as the walk found it, to be looked at again at the end.
+struct Seen {
+    path: Arc<PathBuf>,
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
 }
 
 struct Walk<'v, V: Visitor> {
@@ -75,6 +94,7 @@ struct Walk<'v, V: Visitor> {
     root_mnt: u64,
     root_dev: u64,
     cross_mounts: bool,
+    seen: std::sync::Mutex<Vec<Seen>>,
 }
 
 impl<V: Visitor> Walk<'_, V> {
@@ -91,6 +111,15 @@ impl<V: Visitor> Walk<'_, V> {
 
     /// Walks one directory that is already open and stat-ed.
     fn dir<'s>(&'s self, scope: &rayon::Scope<'s>, fd: Arc<OwnedFd>, st: Stat, path: Arc<PathBuf>) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Seen {
+                path: Arc::clone(&path),
+                dev: st.dev,
+                ino: st.ino,
+                mtime_ns: st.mtime_ns,
+            });
         let mut batch = Vec::new();
         let here = At {
             dir: fd.as_fd(),
@@ -201,8 +230,166 @@ pub fn walk<V: Visitor>(
         root_mnt: st.mnt_id,
         root_dev: st.dev,
         cross_mounts,
+        seen: std::sync::Mutex::new(Vec::new()),
     };
     let path = Arc::new(root_path.to_path_buf());
-    pool.scope(|scope| walk.dir(scope, Arc::new(root), st, path));
+    // The walk reads the root through its own fd; this one only looks at it again at the end.
+    let reader = Arc::new(root.try_clone().map_err(io_errno)?);
+    pool.scope(|scope| walk.dir(scope, reader, st, path));
+    let seen = walk.seen.into_inner().unwrap_or_else(|e| e.into_inner());
+    recheck(pool, root.as_fd(), root_path, &seen, visitor);
     Ok(())
+}
+
+/// Looks at every directory the walk read again, from the root down by name without following
+/// a symlink: one that is gone, is another inode now, or whose mtime moved (an entry added,
+/// removed or renamed) is reported as changed.
+fn recheck<V: Visitor>(
+    pool: &rayon::ThreadPool,
+    root: BorrowedFd<'_>,
+    root_path: &Path,
+    seen: &[Seen],
+    visitor: &V,
+) {
+    use rayon::prelude::*;
+    pool.install(|| {
+        seen.par_iter().for_each(|s| {
+            let now = match s.path.strip_prefix(root_path) {
+                Ok(rel) => stat_beneath(root, rel.as_os_str().as_encoded_bytes()),
+                Err(_) => Err(Errno::EINVAL),
+            };
+            let same =
+                now.is_ok_and(|n| n.dev == s.dev && n.ino == s.ino && n.mtime_ns == s.mtime_ns);
+            if !same {
+                visitor.changed(s.path.to_path_buf());
+            }
+        })
+    });
+}
+
+/// `statx` of `rel` (no symlink followed at its end) under `dir`, however long `rel` is: past
+/// what one path lookup takes, the directories on the way are opened a part at a time.
+fn stat_beneath(dir: BorrowedFd<'_>, rel: &[u8]) -> std::result::Result<Stat, Errno> {
+    const PART: usize = 2048;
+    if rel.is_empty() {
+        return sysfs::statx(dir, None);
+    }
+    if rel.len() <= PART {
+        return sysfs::statx(dir, Some(&CString::new(rel).map_err(|_| Errno::EINVAL)?));
+    }
+    let cut = rel[..PART]
+        .iter()
+        .rposition(|&b| b == b'/')
+        .ok_or(Errno::ENAMETOOLONG)?;
+    let part = CString::new(&rel[..cut]).map_err(|_| Errno::EINVAL)?;
+    let next = sysfs::open_dir(Some(dir), &part)?;
+    stat_beneath(next.as_fd(), &rel[cut + 1..])
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what it sees; when the first of `a` and `z` is finished, moves the other's
+    /// subdirectory into it (the adversary's move from a directory not read yet into one
+    /// already read).
+    struct Mover {
+        root: PathBuf,
+        visited: Mutex<Vec<PathBuf>>,
+        moved: Mutex<Option<PathBuf>>,
+        changed: Mutex<Vec<PathBuf>>,
+    }
+
+    impl Visitor for Mover {
+        type Item = ();
+
+        fn visit(&self, at: At<'_>, _: &Stat, _: &mut Vec<()>) {
+            self.visited.lock().unwrap().push(at.path());
+        }
+
+        fn finish(&self, _: BorrowedFd<'_>, dir_path: &Path, _: Vec<()>) {
+            let name = dir_path.file_name().and_then(|n| n.to_str());
+            let other = match name {
+                Some("a") => "z",
+                Some("z") => "a",
+                _ => return,
+            };
+            let mut moved = self.moved.lock().unwrap();
+            if moved.is_none() {
+                let from = self.root.join(other).join("inner");
+                std::fs::rename(&from, dir_path.join("moved")).unwrap();
+                *moved = Some(dir_path.to_path_buf());
+            }
+        }
+
+        fn error(&self, path: PathBuf, op: &'static str, errno: Errno) {
+            panic!("{}: {op}: {errno}", path.display());
+        }
+
+        fn mount_skipped(&self, path: PathBuf) {
+            panic!("{}: mount", path.display());
+        }
+
+        fn changed(&self, path: PathBuf) {
+            self.changed.lock().unwrap().push(path);
+        }
+    }
+
+    #[test]
+    fn a_directory_moved_into_one_already_read_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        for d in ["a/inner", "z/inner"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            std::fs::write(root.join(d).join("file"), "x").unwrap();
+        }
+        let fd = sysfs::open_dir(
+            None,
+            &CString::new(root.as_os_str().as_encoded_bytes()).unwrap(),
+        )
+        .unwrap();
+        let mover = Mover {
+            root: root.clone(),
+            visited: Mutex::new(Vec::new()),
+            moved: Mutex::new(None),
+            changed: Mutex::new(Vec::new()),
+        };
+        walk(&pool(1).unwrap(), fd.as_fd(), &root, false, &mover).unwrap();
+        let into = mover.moved.lock().unwrap().clone().expect("the mover ran");
+        let visited = mover.visited.lock().unwrap();
+        // The moved directory was read neither where it was nor where it went...
+        assert!(
+            !visited.contains(&into.join("moved/file")),
+            "{visited:?}: the walk saw the moved entry; the test no longer races"
+        );
+        // ...and the walk says so.
+        let changed = mover.changed.lock().unwrap();
+        assert!(changed.contains(&into), "not reported: {changed:?}");
+    }
+
+    #[test]
+    fn an_undisturbed_walk_reports_no_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        std::fs::create_dir_all(root.join("b/c")).unwrap();
+        let fd = sysfs::open_dir(
+            None,
+            &CString::new(root.as_os_str().as_encoded_bytes()).unwrap(),
+        )
+        .unwrap();
+        let mover = Mover {
+            root: root.clone(),
+            visited: Mutex::new(Vec::new()),
+            moved: Mutex::new(None),
+            changed: Mutex::new(Vec::new()),
+        };
+        walk(&pool(2).unwrap(), fd.as_fd(), &root, false, &mover).unwrap();
+        assert_eq!(mover.visited.lock().unwrap().len(), 3);
+        assert!(mover.changed.lock().unwrap().is_empty());
+    }
 }

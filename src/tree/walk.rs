@@ -11,7 +11,9 @@
 //! mtime) is noted when it is opened, and after the walk every directory is looked at again:
 //! one whose entries changed since (its mtime moved, or it is no longer where it was) is
 //! reported to the visitor ([`Visitor::changed`]), so that no walk claims a tree it may not have
-//! seen whole.
+//! seen whole. Kernels since 6.13 give a directory whose times were just read a fine-grained
+//! mtime at its next change; on older ones (coarse timestamps) a change within the same clock
+//! tick as the directory's previous one can go unseen.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -342,6 +342,20 @@ mod tests {
         }
     }
 
+    /// Walks `root` on `threads` threads with a [`Mover`].
+    fn walk_with_mover(root: &Path, threads: usize) -> Mover {
+        let name = CString::new(root.as_os_str().as_encoded_bytes()).unwrap();
+        let fd = sysfs::open_dir(None, &name).unwrap();
+        let mover = Mover {
+            root: root.to_path_buf(),
+            visited: Mutex::new(Vec::new()),
+            moved: Mutex::new(None),
+            changed: Mutex::new(Vec::new()),
+        };
+        walk(&pool(threads).unwrap(), fd.as_fd(), root, false, &mover).unwrap();
+        mover
+    }
+
     #[test]
     fn a_directory_moved_into_one_already_read_is_reported() {
         let tmp = tempfile::tempdir().unwrap();
@@ -350,18 +364,7 @@ mod tests {
             std::fs::create_dir_all(root.join(d)).unwrap();
             std::fs::write(root.join(d).join("file"), "x").unwrap();
         }
-        let fd = sysfs::open_dir(
-            None,
-            &CString::new(root.as_os_str().as_encoded_bytes()).unwrap(),
-        )
-        .unwrap();
-        let mover = Mover {
-            root: root.clone(),
-            visited: Mutex::new(Vec::new()),
-            moved: Mutex::new(None),
-            changed: Mutex::new(Vec::new()),
-        };
-        walk(&pool(1).unwrap(), fd.as_fd(), &root, false, &mover).unwrap();
+        let mover = walk_with_mover(&root, 1);
         let into = mover.moved.lock().unwrap().clone().expect("the mover ran");
         let visited = mover.visited.lock().unwrap();
         // The moved directory was read neither where it was nor where it went...
@@ -379,18 +382,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("tree");
         std::fs::create_dir_all(root.join("b/c")).unwrap();
-        let fd = sysfs::open_dir(
-            None,
-            &CString::new(root.as_os_str().as_encoded_bytes()).unwrap(),
-        )
-        .unwrap();
-        let mover = Mover {
-            root: root.clone(),
-            visited: Mutex::new(Vec::new()),
-            moved: Mutex::new(None),
-            changed: Mutex::new(Vec::new()),
-        };
-        walk(&pool(2).unwrap(), fd.as_fd(), &root, false, &mover).unwrap();
+        let mover = walk_with_mover(&root, 2);
         assert_eq!(mover.visited.lock().unwrap().len(), 3);
         assert!(mover.changed.lock().unwrap().is_empty());
     }

@@ -76,6 +76,7 @@ fn main() -> std::process::ExitCode {
             Need::ScratchXattrs
         ),
         trial!(maps_from_lxc_containers, Need::Root, Need::ScratchXattrs),
+        trial!(interrupted_shift_says_how_to_finish_it, Need::Root),
     ])
 }
 
@@ -831,4 +832,79 @@ fn maps_from_lxc_containers() {
     assert_code(&out, 0);
     let map = |_, id: u32| (100000..165536).contains(&id).then_some(id + 100000);
     assert_shifted(&before, &snapshot(&root), &map);
+}
+
+// Ctrl-C in the middle of a shift: it says what is pending and how to end it, dies of SIGINT as
+// a shell expects, and the command it names finishes the job.
+fn interrupted_shift_says_how_to_finish_it() {
+    let Some(_) = require!(Root) else { return };
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rootfs");
+    for d in 0..200 {
+        let dir = root.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..1000 {
+            std::fs::File::create(dir.join(format!("f{f}"))).unwrap();
+        }
+    }
+    let args = shift_args(&root, &["b:0:100000:65536", "--threads", "1"]);
+    let mut child = idshift(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || std::io::read_to_string(err).unwrap());
+    // Once the shift has begun changing the tree (d0 comes first with one thread or not: any
+    // directory already shifted will do), interrupt it.
+    let begun = std::time::Instant::now();
+    let started = loop {
+        let any = (0..200).any(|d| {
+            std::fs::symlink_metadata(root.join(format!("d{d}/f999")))
+                .is_ok_and(|m| m.uid() == 100000)
+        });
+        if any || child.try_wait().unwrap().is_some() {
+            break any;
+        }
+        assert!(begun.elapsed().as_secs() < 60, "the shift never began");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_within(&mut child, std::time::Duration::from_secs(60)).expect("hung");
+    let err = err.join().unwrap();
+    if status.code() == Some(0) {
+        skip(format!(
+            "the shift finished before the interrupt reached it (begun: {started})"
+        ));
+    }
+    assert_eq!(status.signal(), Some(2), "{status:?}: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    let dir = root.display();
+    assert_eq!(
+        last,
+        format!(
+            "idshift: interrupted: if the shift had begun, {dir} is left pending (`idshift \
+             status {dir}` shows it): run `idshift shift {dir} u:0:100000:65536 g:0:100000:65536` \
+             to finish it, or `idshift shift -r {dir} u:0:100000:65536 g:0:100000:65536` to roll \
+             it back"
+        )
+    );
+    let st = run(&mut idshift(&["status", &dir.to_string()]));
+    assert!(
+        stdout(&st).contains("unfinished shift: from"),
+        "{}",
+        stdout(&st)
+    );
+    assert_code(&shift(&root, &["b:0:100000:65536"]), 0);
+    let left = (0..200)
+        .flat_map(|d| std::fs::read_dir(root.join(format!("d{d}"))).unwrap())
+        .filter(|e| e.as_ref().unwrap().metadata().unwrap().uid() != 100000)
+        .count();
+    assert_eq!(left, 0, "the named command did not finish the shift");
 }

@@ -45,7 +45,16 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
             View::Map(m.to.clone()),
             c,
         );
-        shift_where_allowed(&opts, c)
+        let interrupted = if c.dry_run {
+            "interrupted: nothing was changed (a dry run)".to_string()
+        } else {
+            format!(
+                "interrupted: container '{}' is left mid-migrate (its config still names '{}'): \
+                 run the same `idshift migrate` again to finish it",
+                m.name, m.from
+            )
+        };
+        shift_where_allowed(&opts, c, interrupted)
     })?;
     let config = escape_path(&m.config.path);
     let note = match outcome {

@@ -5,6 +5,7 @@
 mod completions;
 mod demo;
 mod exec;
+mod interrupt;
 mod man;
 mod migrate;
 mod mount;

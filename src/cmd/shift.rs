@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::interrupt::Notice;
 use super::{error_status, exit, lxcpath_or_default, refuse_in_use, threads, warn};
 use crate::cli::{ProgressArg, ShiftArgs, ShiftCommon};
 use crate::error::{Error, Result};
@@ -10,7 +11,7 @@ use crate::idmap::source::Source;
 use crate::idmap::subid::{SubIdFiles, User};
 use crate::idmap::{IdMap, MapSpec};
 use crate::policy;
-use crate::report::{self, Printer, Progress};
+use crate::report::{self, escape_path, Printer, Progress};
 use crate::shift::{self, View};
 use crate::userns::{self, Mapper};
 
@@ -49,7 +50,17 @@ pub fn run(args: ShiftArgs) -> Result<u8> {
         container.map(|name| (lxcpath.as_path(), name.as_str())),
         args.common.force,
     )?;
-    shift_where_allowed(&opts, &args.common)
+    let (finish, rollback) = shift::ways_out(&opts.dir, &opts.from, &opts.to);
+    let dir = escape_path(&opts.dir);
+    let interrupted = if opts.dry_run {
+        "interrupted: nothing was changed (a dry run)".to_string()
+    } else {
+        format!(
+            "interrupted: if the shift had begun, {dir} is left pending (`idshift status {dir}` \
+             shows it): run `{finish}` to finish it, or `{rollback}` to roll it back"
+        )
+    };
+    shift_where_allowed(&opts, &args.common, interrupted)
 }
 
 /// The FROM and TO views the arguments name: host view and MAP (or the reverse with `-r`), or
@@ -101,8 +112,13 @@ pub(super) fn options(dir: PathBuf, from: View, to: View, c: &ShiftCommon) -> sh
 
 /// Runs a shift where it can run: here as root; otherwise inside a user namespace that maps
 /// the caller's delegated ranges onto themselves (refused before anything changes when the maps
-/// name ids the caller does not own). Prints the summary; returns the exit status.
-pub(super) fn shift_where_allowed(opts: &shift::ShiftOptions, c: &ShiftCommon) -> Result<u8> {
+/// name ids the caller does not own). Prints the summary; returns the exit status. Interrupted
+/// (SIGINT, SIGTERM, SIGHUP) while the shift runs, it prints `interrupted` first.
+pub(super) fn shift_where_allowed(
+    opts: &shift::ShiftOptions,
+    c: &ShiftCommon,
+    interrupted: String,
+) -> Result<u8> {
     let printer = Printer {
         progress: match c.progress {
             ProgressArg::Auto => Progress::Auto,
@@ -111,6 +127,7 @@ pub(super) fn shift_where_allowed(opts: &shift::ShiftOptions, c: &ShiftCommon) -
         },
     };
     if nix::unistd::geteuid().is_root() {
+        let _notice = Notice::new(interrupted);
         return shift_and_print(opts, &printer, c.json);
     }
     let own = crate::idmap::ByKind::new(
@@ -125,6 +142,8 @@ pub(super) fn shift_where_allowed(opts: &shift::ShiftOptions, c: &ShiftCommon) -
         &SubIdFiles::default(),
     )?;
     let code = userns::call(&ns, &Mapper::default(), || {
+        // In the namespace's process, which the terminal interrupts as it does its parent.
+        let _notice = Notice::new(interrupted);
         shift_and_print(opts, &printer, c.json).unwrap_or_else(|err| {
             report::err_line(&err.to_string());
             error_status(&err)

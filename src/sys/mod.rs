@@ -65,3 +65,22 @@ pub fn default_sigpipe() -> Result<(), Errno> {
     // SAFETY: installing SIG_DFL runs no handler code, so no signal-safety rule can be broken.
     unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop)
 }
+
+/// Ends the process by `signal` as if it had never been caught: its default action back, the
+/// signal unblocked in the calling thread, and raised.
+///
+/// For a thread that took a terminating signal from a signalfd to say something first.
+///
+/// # References
+///  - [sigaction(2)](https://man7.org/linux/man-pages/man2/sigaction.2.html)
+///  - [raise(3)](https://man7.org/linux/man-pages/man3/raise.3.html)
+pub fn die_of(signal: Signal) -> ! {
+    // SAFETY: installing SIG_DFL runs no handler code, so no signal-safety rule can be broken.
+    let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(signal);
+    let _ = set.thread_unblock();
+    let _ = nix::sys::signal::raise(signal);
+    // A terminating signal with its default action does not come back; should it, still end.
+    exit_now(128 + signal as i32)
+}

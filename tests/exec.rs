@@ -21,6 +21,11 @@ fn main() -> std::process::ExitCode {
         trial!(a_uid_only_or_gid_only_map_works, Need::Root),
         trial!(exit_status_is_the_commands_own, Need::Root),
         trial!(not_found_is_127_and_not_executable_is_126, Need::Root),
+        trial!(
+            a_private_directory_on_the_way_points_to_map_self,
+            Need::Root,
+            Need::ScratchExec
+        ),
         trial!(bad_maps_fail_with_125_before_the_command_runs, Need::Root),
         trial!(maps_from_lxc_and_oci_configs, Need::Root),
         trial!(default_command_is_shell, Need::Root),
@@ -574,4 +579,58 @@ fn a_stopped_rootfs_exec_gives_the_terminal_back_and_takes_it_again() {
         "after fg, Ctrl-Z did not reach the command's shell (terminal not raw again):\n{text}"
     );
     assert!(text.contains("outer-3"), "the exit status:\n{text}");
+}
+
+// A command under a directory only its owner may enter (a 0700 home): the namespace's root,
+// another host uid, is refused, and the one error line says that -s maps the caller too.
+fn a_private_directory_on_the_way_points_to_map_self() {
+    let Some(_) = require!(Root) else { return };
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // Only HOME is private on the way (tempfile may make its directory 0700 too).
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let script = home.join("hello");
+    std::fs::write(&script, "#!/bin/sh\necho hello\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = script.to_str().unwrap();
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--",
+        path,
+    ]));
+    let err = assert_one_error_line(&out, 126, "-s (--map-self) maps it too");
+    assert!(
+        err.contains(&format!("{} is yours", home.display())),
+        "{err}"
+    );
+    // Found along PATH, it is not even seen from the namespace: 127, with the same hint.
+    let out = run(idshift(&["exec", "-m", "b:0:100000:65536", "--", "hello"])
+        .env("PATH", format!("{}:/usr/bin:/bin", home.display())));
+    assert_one_error_line(&out, 127, "-s (--map-self) maps it too");
+    // With -s it runs.
+    let out = run(&mut idshift(&[
+        "exec",
+        "-s",
+        "-m",
+        "b:0:100000:65536",
+        "--",
+        path,
+    ]));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "hello\n");
+    // A command that does not exist anywhere gets no hint.
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "b:0:100000:65536",
+        "--",
+        "no-such-cmd-x",
+    ]));
+    let err = assert_one_error_line(&out, 127, "cannot run 'no-such-cmd-x'");
+    assert!(!err.contains("map-self"), "{err}");
 }

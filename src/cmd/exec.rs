@@ -17,10 +17,29 @@ use crate::userns::{self, ExecSpec, Mapper};
 
 /// Runs the command; its exit status, or 125/126/127 when idshift or the exec failed.
 pub fn run(args: ExecArgs) -> ExitCode {
+    let map_self = args.map_self || args.rootfs.is_some();
     match exec(args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
-            report::err_line(&err.to_string());
+            // Refused on the way, or (searched along PATH) not seen from the namespace at all.
+            let hint = match &err {
+                Error::Exec { program, errno } if !map_self => match errno {
+                    nix::errno::Errno::EACCES => private_dir_on_the_way(program),
+                    nix::errno::Errno::ENOENT if !program.contains('/') => {
+                        private_dir_on_the_way(program)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            match hint {
+                Some(dir) => report::err_line(&format!(
+                    "{err} ({} is yours and closed to others, and the namespace does not map \
+                     your uid: -s (--map-self) maps it too)",
+                    escape_path(&dir)
+                )),
+                None => report::err_line(&err.to_string()),
+            }
             ExitCode::from(match err {
                 Error::Exec {
                     errno: nix::errno::Errno::ENOENT,
@@ -31,6 +50,32 @@ pub fn run(args: ExecArgs) -> ExitCode {
             })
         }
     }
+}
+
+/// The first directory on the way to `program` (a path, else where `PATH` has it) that the
+/// caller owns and others may not enter, like a 0700 home: the namespace's root, another host
+/// uid, is refused there.
+fn private_dir_on_the_way(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let cwd = std::env::current_dir().ok()?;
+    let path = if program.contains('/') {
+        cwd.join(program)
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| cwd.join(dir).join(program))
+            .find(|p| p.symlink_metadata().is_ok())?
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    path.ancestors()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find(|dir| {
+            std::fs::metadata(dir)
+                .is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o001 == 0)
+        })
+        .map(Path::to_path_buf)
 }
 
 /// The map source the options name; with none, the caller's delegated ranges.

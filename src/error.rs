@@ -111,6 +111,17 @@ impl Error {
         }
     }
 
+    /// The errno behind the error, where there is one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Io { source, .. } | Error::Journal { source, .. } => {
+                source.raw_os_error().map(Errno::from_raw)
+            }
+            Error::Sys { errno, .. } | Error::Exec { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
     /// Whether the user's input is at fault (exit 2) rather than the system (exit 1).
     pub fn is_usage(&self) -> bool {
         matches!(self, Error::Map(_) | Error::Syntax { .. } | Error::Usage(_))

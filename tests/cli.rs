@@ -1,4 +1,5 @@
-//! The generated helpers: shell completions and man pages; --help and --version.
+//! The generated helpers: shell completions and man pages; --help and --version; what a caller
+//! without root is told when root's files refuse it.
 
 mod common;
 
@@ -9,7 +10,38 @@ fn main() -> std::process::ExitCode {
         trial!(completions_for_every_shell),
         trial!(man_pages_render),
         trial!(help_and_version),
+        trial!(
+            a_permission_refused_to_a_user_suggests_sudo,
+            Need::Root,
+            Need::TestUser
+        ),
     ])
+}
+
+fn a_permission_refused_to_a_user_suggests_sudo() {
+    let Some(env) = require!(Root, TestUser) else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = tmp.path().join("private");
+    std::fs::create_dir_all(private.join("tree")).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let tree = private.join("tree");
+    let out = run(&mut idshift_as(
+        env.user(),
+        &["status", tree.to_str().unwrap()],
+    ));
+    let err = assert_one_error_line(&out, 1, "Permission denied");
+    assert!(
+        err.contains("not root: if this is root's, run it with sudo"),
+        "{err}"
+    );
+    // As root the same command works and says nothing of sudo.
+    let out = run(&mut idshift(&["status", tree.to_str().unwrap()]));
+    assert_code(&out, 0);
+    assert!(!stderr(&out).contains("sudo"), "{}", stderr(&out));
 }
 
 fn completions_for_every_shell() {

@@ -38,7 +38,7 @@ pub fn run(args: ExecArgs) -> ExitCode {
                      your uid: -s (--map-self) maps it too)",
                     escape_path(&dir)
                 )),
-                None => report::err_line(&err.to_string()),
+                None => report::err_line(&super::line_of(&err)),
             }
             ExitCode::from(match err {
                 Error::Exec {

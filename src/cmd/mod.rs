@@ -81,9 +81,24 @@ pub(crate) fn error_status(err: &Error) -> u8 {
 /// Prints an error as one line and returns its exit status.
 fn status_of(result: Result<u8>) -> ExitCode {
     ExitCode::from(result.unwrap_or_else(|err| {
-        report::err_line(&err.to_string());
+        report::err_line(&line_of(&err));
         error_status(&err)
     }))
+}
+
+/// The one line an error is told in: a permission a caller without root was refused says that
+/// root may have it (the usual cause: `sudo` forgotten on root's containers).
+fn line_of(err: &Error) -> String {
+    use nix::errno::Errno;
+    let uid = nix::unistd::geteuid();
+    match err.errno() {
+        Some(Errno::EACCES | Errno::EPERM)
+            if !uid.is_root() && !matches!(err, Error::Exec { .. }) =>
+        {
+            format!("{err} (you are uid {uid}, not root: if this is root's, run it with sudo)")
+        }
+        _ => err.to_string(),
+    }
 }
 
 /// Prints a warning line.

@@ -117,13 +117,9 @@ pub(super) fn shift_where_allowed(opts: &shift::ShiftOptions, c: &ShiftCommon) -
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
     );
-    let ns = shift::delegated::namespace_map(
-        &opts.from,
-        &opts.to,
-        &User::current(),
-        own,
-        &SubIdFiles::default(),
-    )?;
+    let (user, files) = (User::current(), SubIdFiles::default());
+    super::warn_skipped(&files, &user);
+    let ns = shift::delegated::namespace_map(&opts.from, &opts.to, &user, own, &files)?;
     let code = userns::call(&ns, &Mapper::default(), || {
         shift_and_print(opts, &printer, c.json).unwrap_or_else(|err| {
             report::err_line(&err.to_string());

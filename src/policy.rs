@@ -48,8 +48,9 @@ fn account_of(uid: u32, files: &SubIdFiles) -> Option<User> {
     if let Ok(Some(u)) = nix::unistd::User::from_uid(uid.into()) {
         return Some(User { name: u.name, uid });
     }
-    let lines = crate::idmap::subid::read(files.path(IdKind::Uid)).unwrap_or_default();
-    let owner = lines
+    let parsed = crate::idmap::subid::read(files.path(IdKind::Uid)).unwrap_or_default();
+    let owner = parsed
+        .lines
         .iter()
         .find(|l| l.range.contains(uid))
         .map(|l| match &l.owner {

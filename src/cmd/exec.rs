@@ -9,7 +9,7 @@ use super::{exit, lxcpath_or_default, refuse_in_use, warn};
 use crate::cli::{ExecArgs, MapSource};
 use crate::error::{Error, Result};
 use crate::idmap::source::Source;
-use crate::idmap::subid::User;
+use crate::idmap::subid::{SubIdFiles, User};
 use crate::idmap::IdKind;
 use crate::policy;
 use crate::report::{self, escape_path};
@@ -98,6 +98,9 @@ fn source(s: &MapSource) -> Source {
 
 fn exec(args: ExecArgs) -> Result<i32> {
     let source = source(&args.source);
+    if let Source::Delegated(user) = &source {
+        super::warn_skipped(&SubIdFiles::default(), user);
+    }
     let mut map = source.map()?;
     if args.map_self {
         map = map.with_host_id(IdKind::Uid, nix::unistd::geteuid().as_raw())?;

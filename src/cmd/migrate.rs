@@ -2,10 +2,11 @@
 //! id range, rootfs first, config after ([`crate::migrate::carry_out`]).
 
 use super::shift::{options, shift_where_allowed};
-use super::{lxcpath_or_default, refuse_in_use, warn};
+use super::{lxcpath_or_default, refuse_in_use, warn, warn_skipped};
 use crate::cli::MigrateArgs;
 use crate::error::{Error, Result};
 use crate::idmap::source::Source;
+use crate::idmap::subid::{SubIdFiles, User};
 use crate::migrate::{self, Outcome, Target};
 use crate::policy;
 use crate::report::{self, escape_path};
@@ -13,7 +14,10 @@ use crate::shift::View;
 
 pub fn run(args: MigrateArgs) -> Result<u8> {
     let target = match (args.to.as_deref(), args.to_map.is_empty()) {
-        (Some("auto"), _) => Target::Auto,
+        (Some("auto"), _) => {
+            warn_skipped(&SubIdFiles::default(), &User::current());
+            Target::Auto
+        }
         (Some(base), _) => Target::Base(base.parse().map_err(|_| {
             Error::Usage(format!(
                 "--to '{base}': expected a host id (0-4294967294) or 'auto'"

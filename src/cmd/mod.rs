@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 use crate::error::{Error, Result};
+use crate::idmap::subid::{SubIdFiles, User};
 use crate::inuse;
 use crate::report::{self, escape_path};
 
@@ -104,6 +105,14 @@ fn line_of(err: &Error) -> String {
 /// Prints a warning line.
 fn warn(text: &str) {
     report::err_line(&format!("warning: {text}"));
+}
+
+/// Warns of the malformed lines of other users that reading the subid files for `user` skipped
+/// (engines return them; the commands that read the files print them, once).
+fn warn_skipped(files: &SubIdFiles, user: &User) {
+    for w in files.skipped(user) {
+        warn(&w);
+    }
 }
 
 /// Refuses (exit 3; under `exec`, 125) a tree that is in use, unless `force`, which says what

@@ -18,7 +18,9 @@ pub fn run(args: RangesArgs) -> Result<()> {
         (None, None) => default_lxcpath(),
         (None, Some(_)) => ranges::lxcpath_of(&user)?,
     };
-    let r = ranges::gather(&user, &SubIdFiles::default(), &lxcpath)?;
+    let files = SubIdFiles::default();
+    super::warn_skipped(&files, &user);
+    let r = ranges::gather(&user, &files, &lxcpath)?;
     report::print(args.json, &r, || r.render());
     Ok(())
 }

@@ -134,13 +134,9 @@ pub(super) fn shift_where_allowed(
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
     );
-    let ns = shift::delegated::namespace_map(
-        &opts.from,
-        &opts.to,
-        &User::current(),
-        own,
-        &SubIdFiles::default(),
-    )?;
+    let (user, files) = (User::current(), SubIdFiles::default());
+    super::warn_skipped(&files, &user);
+    let ns = shift::delegated::namespace_map(&opts.from, &opts.to, &user, own, &files)?;
     let code = userns::call(&ns, &Mapper::default(), || {
         // In the namespace's process, which the terminal interrupts as it does its parent.
         let _notice = Notice::new(interrupted);

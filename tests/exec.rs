@@ -27,6 +27,10 @@ fn main() -> std::process::ExitCode {
             Need::ScratchExec
         ),
         trial!(bad_maps_fail_with_125_before_the_command_runs, Need::Root),
+        trial!(
+            a_map_past_the_kernels_limits_is_named_before_the_command_runs,
+            Need::Root
+        ),
         trial!(maps_from_lxc_and_oci_configs, Need::Root),
         trial!(default_command_is_shell, Need::Root),
         trial!(sigterm_and_sigusr1_are_forwarded_to_the_command, Need::Root),
@@ -235,6 +239,42 @@ fn bad_maps_fail_with_125_before_the_command_runs() {
         assert!(!err.trim().is_empty(), "{case:?}: no message");
         assert!(err.lines().next().unwrap().len() > 10, "{case:?}: {err}");
         assert!(!marker.exists(), "{case:?}: the command ran");
+    }
+}
+
+/// The kernel takes at most 340 lines, and less than one page, in one write to `uid_map`; a
+/// longer map is named in one line (exit 125, the command never runs) instead of failing as a
+/// bare `EINVAL` from the write.
+fn a_map_past_the_kernels_limits_is_named_before_the_command_runs() {
+    let Some(_) = require!(Root) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    for (lines, expected) in [(340, "less than one page"), (341, "at most 340")] {
+        let config = dir.path().join(format!("config-{lines}"));
+        let mut text = String::from("lxc.idmap = g 0 100000 65536\n");
+        for i in 0..lines {
+            text.push_str(&format!("lxc.idmap = u {i} {} 1\n", 100_000 + 2 * i));
+        }
+        std::fs::write(&config, text).unwrap();
+        let config = config.to_str().unwrap();
+        let out = run(&mut idshift(&[
+            "exec",
+            "--lxc-config",
+            config,
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ]));
+        assert_code(&out, 125);
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{lines} lines: {err}");
+        assert!(
+            err.contains("uid map") && err.contains(expected),
+            "{lines} lines: {err}"
+        );
+        assert!(!marker.exists(), "{lines} lines: the command ran");
     }
 }
 

@@ -47,6 +47,11 @@ fn main() -> std::process::ExitCode {
             Need::Tool("script")
         ),
         trial!(
+            dash_in_a_rootfs_exits_without_a_tty_process_group_complaint,
+            Need::Root,
+            Need::Rootfs
+        ),
+        trial!(
             unprivileged_default_map_spans_every_range_including_numeric_lines,
             Need::Root,
             Need::TestUser
@@ -422,6 +427,42 @@ fn interactive_shell_in_a_rootfs_has_job_control() {
         "-m b:0:0:65536 --force --rootfs {}",
         rootfs.display()
     ));
+}
+
+/// The rootfs's own `/bin/sh` (dash), interactive: on exit it gives the terminal back to the
+/// process group it started in, and says "Cannot set tty process group" if that fails. Its
+/// exit status comes back and nothing is said.
+fn dash_in_a_rootfs_exits_without_a_tty_process_group_complaint() {
+    let Some(_) = require!(Root) else { return };
+    let Some(rootfs) = test_rootfs() else { return };
+    // The last case runs the default command: the rootfs's shell, as a user typing
+    // `idshift exec --rootfs DIR` gets it.
+    for (map, command) in [
+        ("b:0:0:65536", " -- /bin/sh -i"),
+        ("b:0:100000:65536", " -- /bin/sh -i"),
+        ("b:0:0:65536", ""),
+    ] {
+        let cmd = format!(
+            "{} exec -m {map} --force --rootfs {}{command}\n",
+            bin().display(),
+            rootfs.display()
+        );
+        let steps: &[(&str, &str)] = &[
+            (&cmd, ""),
+            ("echo d-$((2+2))\n", "d-4"),
+            ("exit 3\n", ""),
+            ("echo outer-$?\n", "outer-"),
+            ("exit\n", ""),
+        ];
+        let Some((text, _)) = interactive_bash(steps, 30) else {
+            return;
+        };
+        assert!(text.contains("outer-3"), "{map}: the exit status: {text}");
+        assert!(
+            !text.contains("Cannot set tty process group"),
+            "{map}: dash could not give the terminal back:\n{text}"
+        );
+    }
 }
 
 /// Ctrl-C, Ctrl-Z, `jobs`, a job started with `&` brought back with `fg` and stopped again,

@@ -130,6 +130,18 @@ pub fn mount(map: &IdMap, src: &Path, dst: &Path, opts: MountOptions) -> Result<
     if map.is_empty() {
         return Err(Error::Usage("the map is empty".into()));
     }
+    // The kernel refuses a namespace without both maps with EINVAL, which reads as the
+    // filesystem's fault; name the missing half instead.
+    for kind in IdKind::BOTH {
+        if !map.has(kind) {
+            return Err(Error::Usage(format!(
+                "the map '{map}' has no {} entries: an idmapped mount needs both a uid and a \
+                 gid map (add {}:… entries, or give b:… for both)",
+                kind.name(),
+                kind.letter()
+            )));
+        }
+    }
     for (path, what) in [(src, "SRC"), (dst, "DST")] {
         let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
         if !meta.is_dir() {

@@ -27,6 +27,10 @@ fn main() -> std::process::ExitCode {
             Need::ScratchExec
         ),
         trial!(bad_maps_fail_with_125_before_the_command_runs, Need::Root),
+        trial!(
+            a_map_past_the_kernels_limits_is_named_before_the_command_runs,
+            Need::Root
+        ),
         trial!(maps_from_lxc_and_oci_configs, Need::Root),
         trial!(default_command_is_shell, Need::Root),
         trial!(sigterm_and_sigusr1_are_forwarded_to_the_command, Need::Root),
@@ -41,6 +45,11 @@ fn main() -> std::process::ExitCode {
             Need::Root,
             Need::Rootfs,
             Need::Tool("script")
+        ),
+        trial!(
+            dash_in_a_rootfs_exits_without_a_tty_process_group_complaint,
+            Need::Root,
+            Need::Rootfs
         ),
         trial!(
             unprivileged_default_map_spans_every_range_including_numeric_lines,
@@ -238,6 +247,42 @@ fn bad_maps_fail_with_125_before_the_command_runs() {
     }
 }
 
+/// The kernel takes at most 340 lines, and less than one page, in one write to `uid_map`; a
+/// longer map is named in one line (exit 125, the command never runs) instead of failing as a
+/// bare `EINVAL` from the write.
+fn a_map_past_the_kernels_limits_is_named_before_the_command_runs() {
+    let Some(_) = require!(Root) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    for (lines, expected) in [(340, "less than one page"), (341, "at most 340")] {
+        let config = dir.path().join(format!("config-{lines}"));
+        let mut text = String::from("lxc.idmap = g 0 100000 65536\n");
+        for i in 0..lines {
+            text.push_str(&format!("lxc.idmap = u {i} {} 1\n", 100_000 + 2 * i));
+        }
+        std::fs::write(&config, text).unwrap();
+        let config = config.to_str().unwrap();
+        let out = run(&mut idshift(&[
+            "exec",
+            "--lxc-config",
+            config,
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ]));
+        assert_code(&out, 125);
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{lines} lines: {err}");
+        assert!(
+            err.contains("uid map") && err.contains(expected),
+            "{lines} lines: {err}"
+        );
+        assert!(!marker.exists(), "{lines} lines: the command ran");
+    }
+}
+
 fn maps_from_lxc_and_oci_configs() {
     let Some(_) = require!(Root) else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -382,6 +427,42 @@ fn interactive_shell_in_a_rootfs_has_job_control() {
         "-m b:0:0:65536 --force --rootfs {}",
         rootfs.display()
     ));
+}
+
+/// The rootfs's own `/bin/sh` (dash), interactive: on exit it gives the terminal back to the
+/// process group it started in, and says "Cannot set tty process group" if that fails. Its
+/// exit status comes back and nothing is said.
+fn dash_in_a_rootfs_exits_without_a_tty_process_group_complaint() {
+    let Some(_) = require!(Root) else { return };
+    let Some(rootfs) = test_rootfs() else { return };
+    // The last case runs the default command: the rootfs's shell, as a user typing
+    // `idshift exec --rootfs DIR` gets it.
+    for (map, command) in [
+        ("b:0:0:65536", " -- /bin/sh -i"),
+        ("b:0:100000:65536", " -- /bin/sh -i"),
+        ("b:0:0:65536", ""),
+    ] {
+        let cmd = format!(
+            "{} exec -m {map} --force --rootfs {}{command}\n",
+            bin().display(),
+            rootfs.display()
+        );
+        let steps: &[(&str, &str)] = &[
+            (&cmd, ""),
+            ("echo d-$((2+2))\n", "d-4"),
+            ("exit 3\n", ""),
+            ("echo outer-$?\n", "outer-"),
+            ("exit\n", ""),
+        ];
+        let Some((text, _)) = interactive_bash(steps, 30) else {
+            return;
+        };
+        assert!(text.contains("outer-3"), "{map}: the exit status: {text}");
+        assert!(
+            !text.contains("Cannot set tty process group"),
+            "{map}: dash could not give the terminal back:\n{text}"
+        );
+    }
 }
 
 /// Ctrl-C, Ctrl-Z, `jobs`, a job started with `&` brought back with `fg` and stopped again,

@@ -220,6 +220,20 @@ fn mount_needs_root_and_a_valid_map() {
     let out = run(&mut idshift(&["mount", "-m", "b:0:200000:0", p, p]));
     assert_code(&out, 2);
     assert!(stderr(&out).contains("b:0:200000:0"), "{}", stderr(&out));
+    // A uid-only (or gid-only) map: the missing half is named, not the filesystem.
+    for (map, missing) in [
+        ("u:0:200000:65536", "no gid entries"),
+        ("g:0:200000:65536", "no uid entries"),
+    ] {
+        let out = run(&mut idshift(&["mount", "-m", map, p, p]));
+        assert_code(&out, 2);
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(missing) && err.contains("both a uid and a gid map"),
+            "{err}"
+        );
+    }
 }
 
 /// The mount options of the mount at `dst`, from `/proc/self/mountinfo` (the top one).

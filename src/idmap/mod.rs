@@ -392,6 +392,32 @@ impl IdMap {
             .collect()
     }
 
+    /// Checks that the kernel takes each kind's map in one write: at most
+    /// [`KERNEL_MAX_EXTENTS`] lines, and [`proc_text`](Self::proc_text) shorter than one page
+    /// (`map_write` in kernel/user_namespace.c refuses both with a bare `EINVAL`).
+    pub fn check_writable(&self, page_size: usize) -> Result<(), String> {
+        for kind in IdKind::BOTH {
+            let n = self.entries(kind).len();
+            if n > KERNEL_MAX_EXTENTS {
+                return Err(format!(
+                    "the {} map has {n} entries; the kernel takes at most {KERNEL_MAX_EXTENTS} \
+                     (merge adjacent entries into wider ones)",
+                    kind.name()
+                ));
+            }
+            let bytes = self.proc_text(kind).len();
+            if bytes >= page_size {
+                return Err(format!(
+                    "the {} map is {bytes} bytes as written to {}_map; the kernel takes less \
+                     than one page ({page_size} bytes): merge adjacent entries into wider ones",
+                    kind.name(),
+                    kind.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The map read the other way: host ids become namespace ids.
     pub fn inverse(&self) -> IdMap {
         IdMap::new(self.all_entries().map(IdMapEntry::inverse))
@@ -776,6 +802,46 @@ mod tests {
         assert_eq!(inv.to_host(IdKind::Gid, 7), Some(5));
         assert_eq!(IdMap::parse_list(&map.to_string()).unwrap(), map);
         assert!(IdMap::parse_list("u:0:1:1 bogus").is_err());
+    }
+
+    /// `n` single-id uid entries, each `u:i:base+2i:1`.
+    fn uid_entries(n: u32, base: u32) -> IdMap {
+        IdMap::new((0..n).map(|i| e(IdKind::Uid, i, base + 2 * i, 1))).unwrap()
+    }
+
+    #[test]
+    fn check_writable_counts_extents_per_kind() {
+        assert_eq!(uid_entries(339, 1000).check_writable(4096), Ok(()));
+        assert_eq!(uid_entries(340, 1000).check_writable(4096), Ok(()));
+        let err = uid_entries(341, 1000).check_writable(4096).unwrap_err();
+        assert!(err.contains("uid map has 341 entries"), "{err}");
+        assert!(err.contains("at most 340"), "{err}");
+        // 340 of each kind is fine: the limit is per file.
+        let both = IdMap::new((0..340).flat_map(|i| {
+            [
+                e(IdKind::Uid, i, 1000 + i, 1),
+                e(IdKind::Gid, i, 1000 + i, 1),
+            ]
+        }))
+        .unwrap();
+        assert_eq!(both.check_writable(4096), Ok(()));
+    }
+
+    #[test]
+    fn check_writable_measures_the_text_against_the_page() {
+        // ~25 bytes a line: 300 lines are well past 4096 bytes, under 340 lines.
+        let long = uid_entries(300, 4_000_000_000);
+        let bytes = long.proc_text(IdKind::Uid).len();
+        assert!(bytes > 4096);
+        let err = long.check_writable(4096).unwrap_err();
+        assert!(err.contains(&format!("{bytes} bytes")), "{err}");
+        assert!(err.contains("4096"), "{err}");
+        assert_eq!(long.check_writable(65536), Ok(()));
+        // The kernel wants strictly less than a page.
+        let map = uid_entries(1, 100000);
+        let len = map.proc_text(IdKind::Uid).len();
+        assert!(map.check_writable(len).is_err());
+        assert_eq!(map.check_writable(len + 1), Ok(()));
     }
 
     #[test]

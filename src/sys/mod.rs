@@ -84,3 +84,16 @@ pub fn die_of(signal: Signal) -> ! {
     // A terminating signal with its default action does not come back; should it, still end.
     exit_now(128 + signal as i32)
 }
+
+/// `sysconf(_SC_PAGESIZE)`—The size of one memory page, which bounds one write to
+/// `/proc/PID/{uid,gid}_map`.
+///
+/// # References
+///  - [Linux](https://man7.org/linux/man-pages/man3/sysconf.3.html)
+pub fn page_size() -> usize {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as usize,
+        // Never fails on Linux; 4096 is the smallest page of any architecture it runs on.
+        _ => 4096,
+    }
+}

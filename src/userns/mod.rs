@@ -112,6 +112,7 @@ pub fn call(map: &IdMap, mapper: &Mapper, f: impl FnOnce() -> u8) -> Result<i32>
     if map.is_empty() {
         return Err(Error::Usage("the map is empty".into()));
     }
+    check_writable(map)?;
     let plan = ChildPlan {
         ids: Ids {
             uid: None,
@@ -129,10 +130,19 @@ pub fn call(map: &IdMap, mapper: &Mapper, f: impl FnOnce() -> u8) -> Result<i32>
     )
 }
 
+/// Checks that the kernel takes `map` in one write per kind (lines and page size, see
+/// [`IdMap::check_writable`]); a usage error otherwise. Every path that writes a map (exec,
+/// `call`, the namespace of an idmapped mount) checks here before it forks, so a too-large map
+/// is named instead of failing as a bare `EINVAL` from `uid_map`.
+pub fn check_writable(map: &IdMap) -> Result<()> {
+    map.check_writable(sys::page_size()).map_err(Error::Usage)
+}
+
 /// A new user namespace with `map`, as a file descriptor (for `mount_setattr`'s
 /// `MOUNT_ATTR_IDMAP`). A child process creates it, the maps are written, the namespace file is
 /// opened, and the child is ended: the fd keeps the namespace alive.
 pub fn namespace_fd(map: &IdMap, mapper: &Mapper) -> Result<OwnedFd> {
+    check_writable(map)?;
     match child::fork()? {
         Forked::Child(channel) => {
             // Never goes on: the parent ends it once it has opened the namespace.

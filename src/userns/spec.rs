@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::idmap::{IdKind, IdMap, KERNEL_MAX_EXTENTS};
+use crate::idmap::{IdKind, IdMap};
 
 /// What to run and how.
 #[derive(Clone, Debug)]
@@ -57,6 +57,7 @@ impl ExecSpec {
         if self.command.is_empty() {
             return Err(Error::Usage("no command to run".into()));
         }
+        super::check_writable(&self.map)?;
         if let Some(dir) = &self.rootfs {
             for kind in IdKind::BOTH {
                 if self.map.to_host(kind, 0).is_none() {
@@ -70,13 +71,6 @@ impl ExecSpec {
             }
         }
         for (kind, id) in [(IdKind::Uid, self.uid), (IdKind::Gid, self.gid)] {
-            let n = self.map.entries(kind).len();
-            if n > KERNEL_MAX_EXTENTS {
-                return Err(Error::Usage(format!(
-                    "the map has {n} {} entries; the kernel takes at most {KERNEL_MAX_EXTENTS}",
-                    kind.name()
-                )));
-            }
             if let Some(id) = id {
                 if self.map.to_host(kind, id).is_none() {
                     return Err(Error::Usage(format!(

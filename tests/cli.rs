@@ -102,6 +102,53 @@ fn man_pages_render() {
     }
     let shift = std::fs::read_to_string(dir.path().join("idshift-shift.1")).unwrap();
     assert!(shift.contains("cross\\-mounts"), "options documented");
+    // What a man page is read for, on every page: examples, exit status, files, and the pages
+    // of the tools idshift stands beside.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let page = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for section in [".SH EXAMPLES", ".SH \"EXIT STATUS\"", ".SH \"SEE ALSO\""] {
+            assert!(text.contains(section), "{page}: no {section}");
+        }
+        for see in [
+            "lxc\\-usernsexec(1)",
+            "lxc.container.conf(5)",
+            "subuid(5)",
+            "newuidmap(1)",
+        ] {
+            assert!(text.contains(see), "{page}: SEE ALSO lacks {see}");
+        }
+    }
+    for page in [
+        "idshift.1",
+        "idshift-exec.1",
+        "idshift-shift.1",
+        "idshift-migrate.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(
+            text.contains(".SH FILES") && text.contains("/etc/subuid"),
+            "{page}: FILES"
+        );
+    }
+    let exec = std::fs::read_to_string(dir.path().join("idshift-exec.1")).unwrap();
+    assert!(
+        exec.contains("128+N") && exec.contains("127"),
+        "exec's exit statuses"
+    );
+    if on_path("man") {
+        let out = run(std::process::Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(dir.path().join("idshift-migrate.1"))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat"));
+        assert_code(&out, 0);
+        assert!(stderr(&out).is_empty(), "man warns: {}", stderr(&out));
+        assert!(stdout(&out).contains("EXIT STATUS"));
+    } else {
+        eprintln!("man_pages_render: man(1) not installed, pages not rendered through it");
+    }
 }
 
 fn help_and_version() {

@@ -185,16 +185,6 @@ const EXAMPLES: &[(&str, &str, &str)] = &[
         "The same as JSON (schema in the README).",
     ),
     (
-        "mount",
-        "sudo idshift mount -m b:0:100000:65536 /srv/rootfs /mnt/view",
-        "Show a host-view tree as container c1 would see it, without changing the disk.",
-    ),
-    (
-        "mount",
-        "sudo idshift umount /mnt/view",
-        "Remove a mount made by idshift mount.",
-    ),
-    (
         "umount",
         "sudo idshift umount /mnt/view",
         "Remove a mount made by idshift mount (never another one).",
@@ -257,11 +247,16 @@ fn exit_statuses(key: &str) -> &'static [(&'static str, &'static str)] {
             ("3", "Refused: running container, range not delegated, another shift pending."),
             ("128+N", "Interrupted by signal N after saying what is pending; run the same command again to finish."),
         ],
-        "mount" | "umount" => &[
-            ("0", "Done."),
-            ("1", "Failed (not root, or the kernel refused the mount)."),
-            ("2", "A usage error: bad arguments, a malformed map, SRC or DST not a directory."),
-            ("3", "Refused: not a mount made by idshift, or a tree that belongs to another user."),
+        "mount" => &[
+            ("0", "Mounted."),
+            ("1", "Failed: not root, or no idmapped mounts on this filesystem."),
+            ("2", "A usage error: a malformed or one-sided map, SRC or DST not a directory."),
+        ],
+        "umount" => &[
+            ("0", "Removed."),
+            ("1", "Failed."),
+            ("2", "DST is not a mount point, or not an idmapped mount (use umount(8))."),
+            ("3", "Refused: an idmapped mount idshift did not make (--force removes it)."),
         ],
         _ => &[
             ("0", "Success."),

@@ -130,6 +130,24 @@ fn unfinished_target(rootfs: &Path, from: &IdMap) -> Result<Option<IdMap>> {
     }
 }
 
+/// The other containers under `lxcpath` whose configured maps share host ids of the same kind
+/// with `map`: a container moved there would own their files, and they its.
+pub fn sharing_range(lxcpath: &Path, name: &str, map: &IdMap) -> Result<Vec<String>> {
+    let shares = |other: &IdMap| {
+        map.all_entries().any(|e| {
+            other
+                .entries(e.kind())
+                .iter()
+                .any(|o| o.host_range().intersect(e.host_range()).is_some())
+        })
+    };
+    Ok(crate::ranges::containers(lxcpath)?
+        .into_iter()
+        .filter(|(other, map)| other != name && map.as_ref().is_ok_and(shares))
+        .map(|(other, _)| other)
+        .collect())
+}
+
 /// The caller's first free 65536 block.
 fn free_block(lxcpath: &Path) -> Result<u32> {
     let user = User::current();

@@ -118,7 +118,7 @@ fn uncovered(r: IdRange, delegated: &[IdRange]) -> bool {
 }
 
 /// The containers under `lxcpath`, sorted by name: every directory with a `config`.
-fn containers(lxcpath: &Path) -> Result<Vec<(String, Result<IdMap>)>> {
+pub(crate) fn containers(lxcpath: &Path) -> Result<Vec<(String, Result<IdMap>)>> {
     let entries = match std::fs::read_dir(lxcpath) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
         ),
         trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
         trial!(
+            migrate_onto_a_range_another_container_uses_warns,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
             migrate_refuses_a_running_container,
             Need::Root,
             Need::Rootfs,
@@ -481,6 +486,58 @@ fn migrate_error_paths() {
         ])),
         2,
         "rootfs",
+    );
+}
+
+/// A container moved onto ids another container of the lxcpath uses would share its files:
+/// said in one line, naming the other container, and the migrate goes on only as asked.
+fn migrate_onto_a_range_another_container_uses_warns() {
+    let Some(_) = require!(Root) else { return };
+    let sample = tempfile::tempdir().unwrap();
+    let src = sample.path().join("rootfs");
+    build_sample(&src);
+    let c = container(&src, "c1", 100000, None);
+    let lxcpath = c.lxcpath.to_str().unwrap();
+    // c2 only needs its config: its map is what counts.
+    std::fs::create_dir(c.lxcpath.join("c2")).unwrap();
+    std::fs::write(
+        c.lxcpath.join("c2/config"),
+        config_text(&c.lxcpath, "c2", 230000),
+    )
+    .unwrap();
+    let out = run(&mut idshift(&[
+        "migrate",
+        "c1",
+        "-P",
+        lxcpath,
+        "--to",
+        "200000",
+        "--dry-run",
+    ]));
+    assert_code(&out, 0);
+    let err = stderr(&out);
+    let warning: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("shares host ids"))
+        .collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(warning[0].contains("container(s) c2"), "{err}");
+    assert!(warning[0].contains("idshift ranges"), "{err}");
+    // A free range: no word about it.
+    let out = run(&mut idshift(&[
+        "migrate",
+        "c1",
+        "-P",
+        lxcpath,
+        "--to",
+        "400000",
+        "--dry-run",
+    ]));
+    assert_code(&out, 0);
+    assert!(
+        !stderr(&out).contains("shares host ids"),
+        "{}",
+        stderr(&out)
     );
 }
 

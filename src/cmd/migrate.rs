@@ -28,6 +28,24 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
     };
     let lxcpath = lxcpath_or_default(&args.lxcpath);
     let m = migrate::prepare(&args.name, &lxcpath, &target)?;
+    let sharing = migrate::sharing_range(&lxcpath, &m.name, &m.to)?;
+    if !sharing.is_empty() && m.from != m.to {
+        let line = format!(
+            "container '{}': the new map '{}' shares host ids with container(s) {}: each \
+             would own the other's files",
+            m.name,
+            m.to,
+            sharing.join(", ")
+        );
+        if matches!(target, Target::Auto) {
+            return Err(Error::Refused(format!(
+                "{line}; --to auto never picks a used range: see `idshift ranges`"
+            )));
+        }
+        warn(&format!(
+            "{line}; choose a free range (see `idshift ranges`)"
+        ));
+    }
     let c = &args.common;
     let container_dir = lxcpath.join(&m.name);
     policy::check(

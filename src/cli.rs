@@ -32,7 +32,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  idshift exec -m b:0:100000:65536 -- sh -c 'id; cat /proc/self/uid_map'\n  \
                       idshift exec --container c1 -- ls -ln ~/.local/share/lxc/c1/rootfs\n  \
-                      idshift exec --container c1 --rootfs ~/.local/share/lxc/c1/rootfs -- dpkg -l\n  \
+                      idshift exec --container c1 --rootfs -- dpkg -l\n  \
                       idshift exec -m b:0:1000:1 -m b:1:190000:1 -- chown 1:1 FILE"
     )]
     Exec(ExecArgs),
@@ -167,15 +167,32 @@ pub struct MigrateArgs {
 pub struct MountArgs {
     /// A map entry KIND:NSID:HOSTID:COUNT: on-disk id NSID.. is shown as HOSTID..; repeat for
     /// more entries.
-    #[arg(short = 'm', long = "map", value_name = "SPEC", required = true,
+    #[arg(short = 'm', long = "map", value_name = "SPEC", required_unless_present = "container",
           value_parser = MapSpec::from_str)]
     pub map: Vec<MapSpec>,
 
-    /// The directory to show.
+    /// Show this LXC container's rootfs at DST as its root sees it (on-disk host ids shown as
+    /// the container's ids, through the inverse of its map): give DST only. Its rootfs in use
+    /// (the container running) is refused unless --force.
+    #[arg(long, value_name = "NAME", conflicts_with = "map")]
+    pub container: Option<String>,
+
+    /// The LXC path of --container [default: ~/.local/share/lxc, /var/lib/lxc for root].
+    #[arg(
+        short = 'P',
+        long = "lxcpath",
+        value_name = "DIR",
+        requires = "container"
+    )]
+    pub lxcpath: Option<PathBuf>,
+
+    /// The directory to show (not with --container).
+    #[arg(value_name = "SRC")]
     pub src: PathBuf,
 
     /// Where to show it (an existing directory).
-    pub dst: PathBuf,
+    #[arg(value_name = "DST")]
+    pub dst: Option<PathBuf>,
 
     /// Also show the filesystems mounted below SRC, each through the map.
     #[arg(short = 'R', long)]
@@ -214,6 +231,24 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
+/// A `--from`/`--to` value of `shift`: a map entry, or `host`, the host view by name.
+#[derive(Clone, Debug)]
+pub enum ViewArg {
+    Host,
+    Spec(MapSpec),
+}
+
+impl FromStr for ViewArg {
+    type Err = crate::idmap::MapError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "host" => Ok(ViewArg::Host),
+            _ => MapSpec::from_str(text).map(ViewArg::Spec),
+        }
+    }
+}
+
 /// How much progress to show.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum ProgressArg {
@@ -226,7 +261,15 @@ pub enum ProgressArg {
 #[derive(Debug, Args)]
 pub struct ShiftArgs {
     /// The tree to shift (a real directory: a symlink in its last component is refused).
-    pub dir: PathBuf,
+    #[arg(required_unless_present = "container")]
+    pub dir: Option<PathBuf>,
+
+    /// Shift this LXC container's rootfs (from lxc.rootfs.path) from the view its config names
+    /// (its map, or the host view for a privileged container) to --to or --to-container. The
+    /// config is not changed: `idshift migrate` does both.
+    #[arg(long, value_name = "NAME",
+          conflicts_with_all = ["dir", "map", "from", "from_container"])]
+    pub container: Option<String>,
 
     /// Map the tree from the host view into these KIND:NSID:HOSTID:COUNT entries.
     #[arg(value_name = "MAP", value_parser = MapSpec::from_str)]
@@ -236,15 +279,15 @@ pub struct ShiftArgs {
     #[arg(short = 'r', long, requires = "map")]
     pub reverse: bool,
 
-    /// The map the tree is in now (entries KIND:NSID:HOSTID:COUNT).
-    #[arg(long, num_args = 1.., value_name = "MAP", value_parser = MapSpec::from_str,
+    /// The map the tree is in now (entries KIND:NSID:HOSTID:COUNT), or `host` for the host view.
+    #[arg(long, num_args = 1.., value_name = "MAP|host", value_parser = ViewArg::from_str,
           conflicts_with_all = ["map", "from_container"])]
-    pub from: Vec<MapSpec>,
+    pub from: Vec<ViewArg>,
 
-    /// The map to move the tree to.
-    #[arg(long, num_args = 1.., value_name = "MAP", value_parser = MapSpec::from_str,
+    /// The map to move the tree to, or `host` for the host view.
+    #[arg(long, num_args = 1.., value_name = "MAP|host", value_parser = ViewArg::from_str,
           conflicts_with_all = ["map", "to_container"])]
-    pub to: Vec<MapSpec>,
+    pub to: Vec<ViewArg>,
 
     /// Take the FROM map from this LXC container's config.
     #[arg(long, value_name = "NAME", conflicts_with = "map")]
@@ -254,7 +297,8 @@ pub struct ShiftArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "map")]
     pub to_container: Option<String>,
 
-    /// The LXC path of --from-container/--to-container [default: ~/.local/share/lxc, /var/lib/lxc for root].
+    /// The LXC path of --container/--from-container/--to-container [default:
+    /// ~/.local/share/lxc, /var/lib/lxc for root].
     #[arg(short = 'P', long = "lxcpath", value_name = "DIR")]
     pub lxcpath: Option<PathBuf>,
 
@@ -304,7 +348,22 @@ pub struct ShiftCommon {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The tree to scan.
-    pub dir: PathBuf,
+    #[arg(required_unless_present = "container")]
+    pub dir: Option<PathBuf>,
+
+    /// Scan this LXC container's rootfs (from lxc.rootfs.path), and say whether its config's
+    /// map agrees with the rootfs. Read-only: a running container may be scanned.
+    #[arg(long, value_name = "NAME", conflicts_with = "dir")]
+    pub container: Option<String>,
+
+    /// The LXC path of --container [default: ~/.local/share/lxc, /var/lib/lxc for root].
+    #[arg(
+        short = 'P',
+        long = "lxcpath",
+        value_name = "DIR",
+        requires = "container"
+    )]
+    pub lxcpath: Option<PathBuf>,
 
     /// Count the inodes whose ids these KIND:NSID:HOSTID:COUNT entries do not cover (host side).
     #[arg(short = 'm', long = "map", value_name = "SPEC", value_parser = MapSpec::from_str)]
@@ -368,9 +427,11 @@ pub struct ExecArgs {
     /// it is reachable inside), a new session, and on a terminal a new terminal of its own
     /// (idshift relays it; the caller's is never handed over). The environment is clean: PATH
     /// and HOME of a container's root, the caller's TERM, LANG and LC_*, and what --env adds.
-    /// For scripted fix-ups of a stopped container, as its own root.
-    #[arg(long, value_name = "DIR")]
-    pub rootfs: Option<PathBuf>,
+    /// For scripted fix-ups of a stopped container, as its own root. With --container, DIR may
+    /// be left out: the container's rootfs (lxc.rootfs.path) is used; put `--` before the
+    /// command then.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub rootfs: Option<Option<PathBuf>>,
 
     /// With --rootfs: go ahead although the rootfs is in use (a process has its root or working
     /// directory in it, or LXC says the --container is running), or, as root, although the

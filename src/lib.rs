@@ -6,7 +6,7 @@
 //!   given: [`shift`] (remap a tree's ownership, crash-safe), [`status`], [`migrate`],
 //!   [`mount`] (idmapped mounts), [`ranges`], and [`userns`] (`exec`: a command in a new user
 //!   namespace);
-//! - what the engines share: [`tree`] (a tree opened safely, locked, and walked in parallel by
+//! - what the engines share: [`container`] (an LXC container named on the command line), [`tree`] (a tree opened safely, locked, and walked in parallel by
 //!   directory fds), [`idmap`] (the mapping model and one parser per source of maps),
 //!   [`policy`] (what root may do for a user), [`inuse`] (is a tree in use);
 //! - [`sys`]: the only place with `unsafe` and raw `libc` calls.
@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod container;
 pub mod error;
 pub mod idmap;
 pub mod inuse;

@@ -68,7 +68,7 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
 
 /// `lxc.rootfs.path` (`dir:` prefix or a plain path), else LXC's default `LXCPATH/NAME/rootfs`;
 /// other storage backends are refused.
-fn rootfs_dir(config: &LxcConfig, lxcpath: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn rootfs_dir(config: &LxcConfig, lxcpath: &Path, name: &str) -> Result<PathBuf> {
     let Some(value) = &config.rootfs else {
         return Ok(lxcpath.join(name).join("rootfs"));
     };

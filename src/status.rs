@@ -66,6 +66,48 @@ pub struct Status {
     #[serde(serialize_with = "crate::report::ser_paths")]
     pub mounts_skipped: Vec<PathBuf>,
     pub errors: u64,
+    /// With `--container`: the container whose rootfs this is, and whether its config agrees
+    /// with the rootfs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Agreement>,
+}
+
+/// A container's configured view set against what its rootfs holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    pub name: String,
+    /// The config's `lxc.idmap` map, or the host view for a privileged container.
+    #[serde(serialize_with = "crate::report::ser_view")]
+    pub configured: View,
+    /// Whether the rootfs is in that view: the recorded map decides when there is one, else
+    /// the owner of the rootfs's root (the host id of container root); `null` with a shift
+    /// pending.
+    pub agrees: Option<bool>,
+}
+
+impl Status {
+    /// Sets the configured view of container `name` against this scan of its rootfs.
+    pub fn judge_container(&mut self, name: &str, configured: View) {
+        let agrees = if self.pending.as_ref().is_some_and(|p| p.state == "pending") {
+            None
+        } else if let Some(recorded) = &self.recorded_map {
+            Some(recorded == &configured)
+        } else {
+            let root = |kind| match &configured {
+                View::Host => Some(0),
+                View::Map(m) => m.to_host(kind, 0),
+            };
+            Some(
+                root(IdKind::Uid) == Some(self.root_uid)
+                    && root(IdKind::Gid) == Some(self.root_gid),
+            )
+        };
+        self.container = Some(Agreement {
+            name: name.to_string(),
+            configured,
+            agrees,
+        });
+    }
 }
 
 /// The map a tree appears to use.
@@ -476,6 +518,18 @@ impl Status {
             self.symlinks,
             self.other
         );
+        if let Some(c) = &self.container {
+            out += &format!(
+                "  container:       {} (configured: {}): {}\n",
+                c.name,
+                c.configured,
+                match c.agrees {
+                    Some(true) => "the rootfs agrees",
+                    Some(false) => "the rootfs does NOT agree with its config",
+                    None => "a shift is pending, run it to the end first",
+                }
+            );
+        }
         out += &format!("  root owned by:   {}:{}\n", self.root_uid, self.root_gid);
         out += &format!("  appears to use:  {}\n", self.apparent_map);
         out += &format!(

@@ -164,7 +164,7 @@ fn help_and_version() {
         "--map <SPEC>",
         "--container <NAME>",
         "--oci-config",
-        "--rootfs <DIR>",
+        "--rootfs [<DIR>]",
         "Exit status",
         "127",
     ] {

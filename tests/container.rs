@@ -43,6 +43,12 @@ fn main() -> std::process::ExitCode {
         ),
         trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
         trial!(
+            status_exec_mount_and_shift_take_a_container_by_name,
+            Need::Root,
+            Need::Rootfs,
+            Need::ScratchXattrs
+        ),
+        trial!(
             migrate_onto_a_range_another_container_uses_warns,
             Need::Root,
             Need::ScratchXattrs
@@ -486,6 +492,143 @@ fn migrate_error_paths() {
         ])),
         2,
         "rootfs",
+    );
+}
+
+/// `--container NAME -P DIR` on status, exec --rootfs (no path), mount and shift: the rootfs
+/// comes from the config, the map too; a path that is another container's rootfs is refused,
+/// and what cannot be resolved is one line.
+fn status_exec_mount_and_shift_take_a_container_by_name() {
+    let Some(_) = require!(Root) else { return };
+    let Some(src) = test_rootfs() else { return };
+    let c = container(&src, "c1", 100000, None);
+    let lxcpath = c.lxcpath.to_str().unwrap();
+    let status = |extra: &[&str]| {
+        let mut a = vec!["status", "--container", "c1", "-P", lxcpath, "--json"];
+        a.extend_from_slice(extra);
+        let out = run(&mut idshift(&a));
+        assert_code(&out, 0);
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
+    };
+    let s = status(&[]);
+    assert_eq!(s["dir"], c.rootfs.to_str().unwrap());
+    assert_eq!(s["container"]["name"], "c1");
+    assert_eq!(s["container"]["agrees"], true, "{s}");
+    assert_eq!(
+        s["outlier_inodes"], 0,
+        "the configured map is the one checked: {s}"
+    );
+
+    // exec --rootfs without a path enters c1's rootfs with c1's map.
+    let out = run(&mut idshift(&[
+        "exec",
+        "--container",
+        "c1",
+        "-P",
+        lxcpath,
+        "--rootfs",
+        "--",
+        "stat",
+        "-c",
+        "%u:%g %a",
+        "/usr/bin/passwd",
+    ]));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "0:0 4755\n");
+    // Another container's rootfs given with --container c2: refused, nothing run.
+    let c2 = c.lxcpath.join("c2");
+    std::fs::create_dir_all(c2.join("rootfs")).unwrap();
+    std::fs::write(c2.join("config"), config_text(&c.lxcpath, "c2", 200000)).unwrap();
+    let marker = c.lxcpath.join("ran");
+    let touch = format!("touch {}", marker.display());
+    let out = run(&mut idshift(&[
+        "exec",
+        "--container",
+        "c2",
+        "-P",
+        lxcpath,
+        "--rootfs",
+        c.rootfs.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &touch,
+    ]));
+    assert_one_error_line(&out, 125, "is container 'c1''s rootfs, not 'c2''s");
+    assert!(!marker.exists());
+    // A storage backend idshift cannot walk is named.
+    let c3 = c.lxcpath.join("c3");
+    std::fs::create_dir_all(&c3).unwrap();
+    std::fs::write(c3.join("config"), "lxc.rootfs.path = btrfs:/srv/c3\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n").unwrap();
+    for cmd in ["status", "shift"] {
+        let mut a = vec![cmd, "--container", "c3", "-P", lxcpath];
+        if cmd == "shift" {
+            a.extend(["--to", "host"]);
+        }
+        assert_one_error_line(&run(&mut idshift(&a)), 2, "btrfs backend");
+    }
+    assert_one_error_line(
+        &run(&mut idshift(&[
+            "status",
+            "--container",
+            "nope",
+            "-P",
+            lxcpath,
+        ])),
+        2,
+        "container 'nope' not found",
+    );
+
+    // mount --container DST: the rootfs as c1 sees it.
+    let dst = tempfile::tempdir().unwrap();
+    let d = dst.path().to_str().unwrap();
+    let out = run(&mut idshift(&[
+        "mount",
+        "--container",
+        "c1",
+        "-P",
+        lxcpath,
+        d,
+    ]));
+    assert_code(&out, 0);
+    assert_eq!(owner(&dst.path().join("usr/bin/passwd")), (0, 0));
+    assert_code(&run(&mut idshift(&["umount", d])), 0);
+
+    // shift --container c1 --to host: the rootfs to the host view (the config is not changed,
+    // so status says they disagree); --to-container c1 from the host view brings it back.
+    let shift = |a: &[&str]| {
+        let mut args = vec!["shift", "--progress", "never"];
+        args.extend_from_slice(a);
+        run(&mut idshift(&args))
+    };
+    assert_code(
+        &shift(&["--container", "c1", "-P", lxcpath, "--to", "host"]),
+        0,
+    );
+    assert_eq!(owner(&c.rootfs.join("usr/bin/passwd")), (0, 0));
+    assert_eq!(status(&[])["container"]["agrees"], false);
+    let rootfs = c.rootfs.to_str().unwrap();
+    assert_code(&shift(&[rootfs, "--to-container", "c1", "-P", lxcpath]), 0);
+    assert_eq!(owner(&c.rootfs.join("usr/bin/passwd")), (100000, 100000));
+    assert_eq!(status(&[])["container"]["agrees"], true);
+    assert_one_error_line(
+        &shift(&[rootfs, "--from", "host", "--to", "host"]),
+        2,
+        "both the host view",
+    );
+    assert_one_error_line(
+        &shift(&[
+            rootfs,
+            "--from",
+            "host",
+            "b:0:1:1",
+            "--to-container",
+            "c1",
+            "-P",
+            lxcpath,
+        ]),
+        2,
+        "the host view takes no map entries",
     );
 }
 

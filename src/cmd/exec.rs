@@ -2,11 +2,12 @@
 //! with a container's mapping, optionally inside the container's rootfs.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{exit, lxcpath_or_default, refuse_in_use, warn};
 use crate::cli::{ExecArgs, MapSource};
+use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::idmap::source::Source;
 use crate::idmap::subid::{SubIdFiles, User};
@@ -124,7 +125,11 @@ fn exec(args: ExecArgs) -> Result<i32> {
     } else {
         args.command
     };
-    if let Some(rootfs) = &args.rootfs {
+    let rootfs = match &args.rootfs {
+        Some(given) => Some(rootfs_of(given.as_deref(), &args.source)?),
+        None => None,
+    };
+    if let Some(rootfs) = &rootfs {
         check_rootfs(rootfs, &source, &map, args.force)?;
     }
     let spec = ExecSpec {
@@ -132,10 +137,66 @@ fn exec(args: ExecArgs) -> Result<i32> {
         gid: target(IdKind::Gid, args.gid)?,
         map,
         command,
-        rootfs: args.rootfs,
+        rootfs,
         env: args.env,
     };
     userns::run(&spec, &Mapper::default())
+}
+
+/// The rootfs to enter: the one given, else the `--container`'s. A path given with
+/// `--container` that is another container's rootfs under the lxcpath is refused (its files
+/// would be written as this container's root); any other path than the container's own is
+/// named in a warning.
+fn rootfs_of(given: Option<&Path>, s: &MapSource) -> Result<PathBuf> {
+    let container = match &s.container {
+        Some(name) => Some(Container::open(&lxcpath_or_default(&s.lxcpath), name)?),
+        None => None,
+    };
+    let (given, c) = match (given, container) {
+        (given, None) => {
+            return given
+                .map(Path::to_path_buf)
+                .ok_or_else(|| Error::Usage("--rootfs without DIR needs --container NAME".into()))
+        }
+        (None, Some(c)) => return Ok(c.rootfs),
+        (Some(given), Some(c)) => (given, c),
+    };
+    let identity = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let id = identity(given);
+    if id.is_some() && id == identity(&c.rootfs) {
+        return Ok(given.to_path_buf());
+    }
+    let others = std::fs::read_dir(&c.lxcpath)
+        .into_iter()
+        .flatten()
+        .flatten();
+    for entry in others {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == c.name {
+            continue;
+        }
+        if let Ok(other) = Container::open(&c.lxcpath, &name) {
+            if id.is_some() && identity(&other.rootfs) == id {
+                return Err(Error::Usage(format!(
+                    "--rootfs {} is container '{name}''s rootfs, not '{}''s: give --container \
+                     {name}, or --rootfs alone for '{}''s own",
+                    escape_path(given),
+                    c.name,
+                    c.name
+                )));
+            }
+        }
+    }
+    warn(&format!(
+        "--rootfs {} is not container '{}''s rootfs ({}); entering it with that container's map",
+        escape_path(given),
+        c.name,
+        escape_path(&c.rootfs)
+    ));
+    Ok(given.to_path_buf())
 }
 
 /// Refuses a rootfs root may not enter for its owner with this map (beyond what is delegated

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::interrupt::Notice;
 use super::{error_status, exit, lxcpath_or_default, refuse_in_use, threads, warn};
-use crate::cli::{ProgressArg, ShiftArgs, ShiftCommon};
+use crate::cli::{ProgressArg, ShiftArgs, ShiftCommon, ViewArg};
+use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::idmap::source::Source;
 use crate::idmap::subid::{SubIdFiles, User};
@@ -17,9 +18,18 @@ use crate::userns::{self, Mapper};
 
 pub fn run(args: ShiftArgs) -> Result<u8> {
     let lxcpath = lxcpath_or_default(&args.lxcpath);
-    let (from, to) = views(&args, &lxcpath)?;
-    let opts = options(args.dir.clone(), from, to, &args.common);
-    for name in [&args.from_container, &args.to_container]
+    let container = match &args.container {
+        Some(name) => Some(Container::open(&lxcpath, name)?),
+        None => None,
+    };
+    let (from, to) = views(&args, &lxcpath, container.as_ref())?;
+    let dir = match (&container, &args.dir) {
+        (Some(c), _) => c.rootfs.clone(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => return Err(Error::Usage("give DIR or --container NAME".into())),
+    };
+    let opts = options(dir, from, to, &args.common);
+    for name in [&args.container, &args.from_container, &args.to_container]
         .into_iter()
         .flatten()
     {
@@ -44,7 +54,11 @@ pub fn run(args: ShiftArgs) -> Result<u8> {
             &warn,
         )?;
     }
-    let container = args.from_container.as_ref().or(args.to_container.as_ref());
+    let container = args
+        .container
+        .as_ref()
+        .or(args.from_container.as_ref())
+        .or(args.to_container.as_ref());
     refuse_in_use(
         &opts.dir,
         container.map(|name| (lxcpath.as_path(), name.as_str())),
@@ -64,8 +78,9 @@ pub fn run(args: ShiftArgs) -> Result<u8> {
 }
 
 /// The FROM and TO views the arguments name: host view and MAP (or the reverse with `-r`), or
-/// each side from its maps or its container.
-fn views(args: &ShiftArgs, lxcpath: &Path) -> Result<(View, View)> {
+/// each side from its maps (`host` by name), its container, or for FROM the `--container`'s own
+/// view.
+fn views(args: &ShiftArgs, lxcpath: &Path, own: Option<&Container>) -> Result<(View, View)> {
     if !args.map.is_empty() {
         let map = View::Map(Source::Specs(args.map.clone()).map()?);
         return Ok(if args.reverse {
@@ -74,25 +89,51 @@ fn views(args: &ShiftArgs, lxcpath: &Path) -> Result<(View, View)> {
             (View::Host, map)
         });
     }
-    let side = |specs: &[MapSpec], container: &Option<String>, which: &str| -> Result<View> {
+    let side = |given: &[ViewArg], container: &Option<String>, which: &str| -> Result<View> {
+        if given.iter().any(|v| matches!(v, ViewArg::Host)) {
+            if given.len() > 1 {
+                return Err(Error::Usage(format!(
+                    "{which} host: the host view takes no map entries beside it"
+                )));
+            }
+            return Ok(View::Host);
+        }
+        let specs: Vec<MapSpec> = given
+            .iter()
+            .filter_map(|v| match v {
+                ViewArg::Spec(spec) => Some(spec.clone()),
+                ViewArg::Host => None,
+            })
+            .collect();
         let source = match (specs.is_empty(), container) {
-            (false, _) => Source::Specs(specs.to_vec()),
+            (false, _) => Source::Specs(specs),
             (true, Some(name)) => Source::Container {
                 lxcpath: lxcpath.to_path_buf(),
                 name: name.clone(),
             },
             (true, None) => {
                 return Err(Error::Usage(format!(
-                    "give a MAP (host view -> MAP), or both --from and --to (missing {which})"
+                    "give a MAP (host view -> MAP), or --to (missing {which}); --from host / \
+                     --to host name the host view"
                 )))
             }
         };
         Ok(View::Map(source.map()?))
     };
-    Ok((
-        side(&args.from, &args.from_container, "--from")?,
-        side(&args.to, &args.to_container, "--to")?,
-    ))
+    // Only a TO given: the tree is taken to be in the host view (as `shift DIR MAP` does);
+    // a tree recorded in another view is refused by the engine, ids outside it are listed.
+    let from = match own {
+        Some(c) => c.view()?,
+        None if args.from.is_empty() && args.from_container.is_none() => View::Host,
+        None => side(&args.from, &args.from_container, "--from")?,
+    };
+    let to = side(&args.to, &args.to_container, "--to")?;
+    if from == View::Host && to == View::Host {
+        return Err(Error::Usage(
+            "FROM and TO are both the host view: nothing to shift".into(),
+        ));
+    }
+    Ok((from, to))
 }
 
 /// The engine's options from the arguments `shift` and `migrate` share.

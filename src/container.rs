@@ -1,0 +1,60 @@
+//! An LXC container named on the command line (`--container NAME [-P DIR]`): its config, its
+//! rootfs directory and the view its rootfs is kept in, resolved once for every command.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::idmap::lxc::LxcConfig;
+use crate::idmap::IdMap;
+use crate::shift::View;
+
+/// A container under an lxcpath.
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub name: String,
+    pub lxcpath: PathBuf,
+    pub config: LxcConfig,
+    /// From `lxc.rootfs.path` (`dir:` or a plain path), else `LXCPATH/NAME/rootfs`; other
+    /// storage backends are refused by name.
+    pub rootfs: PathBuf,
+}
+
+impl Container {
+    /// Reads container `name`'s config under `lxcpath` and resolves its rootfs directory (which
+    /// need not exist: callers that open it say so).
+    pub fn open(lxcpath: &Path, name: &str) -> Result<Container> {
+        let config = LxcConfig::for_container(lxcpath, name)?;
+        let rootfs = crate::migrate::rootfs_dir(&config, lxcpath, name)?;
+        Ok(Container {
+            name: name.to_string(),
+            lxcpath: lxcpath.to_path_buf(),
+            config,
+            rootfs,
+        })
+    }
+
+    /// `LXCPATH/NAME`.
+    pub fn dir(&self) -> PathBuf {
+        self.lxcpath.join(&self.name)
+    }
+
+    /// The view the container's files are in on disk: its map, or the host view for a
+    /// privileged container (no `lxc.idmap` lines).
+    pub fn view(&self) -> Result<View> {
+        if self.config.idmap.is_empty() {
+            Ok(View::Host)
+        } else {
+            self.config.map().map(View::Map)
+        }
+    }
+
+    /// The container's map; a privileged container has none (an error naming its config).
+    pub fn map(&self) -> Result<IdMap> {
+        self.config.map()
+    }
+
+    /// For [`crate::inuse::in_use`] and the refusal of a running container.
+    pub fn in_use_key(&self) -> (&Path, &str) {
+        (&self.lxcpath, &self.name)
+    }
+}

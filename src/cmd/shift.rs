@@ -101,7 +101,7 @@ fn views(args: &ShiftArgs, lxcpath: &Path, own: Option<&Container>) -> Result<(V
         let specs: Vec<MapSpec> = given
             .iter()
             .filter_map(|v| match v {
-                ViewArg::Spec(spec) => Some(spec.clone()),
+                ViewArg::Spec(spec) => Some(*spec),
                 ViewArg::Host => None,
             })
             .collect();

@@ -59,14 +59,17 @@ pub enum Command {
 
     /// Move a stopped LXC container to another id range: shift its rootfs from the map in its
     /// config to the new one, then rewrite the config's lxc.idmap lines (atomically, every other
-    /// line kept).
+    /// line kept). A privileged container (no lxc.idmap, rootfs in the host view) is made
+    /// unprivileged the same way, and `--to host` makes one privileged again (root only).
     ///
     /// Without root, both ranges must be delegated to you in /etc/subuid and /etc/subgid: the
     /// shift then runs in a user namespace that maps them (through newuidmap/newgidmap). A killed
     /// migrate is finished by running it again. Exit status: 0 done; 1 failed (the config still
-    /// names the old map); 2 usage error (unknown container, no lxc.idmap, missing rootfs);
+    /// names the old map); 2 usage error (unknown container, missing rootfs);
     /// 3 refused (running container, range not delegated, another shift pending).
     #[command(after_help = "Examples:\n  idshift migrate c1 --to 300000\n  \
+                      sudo idshift migrate web --to auto  # a privileged container made unprivileged\n  \
+                      sudo idshift migrate web --to host  # and back\n  \
                       idshift migrate c1 --to auto --dry-run\n  \
                       idshift migrate c1 --to-map u:0:300000:65536 g:0:300000:65536")]
     Migrate(MigrateArgs),
@@ -141,11 +144,13 @@ pub struct MigrateArgs {
     /// The container's name.
     pub name: String,
 
-    /// Where container root goes: a host id (every entry of the map moves by the same offset),
-    /// or `auto` for the first free 65536 block delegated to you.
+    /// Where container root goes: a host id (every entry of the map moves by the same offset;
+    /// a privileged container gets u/g 0 HOSTBASE 65536), `auto` for the first free 65536 block
+    /// delegated to you, or `host` to make the container privileged (root only: the rootfs
+    /// goes to the host view and the lxc.idmap lines are removed).
     #[arg(
         long,
-        value_name = "HOSTBASE|auto",
+        value_name = "HOSTBASE|auto|host",
         required_unless_present = "to_map",
         conflicts_with = "to_map"
     )]

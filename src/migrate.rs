@@ -10,9 +10,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::idmap::lxc::{rewrite_idmap, LxcConfig};
+use crate::idmap::lxc::{rewrite_idmap, without_idmap, LxcConfig};
 use crate::idmap::subid::{SubIdFiles, User};
-use crate::idmap::{IdKind, IdMap, IdMapEntry};
+use crate::idmap::{IdKind, IdMap, IdMapEntry, BLOCK};
 use crate::shift::{self, state, View};
 
 /// Where the container goes.
@@ -24,6 +24,8 @@ pub enum Target {
     Auto,
     /// This map.
     Map(IdMap),
+    /// The host view: a privileged container (no `lxc.idmap` lines). Root only.
+    Host,
 }
 
 /// A migration, resolved: what is shifted from and to, and which config is rewritten.
@@ -32,16 +34,21 @@ pub struct Migration {
     pub name: String,
     pub config: LxcConfig,
     pub rootfs: PathBuf,
-    pub from: IdMap,
-    pub to: IdMap,
+    /// The view the config names now: its map, or the host view for a privileged container.
+    pub from: View,
+    pub to: View,
 }
 
 /// Reads the container's config, finds its rootfs, refuses a running container, and works out
 /// the new map (an interrupted migrate's own target first, so that `auto` resumes the same).
 pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration> {
-    let config = LxcConfig::for_container(lxcpath, name)?;
-    let from = config.map()?;
-    let rootfs = rootfs_dir(&config, lxcpath, name)?;
+    let crate::container::Container { config, rootfs, .. } =
+        crate::container::Container::open(lxcpath, name)?;
+    let from = if config.idmap.is_empty() {
+        View::Host
+    } else {
+        View::Map(config.map()?)
+    };
     if !rootfs.is_dir() {
         return Err(Error::Usage(format!(
             "container '{name}': its rootfs {} is missing (lxc.rootfs.path in {})",
@@ -50,11 +57,12 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
         )));
     }
     let to = match target {
-        Target::Map(map) => map.clone(),
-        Target::Base(base) => moved(&from, *base)?,
+        Target::Host => View::Host,
+        Target::Map(map) => View::Map(map.clone()),
+        Target::Base(base) => View::Map(moved(&from, *base)?),
         Target::Auto => match unfinished_target(&rootfs, &from)? {
-            Some(map) => map,
-            None => moved(&from, free_block(lxcpath)?)?,
+            Some(view) => view,
+            None => View::Map(moved(&from, free_block(lxcpath)?)?),
         },
     };
     Ok(Migration {
@@ -87,7 +95,24 @@ pub(crate) fn rootfs_dir(config: &LxcConfig, lxcpath: &Path, name: &str) -> Resu
 
 /// `from` with container root moved to host id `base`: each kind's entries shift by the offset
 /// that takes its namespace id 0 to `base`.
-pub fn moved(from: &IdMap, base: u32) -> Result<IdMap> {
+pub fn moved(from: &View, base: u32) -> Result<IdMap> {
+    let from = match from {
+        View::Map(m) => m,
+        // A privileged container: its first 65536 ids of both kinds go to BASE.
+        View::Host => {
+            let entries = IdKind::BOTH
+                .into_iter()
+                .map(|kind| {
+                    IdMapEntry::new(kind, 0, base, BLOCK).map_err(|_| {
+                        Error::Usage(format!(
+                            "--to {base}: a block of {BLOCK} ids there would pass the last id"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(IdMap::new(entries)?);
+        }
+    };
     let mut entries = Vec::new();
     for kind in IdKind::BOTH {
         if !from.has(kind) {
@@ -113,26 +138,27 @@ pub fn moved(from: &IdMap, base: u32) -> Result<IdMap> {
     Ok(IdMap::new(entries)?)
 }
 
-/// The map an interrupted migrate was moving the rootfs to: a pending shift from `from`, or a
-/// finished one whose map the config does not name yet.
-fn unfinished_target(rootfs: &Path, from: &IdMap) -> Result<Option<IdMap>> {
+/// The view an interrupted migrate was moving the rootfs to: a pending shift from `from`, or
+/// a finished one whose view the config does not name yet.
+fn unfinished_target(rootfs: &Path, from: &View) -> Result<Option<View>> {
     let tree = crate::tree::Tree::open(rootfs)?;
     if let state::Found::Pending(j) = state::find(&tree)? {
-        if let (View::Map(f), View::Map(t)) = (&j.header.from, &j.header.to) {
-            if f == from {
-                return Ok(Some(t.clone()));
-            }
+        if &j.header.from == from {
+            return Ok(Some(j.header.to.clone()));
         }
     }
     match state::recorded(tree.root.as_fd()) {
-        Some(View::Map(m)) if &m != from => Ok(Some(m)),
+        Some(v) if &v != from => Ok(Some(v)),
         _ => Ok(None),
     }
 }
 
 /// The other containers under `lxcpath` whose configured maps share host ids of the same kind
 /// with `map`: a container moved there would own their files, and they its.
-pub fn sharing_range(lxcpath: &Path, name: &str, map: &IdMap) -> Result<Vec<String>> {
+pub fn sharing_range(lxcpath: &Path, name: &str, view: &View) -> Result<Vec<String>> {
+    let View::Map(map) = view else {
+        return Ok(Vec::new());
+    };
     let shares = |other: &IdMap| {
         map.all_entries().any(|e| {
             other
@@ -205,7 +231,10 @@ pub fn new_config_text(m: &Migration) -> Result<Option<String>> {
     let path = &m.config.path;
     let text = crate::idmap::read_config(path)?
         .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
-    let new = rewrite_idmap(&text, &m.to);
+    let new = match &m.to {
+        View::Map(map) => rewrite_idmap(&text, map),
+        View::Host => without_idmap(&text),
+    };
     Ok((new != text).then_some(new))
 }
 
@@ -254,12 +283,18 @@ mod tests {
             IdMap::parse_list("u:0:100000:1000 u:1000:5000:1 u:1001:101001:64535 g:0:100000:65536")
                 .unwrap();
         assert_eq!(
-            moved(&from, 300000).unwrap().to_string(),
+            moved(&View::Map(from.clone()), 300000).unwrap().to_string(),
             "u:0:300000:1000 u:1000:205000:1 u:1001:301001:64535 g:0:300000:65536"
         );
-        assert!(moved(&from, u32::MAX - 10).is_err());
+        assert!(moved(&View::Map(from), u32::MAX - 10).is_err());
+        assert_eq!(
+            moved(&View::Host, 300000).unwrap().to_string(),
+            "u:0:300000:65536 g:0:300000:65536",
+            "a privileged container gets a block of each kind"
+        );
+        assert!(moved(&View::Host, u32::MAX - 10).is_err());
         let no_root = IdMap::parse_list("u:1:100000:10").unwrap();
-        assert!(moved(&no_root, 1)
+        assert!(moved(&View::Map(no_root), 1)
             .unwrap_err()
             .to_string()
             .contains("no uid 0"));
@@ -334,7 +369,15 @@ mod tests {
         );
         assert_eq!(config_map(&m), "u:0:300000:65536 g:0:300000:65536");
         let again = carry_out(
-            &prepare("c1", _keep.path(), &Target::Map(m.to.clone())).unwrap(),
+            &prepare(
+                "c1",
+                _keep.path(),
+                &match &m.to {
+                    View::Map(map) => Target::Map(map.clone()),
+                    View::Host => Target::Host,
+                },
+            )
+            .unwrap(),
             false,
             |_| panic!("nothing to shift when the config names the target"),
         );

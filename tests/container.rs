@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
         ),
         trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
         trial!(
+            a_privileged_container_made_unprivileged_and_back_boots_each_time,
+            Need::Root,
+            Need::Rootfs
+        ),
+        trial!(
             status_exec_mount_and_shift_take_a_container_by_name,
             Need::Root,
             Need::Rootfs,
@@ -218,6 +223,12 @@ fn unprivileged_refusals_change_nothing() {
     let c = container(&src, "c1", a, Some(user));
     let before = snapshot(&c.rootfs);
     let config = c.config_now();
+    // To the host view (a privileged container): host ids 0-65535 are never delegated.
+    assert_one_error_line(
+        &migrate(&c, Some(user), &["--to", "host"]),
+        1,
+        "never delegated: run it with sudo",
+    );
     // A range the user does not own, as a target and as a source.
     let out = migrate(&c, Some(user), &["--to", "100000"]);
     assert_code(&out, 3);
@@ -465,19 +476,30 @@ fn migrate_error_paths() {
         "--to 'x2': expected a host id",
     );
 
-    // A config without lxc.idmap (a privileged container).
-    std::fs::create_dir(c.lxcpath.join("priv")).unwrap();
+    // A config without lxc.idmap (a privileged container): made unprivileged, in a dry run.
+    std::fs::create_dir_all(c.lxcpath.join("priv/rootfs")).unwrap();
     std::fs::write(
         c.lxcpath.join("priv/config"),
-        "lxc.arch = linux64\nlxc.rootfs.path = dir:/nonexistent\n",
+        format!(
+            "lxc.arch = linux64\nlxc.rootfs.path = dir:{}/priv/rootfs\n",
+            c.lxcpath.display()
+        ),
     )
     .unwrap();
-    assert_one_error_line(
-        &run(&mut idshift(&[
-            "migrate", "priv", "-P", lxcpath, "--to", "200000",
-        ])),
-        2,
-        "no lxc.idmap lines",
+    let out = run(&mut idshift(&[
+        "migrate",
+        "priv",
+        "-P",
+        lxcpath,
+        "--to",
+        "200000",
+        "--dry-run",
+    ]));
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("would name 'u:0:200000:65536 g:0:200000:65536' (now 'host')"),
+        "{}",
+        stdout(&out)
     );
     // A rootfs that is not there.
     std::fs::create_dir(c.lxcpath.join("gone")).unwrap();
@@ -928,4 +950,98 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
     );
     assert_code(&out, 0);
     assert_eq!(stdout(&out), "0:0 4755\n");
+}
+
+/// The most common reason to chown a rootfs: a privileged container (no lxc.idmap, rootfs owned
+/// by host root) made unprivileged by `migrate --to BASE`, started, then made privileged again
+/// by `migrate --to host` and started again; inside, `passwd` is root's and setuid each time.
+fn a_privileged_container_made_unprivileged_and_back_boots_each_time() {
+    let Some(_) = require!(Root) else { return };
+    let Some(src) = test_rootfs() else { return };
+    if !on_path("lxc-start") {
+        skip("LXC is not installed (run .ci/setup-test-env)");
+    }
+    let Some(base) = root_range() else {
+        skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
+    };
+    let c = container(&src, "p1", base, None);
+    let rootfs = c.rootfs.to_str().unwrap();
+    let map = format!("b:0:{base}:65536");
+    assert_code(
+        &run(&mut idshift(&[
+            "shift",
+            "-r",
+            rootfs,
+            &map,
+            "--progress",
+            "never",
+        ])),
+        0,
+    );
+    // The privileged config: no lxc.idmap lines (and no network, an init that just waits).
+    let privileged = c
+        .config_now()
+        .replace(
+            &format!("lxc.idmap = u 0 {base} 65536\nlxc.idmap = g 0 {base} 65536\n"),
+            "",
+        )
+        .replace(
+            "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
+            "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
+        )
+        .replace("lxc.include = /usr/share/lxc/config/userns.conf\n", "");
+    assert!(!privileged.contains("lxc.idmap"));
+    std::fs::write(&c.config, &privileged).unwrap();
+    let log = c.tmp.path().join("lxc.log");
+    let boots_with_passwd_root_setuid = |c: &Container| {
+        let out = lxc(
+            "lxc-start",
+            c,
+            &["-d", "-l", "INFO", "-o", log.to_str().unwrap()],
+        );
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_code(&out, 0);
+        let _started = Started(c);
+        let out = lxc(
+            "lxc-attach",
+            c,
+            &["--", "stat", "-c", "%u:%g %a", "/usr/bin/passwd"],
+        );
+        assert_eq!(stdout(&out), "0:0 4755\n", "{}\n{log}", stderr(&out));
+    };
+    boots_with_passwd_root_setuid(&c);
+
+    // Privileged -> unprivileged: the rootfs shifted from the host view, the lines added.
+    let out = migrate(&c, None, &["--to", &base.to_string()]);
+    assert_code(&out, 0);
+    assert_eq!(owner(&c.rootfs.join("usr/bin/passwd")), (base, base));
+    let unprivileged = c.config_now();
+    assert!(
+        unprivileged.contains(&format!(
+            "lxc.idmap = u 0 {base} 65536\nlxc.idmap = g 0 {base} 65536\n"
+        )),
+        "{unprivileged}"
+    );
+    assert_eq!(
+        unprivileged.replace(
+            &format!("lxc.idmap = u 0 {base} 65536\nlxc.idmap = g 0 {base} 65536\n"),
+            ""
+        ),
+        privileged
+    );
+    boots_with_passwd_root_setuid(&c);
+
+    // And back: the rootfs in the host view, the lines gone, every other line as it was.
+    let out = migrate(&c, None, &["--to", "host"]);
+    assert_code(&out, 0);
+    assert_eq!(owner(&c.rootfs.join("usr/bin/passwd")), (0, 0));
+    assert_eq!(c.config_now(), privileged);
+    boots_with_passwd_root_setuid(&c);
+    let out = migrate(&c, None, &["--to", "host"]);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("already names 'host'"),
+        "{}",
+        stdout(&out)
+    );
 }

@@ -14,20 +14,36 @@ use crate::shift::View;
 
 pub fn run(args: MigrateArgs) -> Result<u8> {
     let target = match (args.to.as_deref(), args.to_map.is_empty()) {
+        (Some("host"), _) => Target::Host,
         (Some("auto"), _) => {
             warn_skipped(&SubIdFiles::default(), &User::current());
             Target::Auto
         }
         (Some(base), _) => Target::Base(base.parse().map_err(|_| {
             Error::Usage(format!(
-                "--to '{base}': expected a host id (0-4294967294) or 'auto'"
+                "--to '{base}': expected a host id (0-4294967294), 'auto' or 'host'"
             ))
         })?),
         (None, false) => Target::Map(Source::Specs(args.to_map.clone()).map()?),
-        (None, true) => return Err(Error::Usage("give --to HOSTBASE|auto or --to-map".into())),
+        (None, true) => {
+            return Err(Error::Usage(
+                "give --to HOSTBASE|auto|host or --to-map".into(),
+            ))
+        }
     };
     let lxcpath = lxcpath_or_default(&args.lxcpath);
     let m = migrate::prepare(&args.name, &lxcpath, &target)?;
+    // Host ids 0-65535 are never delegated: only root converts between the views.
+    if (m.from == View::Host || m.to == View::Host)
+        && m.from != m.to
+        && !nix::unistd::geteuid().is_root()
+    {
+        return Err(Error::NeedsRoot {
+            what: format!("container '{}'", m.name),
+            why: "converting between privileged (host view, no lxc.idmap) and unprivileged \
+                  means owning host ids 0-65535, which are never delegated: run it with sudo",
+        });
+    }
     let sharing = migrate::sharing_range(&lxcpath, &m.name, &m.to)?;
     if !sharing.is_empty() && m.from != m.to {
         let line = format!(
@@ -54,19 +70,20 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
             owners: vec![&m.config.path, &container_dir, &lxcpath],
             paths: vec![&m.config.path, &container_dir, &lxcpath, &m.rootfs],
             rootfs_within: Some((&m.rootfs, container_dir.clone())),
-            maps: vec![("FROM", &m.from), ("TO", &m.to)],
+            maps: [("FROM", &m.from), ("TO", &m.to)]
+                .into_iter()
+                .filter_map(|(which, v)| match v {
+                    View::Map(map) => Some((which, map)),
+                    View::Host => None,
+                })
+                .collect(),
         },
         c.force,
         &warn,
     )?;
     refuse_in_use(&m.rootfs, Some((&lxcpath, &m.name)), c.force)?;
     let outcome = migrate::carry_out(&m, c.dry_run, |m| {
-        let opts = options(
-            m.rootfs.clone(),
-            View::Map(m.from.clone()),
-            View::Map(m.to.clone()),
-            c,
-        );
+        let opts = options(m.rootfs.clone(), m.from.clone(), m.to.clone(), c);
         let interrupted = if c.dry_run {
             "interrupted: nothing was changed (a dry run)".to_string()
         } else {

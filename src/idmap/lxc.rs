@@ -118,6 +118,21 @@ pub fn rewrite_idmap(text: &str, map: &IdMap) -> String {
     out
 }
 
+/// `text` without its `lxc.idmap` (and `lxc.id_map`) lines: a privileged container's config.
+/// Every other line stays as it was, in order.
+pub fn without_idmap(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|line| {
+            let trimmed = line.trim_start();
+            trimmed.starts_with('#')
+                || !matches!(
+                    trimmed.split_once('=').map(|(k, _)| k.trim()),
+                    Some("lxc.idmap" | "lxc.id_map")
+                )
+        })
+        .collect()
+}
+
 /// `{indent}{key} = u 0 100000 65536`, one line per entry of `map`.
 fn push_idmap_lines(out: &mut String, indent: &str, key: &str, map: &IdMap) {
     for e in map.all_entries() {
@@ -183,6 +198,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<LxcConfig> {
         LxcConfig::parse(text, Path::new("c1/config"))
+    }
+
+    #[test]
+    fn without_idmap_drops_only_the_idmap_lines() {
+        let text = "# lxc.idmap = u 0 1 1 (a comment stays)\nlxc.arch = linux64\n  lxc.idmap = u 0 100000 65536\nlxc.id_map = g 0 100000 65536\nlxc.idmapx = kept\nlxc.uts.name = c1";
+        assert_eq!(
+            without_idmap(text),
+            "# lxc.idmap = u 0 1 1 (a comment stays)\nlxc.arch = linux64\nlxc.idmapx = kept\nlxc.uts.name = c1"
+        );
+        assert_eq!(without_idmap("lxc.arch = x\n"), "lxc.arch = x\n");
     }
 
     #[test]

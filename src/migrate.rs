@@ -140,7 +140,7 @@ pub fn moved(from: &View, base: u32) -> Result<IdMap> {
 
 /// The view an interrupted migrate was moving the rootfs to: a pending shift from `from`, or
 /// a finished one whose view the config does not name yet.
-fn unfinished_target(rootfs: &Path, from: &View) -> Result<Option<View>> {
+pub(crate) fn unfinished_target(rootfs: &Path, from: &View) -> Result<Option<View>> {
     let tree = crate::tree::Tree::open(rootfs)?;
     if let state::Found::Pending(j) = state::find(&tree)? {
         if &j.header.from == from {

@@ -20,6 +20,26 @@ pub struct Container {
     pub error: Option<String>,
     /// Host ranges of the map outside the user's delegated ranges.
     pub undelegated: Vec<KindRange>,
+    /// The map an unfinished migrate or shift is taking its rootfs to (a journal pending from
+    /// the configured map, or a recorded map the config does not name yet): its ids count as
+    /// used.
+    #[serde(serialize_with = "crate::report::ser_opt_map")]
+    pub pending_target: Option<IdMap>,
+}
+
+/// Another user's delegation that shares ids with one of the user's ranges: files of either
+/// user's containers there belong to both.
+#[derive(Clone, Debug, Serialize)]
+pub struct Shared {
+    /// The other line's owner (a name, or a uid as written).
+    pub owner: String,
+    #[serde(serialize_with = "crate::report::ser_path")]
+    pub file: PathBuf,
+    pub line: usize,
+    /// The other line's whole range.
+    pub range: KindRange,
+    /// The ids it shares with the user's ranges.
+    pub shared: KindRange,
 }
 
 /// A run of host uids or gids: `{"kind": "uid", "start": 100000, "count": 65536}`.
@@ -70,7 +90,10 @@ pub struct Ranges {
     pub lxcpath: PathBuf,
     pub containers: Vec<Container>,
     pub overlaps: Vec<Overlap>,
-    /// The first 65536 host ids delegated as both uids and gids and used by no container.
+    /// Other users' delegations that overlap the user's.
+    pub shared_with_others: Vec<Shared>,
+    /// The first 65536 host ids delegated as both uids and gids, used by no container nor
+    /// pending target, and delegated to no other user.
     pub first_free_block: Option<u32>,
 }
 
@@ -157,11 +180,16 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
                     .collect();
                 used.extend(ranges.iter().map(|(_, r)| *r));
                 maps.push((name, ranges));
+                let pending_target = pending_target(lxcpath, name, m);
+                if let Some(t) = &pending_target {
+                    used.extend(host_ranges(t).iter().map(|(_, r)| *r));
+                }
                 report.push(Container {
                     name: name.clone(),
                     map: Some(m.clone()),
                     error: None,
                     undelegated,
+                    pending_target,
                 });
             }
             Err(e) => report.push(Container {
@@ -169,6 +197,7 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
                 map: None,
                 error: Some(e.to_string()),
                 undelegated: Vec::new(),
+                pending_target: None,
             }),
         }
     }
@@ -190,6 +219,12 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
             }
         }
     }
+    let shared_with_others = shared_with_others(user, files, &delegated)?;
+    used.extend(
+        shared_with_others
+            .iter()
+            .filter_map(|s| IdRange::new(s.range.start, s.range.count)),
+    );
     let first_free_block = first_free_block(&merged.uid, &merged.gid, &used);
     let ByKind {
         uid: subuid,
@@ -204,8 +239,58 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
         lxcpath: lxcpath.to_path_buf(),
         containers: report,
         overlaps,
+        shared_with_others,
         first_free_block,
     })
+}
+
+/// Other users' lines in /etc/subuid and /etc/subgid whose ranges meet one of `mine`.
+fn shared_with_others(
+    user: &User,
+    files: &SubIdFiles,
+    mine: &ByKind<Vec<IdRange>>,
+) -> Result<Vec<Shared>> {
+    let mut out = Vec::new();
+    for kind in IdKind::BOTH {
+        let path = files.path(kind);
+        let parsed = match crate::idmap::subid::read(path) {
+            Ok(parsed) => parsed,
+            // No file: nothing is delegated to anyone (the user's own ranges said so already).
+            Err(_) => continue,
+        };
+        for line in parsed
+            .lines
+            .iter()
+            .filter(|l| !l.is_for(&user.name, user.uid))
+        {
+            for r in &mine[kind] {
+                if let Some(both) = line.range.intersect(*r) {
+                    out.push(Shared {
+                        owner: match &line.owner {
+                            crate::idmap::subid::Owner::Name(n) => n.clone(),
+                            crate::idmap::subid::Owner::Uid(u) => u.to_string(),
+                        },
+                        file: path.to_path_buf(),
+                        line: line.line,
+                        range: KindRange::new(kind, line.range),
+                        shared: KindRange::new(kind, both),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The map container `name`'s rootfs is being taken to by an unfinished migrate or shift, if
+/// any (an unreadable rootfs has none to report).
+fn pending_target(lxcpath: &Path, name: &str, configured: &IdMap) -> Option<IdMap> {
+    let c = crate::container::Container::open(lxcpath, name).ok()?;
+    let from = crate::shift::View::Map(configured.clone());
+    match crate::migrate::unfinished_target(&c.rootfs, &from) {
+        Ok(Some(crate::shift::View::Map(m))) if &m != configured => Some(m),
+        _ => None,
+    }
 }
 
 /// The lxcpath of another user: `~USER/.local/share/lxc` (or `/var/lib/lxc` for root).
@@ -254,6 +339,9 @@ impl Ranges {
                     out += &format!("    {}: unreadable: {}", c.name, e.as_deref().unwrap_or(""))
                 }
             }
+            if let Some(t) = &c.pending_target {
+                out += &format!(" (unfinished migrate or shift to {t}: counted as used)");
+            }
             if !c.undelegated.is_empty() {
                 let list: Vec<String> = c.undelegated.iter().map(|r| r.to_string()).collect();
                 out += &format!(" (not delegated: {})", list.join(", "));
@@ -265,6 +353,16 @@ impl Ranges {
             out += &format!(
                 "  overlap: {} and {} share host {}s {shared}\n",
                 o.a, o.b, o.shared.kind
+            );
+        }
+        for o in &self.shared_with_others {
+            let shared = IdRange::new(o.shared.start, o.shared.count).expect("from a range");
+            out += &format!(
+                "  also delegated to {} ({} line {}): host {}s {shared} (never picked as free)\n",
+                o.owner,
+                crate::report::escape_path(&o.file),
+                o.line,
+                o.shared.kind
             );
         }
         match self.first_free_block {

@@ -415,6 +415,11 @@ pub struct MapSource {
     /// Use linux.uidMappings/gidMappings of this OCI runtime config.json.
     #[arg(long, value_name = "FILE", conflicts_with = "map")]
     pub oci_config: Option<PathBuf>,
+
+    /// Use the lxc.idmap lines of LXC's default config for new containers
+    /// (~/.config/lxc/default.conf, /etc/lxc/default.conf for root).
+    #[arg(long, conflicts_with_all = ["map", "container", "lxc_config", "oci_config"])]
+    pub default: bool,
 }
 
 #[derive(Debug, Args)]

@@ -159,19 +159,38 @@ pub fn sharing_range(lxcpath: &Path, name: &str, view: &View) -> Result<Vec<Stri
     let View::Map(map) = view else {
         return Ok(Vec::new());
     };
-    let shares = |other: &IdMap| {
-        map.all_entries().any(|e| {
-            other
-                .entries(e.kind())
-                .iter()
-                .any(|o| o.host_range().intersect(e.host_range()).is_some())
-        })
-    };
     Ok(crate::ranges::containers(lxcpath)?
         .into_iter()
-        .filter(|(other, map)| other != name && map.as_ref().is_ok_and(shares))
+        .filter(|(other, m)| other != name && m.as_ref().is_ok_and(|m| shares_host_ids(map, m)))
         .map(|(other, _)| other)
         .collect())
+}
+
+/// Whether `a` and `b` map some host id of the same kind.
+fn shares_host_ids(a: &IdMap, b: &IdMap) -> bool {
+    a.all_entries().any(|e| {
+        b.entries(e.kind())
+            .iter()
+            .any(|o| o.host_range().intersect(e.host_range()).is_some())
+    })
+}
+
+/// A warning when the target shares host ids with the map LXC's default config gives new
+/// containers of the config's owner: the next `lxc-create` would put a container there.
+pub fn default_config_warning(m: &Migration) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let View::Map(to) = &m.to else { return None };
+    let owner = std::fs::metadata(&m.config.path).ok()?.uid();
+    let (path, map) = crate::idmap::lxc::default_config(owner)?;
+    let map = map.ok()?;
+    shares_host_ids(to, &map).then(|| {
+        format!(
+            "container '{}': the new map '{to}' shares host ids with '{map}', the map {} gives \
+             new containers: edit its lxc.idmap lines before the next lxc-create",
+            m.name,
+            path.display()
+        )
+    })
 }
 
 /// The caller's first free 65536 block.

@@ -27,6 +27,17 @@ pub struct Container {
     pub pending_target: Option<IdMap>,
 }
 
+/// LXC's default config (`default.conf`): the map new containers get.
+#[derive(Clone, Debug, Serialize)]
+pub struct DefaultConfig {
+    #[serde(serialize_with = "crate::report::ser_path")]
+    pub path: PathBuf,
+    /// Its map, or `null` (`error` says why: unreadable, or no `lxc.idmap` lines).
+    #[serde(serialize_with = "crate::report::ser_opt_map")]
+    pub map: Option<IdMap>,
+    pub error: Option<String>,
+}
+
 /// Another user's delegation that shares ids with one of the user's ranges: files of either
 /// user's containers there belong to both.
 #[derive(Clone, Debug, Serialize)]
@@ -92,6 +103,8 @@ pub struct Ranges {
     pub overlaps: Vec<Overlap>,
     /// Other users' delegations that overlap the user's.
     pub shared_with_others: Vec<Shared>,
+    /// LXC's default config for the user's new containers, when it exists.
+    pub default_config: Option<DefaultConfig>,
     /// The first 65536 host ids delegated as both uids and gids, used by no container nor
     /// pending target, and delegated to no other user.
     pub first_free_block: Option<u32>,
@@ -240,6 +253,13 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
         containers: report,
         overlaps,
         shared_with_others,
+        default_config: crate::idmap::lxc::default_config(user.uid).map(|(path, map)| {
+            let (map, error) = match map {
+                Ok(m) => (Some(m), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            DefaultConfig { path, map, error }
+        }),
         first_free_block,
     })
 }
@@ -364,6 +384,18 @@ impl Ranges {
                 o.line,
                 o.shared.kind
             );
+        }
+        if let Some(d) = &self.default_config {
+            let path = crate::report::escape_path(&d.path);
+            match (&d.map, &d.error) {
+                (Some(m), _) => out += &format!("  new containers ({path}): {m}\n"),
+                (None, e) => {
+                    out += &format!(
+                        "  new containers ({path}): {}\n",
+                        e.as_deref().unwrap_or("")
+                    )
+                }
+            }
         }
         match self.first_free_block {
             Some(b) => out += &format!("  first free block: {b} (b:0:{b}:{BLOCK})\n"),

@@ -43,6 +43,12 @@ fn main() -> std::process::ExitCode {
         ),
         trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
         trial!(
+            default_conf_is_read_by_exec_ranges_and_migrate,
+            Need::Root,
+            Need::TestUser,
+            Need::ScratchXattrs
+        ),
+        trial!(
             a_privileged_container_made_unprivileged_and_back_boots_each_time,
             Need::Root,
             Need::Rootfs
@@ -1044,4 +1050,79 @@ fn a_privileged_container_made_unprivileged_and_back_boots_each_time() {
         "{}",
         stdout(&out)
     );
+}
+
+/// `~/.config/lxc/default.conf`, where new containers get their map: `exec --default` runs with
+/// it, `ranges` shows it, and `migrate` warns when its target is the range it gives new
+/// containers. As the test user, with HOME pointing at a scratch home.
+fn default_conf_is_read_by_exec_ranges_and_migrate() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let user = env.user();
+    let (a, b) = user.ranges;
+    let sample = tempfile::tempdir().unwrap();
+    let src = sample.path().join("rootfs");
+    build_sample(&src);
+    let c = container(&src, "c1", a, Some(user));
+    let home = c.tmp.path().join("home");
+    let conf_dir = home.join(".config/lxc");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    for p in [&home, &home.join(".config"), &conf_dir] {
+        std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let as_user = |args: &[&str]| {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", &user.name, "--", "env"])
+            .arg(format!("HOME={}", home.display()))
+            .arg(public_bin())
+            .args(args)
+            .current_dir("/");
+        run(&mut cmd)
+    };
+    // No default.conf yet: one line, exit 125, nothing run.
+    assert_one_error_line(
+        &as_user(&["exec", "--default", "--", "true"]),
+        125,
+        "--default: ",
+    );
+    std::fs::write(
+        conf_dir.join("default.conf"),
+        format!("lxc.net.0.type = empty\nlxc.idmap = u 0 {b} 65536\nlxc.idmap = g 0 {b} 65536\n"),
+    )
+    .unwrap();
+    let out = as_user(&["exec", "--default", "--", "cat", "/proc/self/uid_map"]);
+    assert_code(&out, 0);
+    let fields: Vec<String> = stdout(&out)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(fields, ["0", &b.to_string(), "65536"]);
+    let out = as_user(&["ranges", "-P", c.lxcpath.to_str().unwrap()]);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains(&format!("default.conf): u:0:{b}:65536 g:0:{b}:65536")),
+        "{}",
+        stdout(&out)
+    );
+    // Migrating c1 into the range new containers get: warned, once, naming default.conf.
+    let lxcpath = c.lxcpath.to_str().unwrap();
+    let out = as_user(&[
+        "migrate",
+        "c1",
+        "-P",
+        lxcpath,
+        "--to",
+        &b.to_string(),
+        "--dry-run",
+    ]);
+    // 1: the sample's outliers, which an unprivileged shift cannot reach, are listed.
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warning: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("gives new containers"))
+        .collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(warning[0].contains("default.conf"), "{err}");
 }

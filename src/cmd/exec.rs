@@ -90,6 +90,8 @@ fn source(s: &MapSource) -> Source {
         Source::LxcConfig(path.clone())
     } else if let Some(path) = &s.oci_config {
         Source::OciConfig(path.clone())
+    } else if s.default {
+        Source::DefaultConfig(User::current())
     } else if !s.map.is_empty() {
         Source::Specs(s.map.clone())
     } else {

@@ -44,6 +44,9 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
                   means owning host ids 0-65535, which are never delegated: run it with sudo",
         });
     }
+    if let Some(line) = migrate::default_config_warning(&m) {
+        warn(&line);
+    }
     let sharing = migrate::sharing_range(&lxcpath, &m.name, &m.to)?;
     if !sharing.is_empty() && m.from != m.to {
         let line = format!(

@@ -192,6 +192,37 @@ pub fn default_lxcpath() -> PathBuf {
     home.join(".local/share/lxc")
 }
 
+/// LXC's default config for the new containers of the user with uid `uid` (as lxc-create
+/// reads it): `/etc/lxc/default.conf` for root, `~/.config/lxc/default.conf` for other users
+/// (the caller's `$HOME` when it is the caller, else the passwd entry's home).
+pub fn default_config_path(uid: u32) -> Option<PathBuf> {
+    if uid == 0 {
+        return Some(PathBuf::from("/etc/lxc/default.conf"));
+    }
+    let own_home = (uid == nix::unistd::getuid().as_raw())
+        .then(|| std::env::var_os("HOME").filter(|v| !v.is_empty()))
+        .flatten()
+        .map(PathBuf::from);
+    let home = own_home.or_else(|| {
+        nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.dir)
+    })?;
+    Some(home.join(".config/lxc/default.conf"))
+}
+
+/// The default config of the user with uid `uid` and its map, if the file exists: the map, or
+/// why there is none (no `lxc.idmap` lines: new containers would be privileged).
+pub fn default_config(uid: u32) -> Option<(PathBuf, Result<IdMap>)> {
+    let path = default_config_path(uid)?;
+    if !path.exists() {
+        return None;
+    }
+    let map = LxcConfig::read(&path).and_then(|c| c.map());
+    Some((path, map))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

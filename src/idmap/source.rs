@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::lxc::LxcConfig;
 use super::subid::{SubIdFiles, User};
 use super::{IdMap, MapSpec};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One source of a map.
 #[derive(Clone, Debug)]
@@ -21,6 +21,9 @@ pub enum Source {
     OciConfig(PathBuf),
     /// Every range `/etc/subuid` and `/etc/subgid` delegate to this user, from 0 upward.
     Delegated(User),
+    /// The `lxc.idmap` lines of LXC's default config for this user's new containers
+    /// ([`super::lxc::default_config_path`]).
+    DefaultConfig(User),
 }
 
 impl Source {
@@ -32,6 +35,17 @@ impl Source {
             Source::LxcConfig(path) => LxcConfig::read(path)?.map(),
             Source::OciConfig(path) => super::oci::read(path),
             Source::Delegated(user) => SubIdFiles::default().default_map(user),
+            Source::DefaultConfig(user) => match super::lxc::default_config(user.uid) {
+                Some((_, map)) => map,
+                None => Err(Error::Usage(format!(
+                    "--default: {} does not exist (LXC's config for new containers); give -m, \
+                     --container or --lxc-config",
+                    super::lxc::default_config_path(user.uid).map_or_else(
+                        || "~/.config/lxc/default.conf".into(),
+                        |p| p.display().to_string()
+                    )
+                ))),
+            },
         }
     }
 
@@ -40,6 +54,7 @@ impl Source {
         match self {
             Source::Container { lxcpath, name } => Some(lxcpath.join(name).join("config")),
             Source::LxcConfig(path) | Source::OciConfig(path) => Some(path.clone()),
+            Source::DefaultConfig(user) => super::lxc::default_config_path(user.uid),
             Source::Specs(_) | Source::Delegated(_) => None,
         }
     }

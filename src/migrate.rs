@@ -77,20 +77,24 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
 /// `lxc.rootfs.path` (`dir:` prefix or a plain path), else LXC's default `LXCPATH/NAME/rootfs`;
 /// other storage backends are refused.
 pub(crate) fn rootfs_dir(config: &LxcConfig, lxcpath: &Path, name: &str) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
     let Some(value) = &config.rootfs else {
         return Ok(lxcpath.join(name).join("rootfs"));
     };
-    let path = match value.split_once(':') {
-        Some(("dir", path)) => path,
-        Some((backend, _)) if !value.starts_with('/') => {
+    let bytes = value.as_bytes();
+    let path = match bytes.iter().position(|&b| b == b':') {
+        Some(i) if &bytes[..i] == b"dir" => &bytes[i + 1..],
+        Some(i) if !bytes.starts_with(b"/") => {
             return Err(Error::Usage(format!(
-                "container '{name}': rootfs '{value}' uses the {backend} backend; idshift \
-                 migrates directory rootfses (dir:) only"
+                "container '{name}': rootfs '{}' uses the {} backend; idshift handles \
+                 directory rootfses (dir:) only",
+                value.to_string_lossy(),
+                String::from_utf8_lossy(&bytes[..i])
             )))
         }
-        _ => value,
+        _ => bytes,
     };
-    Ok(PathBuf::from(path))
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path)))
 }
 
 /// `from` with container root moved to host id `base`: each kind's entries shift by the offset
@@ -246,20 +250,23 @@ pub fn carry_out(
 }
 
 /// The config text with the new map, or `None` if it already names it.
-pub fn new_config_text(m: &Migration) -> Result<Option<String>> {
+pub fn new_config_text(m: &Migration) -> Result<Option<Vec<u8>>> {
     let path = &m.config.path;
-    let text = crate::idmap::read_config(path)?
+    let text = crate::idmap::read_config_bytes(path)?
         .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    // A map set in an included file is overridden in the config's own file, never edited
+    // there (an include may be shared by many containers).
+    let explicit = m.config.idmap_in_includes;
     let new = match &m.to {
-        View::Map(map) => rewrite_idmap(&text, map),
-        View::Host => without_idmap(&text),
+        View::Map(map) => rewrite_idmap(&text, map, explicit),
+        View::Host => without_idmap(&text, explicit),
     };
     Ok((new != text).then_some(new))
 }
 
 /// Replaces `path` with `text` atomically: a temporary file beside it with the same mode and
 /// owner, written and fsynced, renamed over it, and the directory fsynced.
-pub fn replace_file(path: &Path, text: &str) -> Result<()> {
+pub fn replace_file(path: &Path, text: &[u8]) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -276,7 +283,7 @@ pub fn replace_file(path: &Path, text: &str) -> Result<()> {
         .open(&tmp)
         .map_err(|e| Error::io(&tmp, e))?;
     let written = (|| {
-        f.write_all(text.as_bytes())?;
+        f.write_all(text)?;
         f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
@@ -324,7 +331,8 @@ mod tests {
         let cfg = |v: Option<&str>| LxcConfig {
             path: "c1/config".into(),
             idmap: vec![],
-            rootfs: v.map(str::to_string),
+            idmap_in_includes: false,
+            rootfs: v.map(Into::into),
         };
         let p = Path::new("/l");
         assert_eq!(
@@ -428,7 +436,7 @@ mod tests {
         let path = dir.path().join("config");
         std::fs::write(&path, "old\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        replace_file(&path, "new\n").unwrap();
+        replace_file(&path, b"new\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
         let names: Vec<_> = std::fs::read_dir(dir.path())

@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
         ),
         trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
         trial!(
+            a_map_kept_in_an_include_is_migrated_without_touching_it,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
             default_conf_is_read_by_exec_ranges_and_migrate,
             Need::Root,
             Need::TestUser,
@@ -1125,4 +1130,81 @@ fn default_conf_is_read_by_exec_ranges_and_migrate() {
         .collect();
     assert_eq!(warning.len(), 1, "{err}");
     assert!(warning[0].contains("default.conf"), "{err}");
+}
+
+/// LXC reads `lxc.include`d files in place; a map kept in one (often shared by many containers)
+/// is read, and migrate overrides it in the container's own config, never editing the include.
+/// Configs are read as LXC reads them: a Latin-1 byte is fine, `/dev/zero` is refused at once.
+fn a_map_kept_in_an_include_is_migrated_without_touching_it() {
+    let Some(_) = require!(Root) else { return };
+    let sample = tempfile::tempdir().unwrap();
+    let src = sample.path().join("rootfs");
+    build_sample(&src);
+    let c = container(&src, "c1", 100000, None);
+    let lxcpath = c.lxcpath.to_str().unwrap();
+    let shared = c.lxcpath.join("shared-idmap.conf");
+    let include = b"# caf\xe9: shared by every container of the team\n\
+                    lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n";
+    std::fs::write(&shared, include).unwrap();
+    let own = c.config_now().replace(
+        "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n",
+        &format!("lxc.include = {}\n", shared.display()),
+    );
+    assert!(!own.contains("lxc.idmap"));
+    std::fs::write(&c.config, &own).unwrap();
+    let uid_map = || {
+        let out = run(&mut idshift(&[
+            "exec",
+            "--container",
+            "c1",
+            "-P",
+            lxcpath,
+            "--",
+            "cat",
+            "/proc/self/uid_map",
+        ]));
+        assert_code(&out, 0);
+        stdout(&out)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(uid_map(), ["0", "100000", "65536"]);
+    let out = migrate(&c, None, &["--to", "200000"]);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    assert_eq!(owner(&c.rootfs), (200000, 200000));
+    assert_eq!(
+        std::fs::read(&shared).unwrap(),
+        include,
+        "the include was edited"
+    );
+    assert_eq!(uid_map(), ["0", "200000", "65536"]);
+    let now = c.config_now();
+    assert!(now.starts_with(&own), "the own lines were not kept: {now}");
+    assert!(
+        now.ends_with("lxc.idmap =\nlxc.idmap = u 0 200000 65536\nlxc.idmap = g 0 200000 65536\n"),
+        "{now}"
+    );
+
+    // A Latin-1 byte in a config given by path; /dev/zero refused at once, in one line.
+    let latin1 = c.tmp.path().join("latin1.conf");
+    std::fs::write(
+        &latin1,
+        b"# \xe9t\xe9\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n",
+    )
+    .unwrap();
+    let out = run(&mut idshift(&[
+        "exec",
+        "--lxc-config",
+        latin1.to_str().unwrap(),
+        "--",
+        "true",
+    ]));
+    assert_code(&out, 0);
+    let out = run_limited(
+        &mut idshift(&["exec", "--lxc-config", "/dev/zero", "--", "true"]),
+        std::time::Duration::from_secs(10),
+    )
+    .expect("idshift read /dev/zero for 10 seconds");
+    assert_one_error_line(&out, 125, "/dev/zero: not a regular file");
 }

@@ -1,65 +1,174 @@
 //! LXC container configs: `lxc.idmap = u 0 100000 65536` lines (and the legacy `lxc.id_map`),
 //! found by container name under an lxcpath or given as a file.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::spec::parse_number;
 use super::{IdMap, MapSpec, SpecKind};
 use crate::error::{Error, Result};
 
+/// How deep `lxc.include` may nest (LXC itself has no limit but a loop; a chain this long is a
+/// mistake).
+const MAX_INCLUDE_DEPTH: usize = 16;
+
 /// What idshift reads from a container config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LxcConfig {
     pub path: PathBuf,
-    /// The `lxc.idmap` entries in effect, with their line numbers.
+    /// The `lxc.idmap` entries in effect, with their line numbers (in the file that has them).
     pub idmap: Vec<(usize, MapSpec)>,
-    /// `lxc.rootfs.path` (or the legacy `lxc.rootfs`), as written.
-    pub rootfs: Option<String>,
+    /// Whether an included file has an `lxc.idmap` line (an entry or a clearing one): the map
+    /// is then not the config's own to rewrite in place (see [`rewrite_idmap`]).
+    pub idmap_in_includes: bool,
+    /// `lxc.rootfs.path` (or the legacy `lxc.rootfs`), as written (bytes: a path need not be
+    /// UTF-8).
+    pub rootfs: Option<OsString>,
+}
+
+/// `KEY = VALUE` of a config line, both trimmed; `None` for a blank line, a comment or a line
+/// without `=`. LXC reads configs as bytes: only the keys idshift uses are ASCII.
+fn key_value(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let line = raw.trim_ascii();
+    if line.is_empty() || line.starts_with(b"#") {
+        return None;
+    }
+    let eq = line.iter().position(|&b| b == b'=')?;
+    Some((line[..eq].trim_ascii(), line[eq + 1..].trim_ascii()))
+}
+
+fn is_idmap_key(key: &[u8]) -> bool {
+    key == b"lxc.idmap" || key == b"lxc.id_map"
 }
 
 impl LxcConfig {
-    /// Parses config text; `path` is only for messages.
-    pub fn parse(text: &str, path: &Path) -> Result<LxcConfig> {
-        let mut config = LxcConfig {
+    fn empty(path: &Path) -> LxcConfig {
+        LxcConfig {
             path: path.to_path_buf(),
             idmap: Vec::new(),
+            idmap_in_includes: false,
             rootfs: None,
-        };
-        for (idx, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
+        }
+    }
+
+    /// Parses one file's text without following its `lxc.include` lines; `path` is only for
+    /// messages.
+    pub fn parse(text: impl AsRef<[u8]>, path: &Path) -> Result<LxcConfig> {
+        let mut config = LxcConfig::empty(path);
+        config.apply(text.as_ref(), path, None)?;
+        Ok(config)
+    }
+
+    /// Applies `text` (the file `path`) to what is read so far, in order. With `chain` (the
+    /// files being read, outermost first) `lxc.include` lines are followed where they stand.
+    fn apply(
+        &mut self,
+        text: &[u8],
+        path: &Path,
+        mut chain: Option<&mut Vec<PathBuf>>,
+    ) -> Result<()> {
+        let included = chain.as_ref().is_some_and(|c| c.len() > 1);
+        for (idx, raw) in text.split(|&b| b == b'\n').enumerate() {
+            let Some((key, value)) = key_value(raw) else {
                 continue;
             };
-            let (key, value) = (key.trim(), value.trim());
             let syntax = |reason: String| Error::Syntax {
                 path: path.to_path_buf(),
                 line: idx + 1,
                 reason,
             };
-            match key {
-                "lxc.idmap" | "lxc.id_map" if value.is_empty() => config.idmap.clear(),
-                "lxc.idmap" | "lxc.id_map" => {
-                    config
-                        .idmap
-                        .push((idx + 1, parse_idmap_value(value).map_err(syntax)?));
+            if is_idmap_key(key) {
+                self.idmap_in_includes |= included;
+                if value.is_empty() {
+                    self.idmap.clear();
+                    continue;
                 }
-                "lxc.rootfs.path" | "lxc.rootfs" => {
-                    config.rootfs = (!value.is_empty()).then(|| value.to_string());
+                let value = std::str::from_utf8(value)
+                    .map_err(|_| syntax("lxc.idmap: not ASCII ('u|g NSID HOSTID COUNT')".into()))?;
+                self.idmap
+                    .push((idx + 1, parse_idmap_value(value).map_err(syntax)?));
+            } else if key == b"lxc.rootfs.path" || key == b"lxc.rootfs" {
+                self.rootfs = (!value.is_empty()).then(|| OsStr::from_bytes(value).to_owned());
+            } else if key == b"lxc.include" && !value.is_empty() {
+                if let Some(chain) = chain.as_deref_mut() {
+                    let target = Path::new(OsStr::from_bytes(value));
+                    self.include(target, path, idx + 1, chain)?;
                 }
-                _ => {}
             }
         }
-        Ok(config)
+        Ok(())
     }
 
-    /// Reads and parses a config file.
+    /// Follows `lxc.include = target` of `from`'s line `line`: a directory includes each of its
+    /// `*.conf` files in name order, as LXC does; a file is read in place. A relative path is
+    /// taken from the including file's directory. As with LXC, a missing file is an error but a
+    /// missing directory (a value ending in `/`, like `userns.conf.d/`) includes nothing; a file
+    /// that includes itself (directly or not) is an error.
+    fn include(
+        &mut self,
+        target: &Path,
+        from: &Path,
+        line: usize,
+        chain: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let target = match from.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target.to_path_buf(),
+        };
+        let here = |reason: String| Error::Syntax {
+            path: from.to_path_buf(),
+            line,
+            reason,
+        };
+        if !target.exists() && target.as_os_str().as_bytes().ends_with(b"/") {
+            return Ok(());
+        }
+        let files = if target.is_dir() {
+            let entries = std::fs::read_dir(&target).map_err(|e| Error::io(&target, e))?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension() == Some(OsStr::new("conf")) && p.is_file())
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![target]
+        };
+        for file in files {
+            let real = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            if chain.contains(&real) || chain.len() > MAX_INCLUDE_DEPTH {
+                let names: Vec<String> = chain
+                    .iter()
+                    .chain(std::iter::once(&real))
+                    .map(|p| p.display().to_string())
+                    .collect();
+                return Err(here(format!(
+                    "lxc.include loop (or deeper than {MAX_INCLUDE_DEPTH}): {}",
+                    names.join(" -> ")
+                )));
+            }
+            let text = super::read_config_bytes(&file)?
+                .ok_or_else(|| here(format!("lxc.include {}: no such file", file.display())))?;
+            chain.push(real);
+            self.apply(&text, &file, Some(chain))?;
+            chain.pop();
+        }
+        Ok(())
+    }
+
+    /// Reads a config file, following its `lxc.include` lines as LXC does.
     pub fn read(path: &Path) -> Result<LxcConfig> {
-        let text = super::read_config(path)?
+        let text = super::read_config_bytes(path)?
             .ok_or_else(|| Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
-        LxcConfig::parse(&text, path)
+        LxcConfig::load(&text, path)
+    }
+
+    fn load(text: &[u8], path: &Path) -> Result<LxcConfig> {
+        let mut config = LxcConfig::empty(path);
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        config.apply(text, path, Some(&mut vec![real]))?;
+        Ok(config)
     }
 
     /// Reads the config of container `name` under `lxcpath`.
@@ -68,8 +177,8 @@ impl LxcConfig {
             return Err(Error::Usage(format!("invalid container name '{name}'")));
         }
         let path = lxcpath.join(name).join("config");
-        match super::read_config(&path)? {
-            Some(text) => LxcConfig::parse(&text, &path),
+        match super::read_config_bytes(&path)? {
+            Some(text) => LxcConfig::load(&text, &path),
             None => Err(Error::Usage(format!(
                 "container '{name}' not found: no {}",
                 path.display()
@@ -90,59 +199,73 @@ impl LxcConfig {
     }
 }
 
-/// `text` with its `lxc.idmap` (and `lxc.id_map`) lines replaced by `map`'s entries: they go
-/// where the first such line was, with its key spelling and indentation; every other line,
-/// comment and blank line stays as it was, in order.
-pub fn rewrite_idmap(text: &str, map: &IdMap) -> String {
-    let mut out = String::with_capacity(text.len() + 64);
-    let mut written = false;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        let key = trimmed.split_once('=').map(|(k, _)| k.trim());
-        match key {
-            Some(key @ ("lxc.idmap" | "lxc.id_map")) if !trimmed.starts_with('#') => {
+/// `text` (a config's own file) with its `lxc.idmap` (and `lxc.id_map`) lines replaced by
+/// `map`'s entries. In place: where the first such line was, with its key spelling and
+/// indentation; every other line, comment and blank line stays as it was, byte for byte. With
+/// `explicit` (an included file has `lxc.idmap` lines, which must not be edited: it may be
+/// shared) the own lines are removed and, at the end — after every include —, an `lxc.idmap =`
+/// line clears what the includes set, followed by the new lines.
+pub fn rewrite_idmap(text: &[u8], map: &IdMap, explicit: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 64);
+    let mut written = explicit;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        match key_value(line) {
+            Some((key, _)) if is_idmap_key(key) => {
                 if !written {
-                    push_idmap_lines(&mut out, &line[..line.len() - trimmed.len()], key, map);
+                    let indent = line.len() - line.trim_ascii_start().len();
+                    push_idmap_lines(&mut out, &line[..indent], key, map);
                     written = true;
                 }
             }
-            _ => out.push_str(line),
+            _ => out.extend_from_slice(line),
         }
     }
-    if !written {
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
+    if explicit || !written {
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
         }
-        push_idmap_lines(&mut out, "", "lxc.idmap", map);
+        if explicit {
+            out.extend_from_slice(b"lxc.idmap =\n");
+        }
+        push_idmap_lines(&mut out, b"", b"lxc.idmap", map);
     }
     out
 }
 
 /// `text` without its `lxc.idmap` (and `lxc.id_map`) lines: a privileged container's config.
-/// Every other line stays as it was, in order.
-pub fn without_idmap(text: &str) -> String {
-    text.split_inclusive('\n')
-        .filter(|line| {
-            let trimmed = line.trim_start();
-            trimmed.starts_with('#')
-                || !matches!(
-                    trimmed.split_once('=').map(|(k, _)| k.trim()),
-                    Some("lxc.idmap" | "lxc.id_map")
-                )
-        })
-        .collect()
+/// Every other line stays as it was, in order. With `explicit` (an included file has
+/// `lxc.idmap` lines) an `lxc.idmap =` line at the end clears what they set.
+pub fn without_idmap(text: &[u8], explicit: bool) -> Vec<u8> {
+    let mut out: Vec<u8> = text
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| !key_value(line).is_some_and(|(key, _)| is_idmap_key(key)))
+        .flatten()
+        .copied()
+        .collect();
+    if explicit {
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"lxc.idmap =\n");
+    }
+    out
 }
 
 /// `{indent}{key} = u 0 100000 65536`, one line per entry of `map`.
-fn push_idmap_lines(out: &mut String, indent: &str, key: &str, map: &IdMap) {
+fn push_idmap_lines(out: &mut Vec<u8>, indent: &[u8], key: &[u8], map: &IdMap) {
     for e in map.all_entries() {
-        out.push_str(&format!(
-            "{indent}{key} = {} {} {} {}\n",
-            e.kind().letter(),
-            e.ns_start(),
-            e.host_start(),
-            e.count()
-        ));
+        out.extend_from_slice(indent);
+        out.extend_from_slice(key);
+        out.extend_from_slice(
+            format!(
+                " = {} {} {} {}\n",
+                e.kind().letter(),
+                e.ns_start(),
+                e.host_start(),
+                e.count()
+            )
+            .as_bytes(),
+        );
     }
 }
 
@@ -231,14 +354,141 @@ mod tests {
         LxcConfig::parse(text, Path::new("c1/config"))
     }
 
+    /// [`rewrite_idmap`] in place, on text.
+    fn rw(text: &str, map: &IdMap) -> String {
+        String::from_utf8(rewrite_idmap(text.as_bytes(), map, false)).unwrap()
+    }
+
+    fn without(text: &str) -> String {
+        String::from_utf8(without_idmap(text.as_bytes(), false)).unwrap()
+    }
+
+    fn rootfs(c: &LxcConfig) -> Option<&str> {
+        c.rootfs.as_deref().map(|p| p.to_str().unwrap())
+    }
+
+    #[test]
+    fn a_latin1_byte_is_read_and_kept() {
+        let text = b"# caf\xe9 (Latin-1)\nlxc.idmap = u 0 100000 65536\nlxc.rootfs.path = dir:/srv/\xe9t\xe9\n";
+        let c = LxcConfig::parse(text, Path::new("c1/config")).unwrap();
+        assert_eq!(c.map().unwrap().to_string(), "u:0:100000:65536");
+        assert_eq!(
+            c.rootfs.as_deref().unwrap().as_bytes(),
+            b"dir:/srv/\xe9t\xe9"
+        );
+        let map = IdMap::parse_list("u:0:200000:65536").unwrap();
+        assert_eq!(
+            rewrite_idmap(text, &map, false),
+            b"# caf\xe9 (Latin-1)\nlxc.idmap = u 0 200000 65536\nlxc.rootfs.path = dir:/srv/\xe9t\xe9\n"
+        );
+        let err = LxcConfig::parse(b"lxc.idmap = u 0 1\xe9 1\n", Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c:1: lxc.idmap: not ASCII"), "{err}");
+    }
+
+    /// Writes `files` (relative path, text) under a fresh directory.
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn includes_are_followed_in_place_files_and_directories_of_conf() {
+        let t = tree(&[
+            ("c1/config", "lxc.idmap = u 0 1 1\nlxc.include = common.conf\nlxc.include = d\nlxc.idmap = g 0 300000 65536\n"),
+            ("c1/common.conf", "lxc.idmap =\nlxc.idmap = u 0 100000 65536\n"),
+            ("c1/d/10-b.conf", "lxc.idmap =\nlxc.idmap = u 0 200000 65536\n"),
+            ("c1/d/02-a.conf", "lxc.idmap = u 0 999 1\n"),
+            ("c1/d/notes.txt", "lxc.idmap = this is not read\n"),
+        ]);
+        let c = LxcConfig::read(&t.path().join("c1/config")).unwrap();
+        // 02-a before 10-b (name order), whose clearing line wipes everything before it.
+        assert_eq!(
+            c.map().unwrap().to_string(),
+            "u:0:200000:65536 g:0:300000:65536"
+        );
+        assert!(c.idmap_in_includes);
+        // parse() alone does not follow includes.
+        let text = std::fs::read(t.path().join("c1/config")).unwrap();
+        let own = LxcConfig::parse(&text, Path::new("c1/config")).unwrap();
+        assert_eq!(own.map().unwrap().to_string(), "u:0:1:1 g:0:300000:65536");
+        assert!(!own.idmap_in_includes);
+    }
+
+    #[test]
+    fn include_loops_and_missing_files_are_refused() {
+        let t = tree(&[
+            ("a.conf", "lxc.include = b.conf\n"),
+            ("b.conf", "lxc.arch = x\nlxc.include = a.conf\n"),
+            ("m.conf", "lxc.include = /nonexistent/idshift.conf\n"),
+            (
+                "n.conf",
+                "lxc.include = /nonexistent/idshift.conf.d/\nlxc.idmap = u 0 1 1\n",
+            ),
+        ]);
+        let err = LxcConfig::read(&t.path().join("a.conf"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("b.conf:2: lxc.include loop"), "{err}");
+        assert!(
+            err.contains("a.conf -> ") && err.contains("b.conf -> "),
+            "{err}"
+        );
+        let err = LxcConfig::read(&t.path().join("m.conf"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.conf:1: lxc.include /nonexistent/idshift.conf: no such file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_map_from_an_include_is_overridden_in_the_own_config() {
+        let t = tree(&[
+            (
+                "c1/config",
+                "lxc.include = shared.conf\nlxc.uts.name = c1\n",
+            ),
+            (
+                "c1/shared.conf",
+                "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n",
+            ),
+        ]);
+        let config = t.path().join("c1/config");
+        let c = LxcConfig::read(&config).unwrap();
+        assert!(c.idmap_in_includes);
+        let map = IdMap::parse_list("b:0:200000:65536").unwrap();
+        let new = rewrite_idmap(&std::fs::read(&config).unwrap(), &map, true);
+        assert_eq!(
+            String::from_utf8_lossy(&new),
+            "lxc.include = shared.conf\nlxc.uts.name = c1\nlxc.idmap =\n\
+             lxc.idmap = u 0 200000 65536\nlxc.idmap = g 0 200000 65536\n"
+        );
+        std::fs::write(&config, &new).unwrap();
+        assert_eq!(LxcConfig::read(&config).unwrap().map().unwrap(), map);
+        // Idempotent: the same rewrite again changes nothing.
+        assert_eq!(rewrite_idmap(&new, &map, true), new);
+        // To the host view: the include's lines cleared, none added.
+        let host = without_idmap(&new, true);
+        std::fs::write(&config, &host).unwrap();
+        assert!(LxcConfig::read(&config).unwrap().idmap.is_empty());
+    }
+
     #[test]
     fn without_idmap_drops_only_the_idmap_lines() {
         let text = "# lxc.idmap = u 0 1 1 (a comment stays)\nlxc.arch = linux64\n  lxc.idmap = u 0 100000 65536\nlxc.id_map = g 0 100000 65536\nlxc.idmapx = kept\nlxc.uts.name = c1";
         assert_eq!(
-            without_idmap(text),
+            without(text),
             "# lxc.idmap = u 0 1 1 (a comment stays)\nlxc.arch = linux64\nlxc.idmapx = kept\nlxc.uts.name = c1"
         );
-        assert_eq!(without_idmap("lxc.arch = x\n"), "lxc.arch = x\n");
+        assert_eq!(without("lxc.arch = x\n"), "lxc.arch = x\n");
     }
 
     #[test]
@@ -259,7 +509,7 @@ mod tests {
         );
         assert_eq!(c.idmap[0].0, 5);
         assert_eq!(
-            c.rootfs.as_deref(),
+            rootfs(&c),
             Some("dir:/home/alice/.local/share/lxc/c1/rootfs")
         );
     }
@@ -316,7 +566,7 @@ mod tests {
                     lxc.rootfs.path = dir:/c1/rootfs\n\
                     lxc.uts.name = c1";
         let map = IdMap::parse_list("u:0:200000:65536 g:0:200000:65536").unwrap();
-        let new = rewrite_idmap(text, &map);
+        let new = rw(text, &map);
         assert_eq!(
             new,
             "# Template used to create this container\n\
@@ -330,18 +580,18 @@ mod tests {
         );
         let back = parse(&new).unwrap();
         assert_eq!(back.map().unwrap(), map);
-        assert_eq!(back.rootfs.as_deref(), Some("dir:/c1/rootfs"));
+        assert_eq!(rootfs(&back), Some("dir:/c1/rootfs"));
     }
 
     #[test]
     fn rewrite_keeps_the_legacy_key_and_adds_lines_when_there_were_none() {
         let map = IdMap::parse_list("u:0:1:2").unwrap();
         assert_eq!(
-            rewrite_idmap("  lxc.id_map=u 0 5 2\nlxc.id_map = g 0 5 2\n", &map),
+            rw("  lxc.id_map=u 0 5 2\nlxc.id_map = g 0 5 2\n", &map),
             "  lxc.id_map = u 0 1 2\n"
         );
         assert_eq!(
-            rewrite_idmap("lxc.arch = x", &map),
+            rw("lxc.arch = x", &map),
             "lxc.arch = x\nlxc.idmap = u 0 1 2\n"
         );
     }

@@ -507,10 +507,23 @@ impl fmt::Display for IdMap {
 /// The most a config file (LXC config, OCI config.json) may hold; a larger one is refused.
 pub const MAX_CONFIG: u64 = 4 << 20;
 
-/// Reads a config file as text, bounded: it must be a regular file (a FIFO, a device such as
-/// `/dev/zero`, or a directory is refused without blocking or reading) of at most
-/// [`MAX_CONFIG`] bytes. `Ok(None)` when it does not exist.
+/// Reads a config file as UTF-8 text (an OCI `config.json`), bounded as
+/// [`read_config_bytes`] reads it. `Ok(None)` when it does not exist.
 pub fn read_config(path: &std::path::Path) -> crate::error::Result<Option<String>> {
+    let bad = |why: &str| crate::error::Error::Usage(format!("{}: {why}", path.display()));
+    match read_config_bytes(path)? {
+        None => Ok(None),
+        Some(bytes) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| bad("not UTF-8 text")),
+    }
+}
+
+/// Reads a config file as bytes (LXC reads its configs so: a Latin-1 comment is fine), bounded:
+/// it must be a regular file (a FIFO, a device such as `/dev/zero`, or a directory is refused
+/// without blocking or reading) of at most [`MAX_CONFIG`] bytes. `Ok(None)` when it does not
+/// exist.
+pub fn read_config_bytes(path: &std::path::Path) -> crate::error::Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let bad = |why: &str| crate::error::Error::Usage(format!("{}: {why}", path.display()));
@@ -536,9 +549,7 @@ pub fn read_config(path: &std::path::Path) -> crate::error::Result<Option<String
     if bytes.len() as u64 > MAX_CONFIG {
         return Err(bad(&format!("larger than {MAX_CONFIG} bytes")));
     }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| bad("not UTF-8 text"))
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]

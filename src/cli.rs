@@ -115,6 +115,18 @@ pub enum Command {
         force: bool,
     },
 
+    /// List the LXC containers of the lxcpath(s): state, the map each config names, the view
+    /// recorded on each rootfs, an unfinished shift, and whether config and rootfs agree.
+    ///
+    /// Read-only. A container that cannot be read is listed with the reason.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  idshift list\n  \
+                      sudo idshift list -P /var/lib/lxc -P /srv/lxc --json\n  \
+                      idshift list --names  # for scripts and completions"
+    )]
+    List(ListArgs),
+
     /// List the subordinate ranges delegated to USER (default: you), the ranges USER's LXC
     /// containers use, overlaps between containers, and the first free 65536 block.
     Ranges(RangesArgs),
@@ -213,6 +225,22 @@ pub struct MountArgs {
     /// as ids not delegated to that user; says what it overrides.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Where the containers are; repeat for more [default: ~/.local/share/lxc, /var/lib/lxc for
+    /// root].
+    #[arg(short = 'P', long = "lxcpath", value_name = "DIR")]
+    pub lxcpath: Vec<PathBuf>,
+
+    /// Print the list as JSON.
+    #[arg(long, conflicts_with = "names")]
+    pub json: bool,
+
+    /// Print the names only, one per line.
+    #[arg(long)]
+    pub names: bool,
 }
 
 #[derive(Debug, Args)]

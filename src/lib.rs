@@ -18,6 +18,7 @@ pub mod container;
 pub mod error;
 pub mod idmap;
 pub mod inuse;
+pub mod list;
 pub mod migrate;
 pub mod mount;
 pub mod policy;

@@ -38,6 +38,31 @@ pub struct DefaultConfig {
     pub error: Option<String>,
 }
 
+/// LXC's default config for the new containers of the user with uid `uid`, if it exists.
+pub fn default_config_of(uid: u32) -> Option<DefaultConfig> {
+    crate::idmap::lxc::default_config(uid).map(|(path, map)| {
+        let (map, error) = match map {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        DefaultConfig { path, map, error }
+    })
+}
+
+impl DefaultConfig {
+    /// `  new containers (PATH): MAP`, or why it has none.
+    pub fn line(&self) -> String {
+        let path = crate::report::escape_path(&self.path);
+        match (&self.map, &self.error) {
+            (Some(m), _) => format!("  new containers ({path}): {m}\n"),
+            (None, e) => format!(
+                "  new containers ({path}): {}\n",
+                e.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
 /// Another user's delegation that shares ids with one of the user's ranges: files of either
 /// user's containers there belong to both.
 #[derive(Clone, Debug, Serialize)]
@@ -155,22 +180,13 @@ fn uncovered(r: IdRange, delegated: &[IdRange]) -> bool {
 
 /// The containers under `lxcpath`, sorted by name: every directory with a `config`.
 pub(crate) fn containers(lxcpath: &Path) -> Result<Vec<(String, Result<IdMap>)>> {
-    let entries = match std::fs::read_dir(lxcpath) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(lxcpath, e)),
-    };
-    let mut out: Vec<(String, Result<IdMap>)> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("config").is_file())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
+    Ok(crate::list::names(lxcpath)?
+        .into_iter()
+        .map(|name| {
             let map = LxcConfig::for_container(lxcpath, &name).and_then(|c| c.map());
             (name, map)
         })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+        .collect())
 }
 
 /// Gathers the report for `user`, whose containers live under `lxcpath`.
@@ -253,13 +269,7 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
         containers: report,
         overlaps,
         shared_with_others,
-        default_config: crate::idmap::lxc::default_config(user.uid).map(|(path, map)| {
-            let (map, error) = match map {
-                Ok(m) => (Some(m), None),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            DefaultConfig { path, map, error }
-        }),
+        default_config: default_config_of(user.uid),
         first_free_block,
     })
 }

@@ -89,6 +89,17 @@ pub fn ser_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&escape_path(path))
 }
 
+/// `serialize_with` for an optional path: as [`ser_path`], or `null`.
+pub fn ser_opt_path<S: serde::Serializer>(
+    path: &Option<std::path::PathBuf>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => ser_path(p, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// `serialize_with` for a list of paths.
 pub fn ser_paths<S: serde::Serializer>(
     paths: &[std::path::PathBuf],

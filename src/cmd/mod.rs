@@ -6,6 +6,7 @@ mod completions;
 mod demo;
 mod exec;
 mod interrupt;
+mod list;
 mod man;
 mod migrate;
 mod mount;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Shift(args) => status_of(shift::run(args)),
         Command::Migrate(args) => status_of(migrate::run(args)),
         Command::Status(args) => status_of(status::run(args).map(|()| 0)),
+        Command::List(args) => status_of(list::run(args).map(|()| 0)),
         Command::Ranges(args) => status_of(ranges::run(args).map(|()| 0)),
         Command::Mount(args) => status_of(mount::run(args).map(|()| 0)),
         Command::Umount { dst, force } => status_of(mount::umount(&dst, force).map(|()| 0)),

@@ -342,7 +342,15 @@ pub fn default_config(uid: u32) -> Option<(PathBuf, Result<IdMap>)> {
     if !path.exists() {
         return None;
     }
-    let map = LxcConfig::read(&path).and_then(|c| c.map());
+    let map = LxcConfig::read(&path).and_then(|c| {
+        if c.idmap.is_empty() {
+            Err(Error::Usage(
+                "privileged (no lxc.idmap lines: new containers use host ids)".into(),
+            ))
+        } else {
+            c.map()
+        }
+    });
     Some((path, map))
 }
 

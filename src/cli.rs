@@ -172,6 +172,12 @@ pub struct MigrateArgs {
     #[arg(long, num_args = 1.., value_name = "MAP", value_parser = MapSpec::from_str)]
     pub to_map: Vec<MapSpec>,
 
+    /// Also shift the directories the container bind-mounts (lxc.mount.entry … bind) whose
+    /// owner lies in the old map, after the rootfs and before the config is rewritten; one
+    /// that another container also mounts is refused. Without it they are listed and left.
+    #[arg(long)]
+    pub with_mounts: bool,
+
     /// Where the containers are [default: ~/.local/share/lxc, /var/lib/lxc for root].
     #[arg(short = 'P', long = "lxcpath", value_name = "DIR")]
     pub lxcpath: Option<PathBuf>,

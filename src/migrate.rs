@@ -170,6 +170,70 @@ pub fn sharing_range(lxcpath: &Path, name: &str, view: &View) -> Result<Vec<Stri
         .collect())
 }
 
+/// A directory the container bind-mounts (`lxc.mount.entry … bind`) whose owner lies in the
+/// map it is moved from: its files are the container's, and stay in the old range unless
+/// shifted with the rootfs (`--with-mounts`).
+#[derive(Clone, Debug)]
+pub struct BindSource {
+    pub path: PathBuf,
+    /// Other containers of the lxcpath that bind-mount the same directory: shifting it would
+    /// take it from them.
+    pub shared_with: Vec<String>,
+}
+
+/// The bind-mount sources of `m`'s container owned by its old map (none when it moves from the
+/// host view: every directory of the host is "owned" by that).
+pub fn bind_sources(m: &Migration, lxcpath: &Path) -> Vec<BindSource> {
+    use std::os::unix::fs::MetadataExt;
+    let View::Map(from) = &m.from else {
+        return Vec::new();
+    };
+    let inverse = from.inverse();
+    let identity = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .filter(|meta| meta.is_dir())
+            .map(|meta| (meta.dev(), meta.ino(), meta.uid()))
+    };
+    let binds = |config: &LxcConfig| -> Vec<PathBuf> {
+        config
+            .mount_entries
+            .iter()
+            .filter(|e| e.is_bind() && e.source.is_absolute())
+            .map(|e| e.source.clone())
+            .collect()
+    };
+    let others: Vec<(String, Vec<(u64, u64)>)> = crate::list::names(lxcpath)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|name| name != &m.name)
+        .filter_map(|name| {
+            let config = LxcConfig::for_container(lxcpath, &name).ok()?;
+            let ids = binds(&config)
+                .iter()
+                .filter_map(|p| identity(p).map(|(dev, ino, _)| (dev, ino)))
+                .collect();
+            Some((name, ids))
+        })
+        .collect();
+    let mut out: Vec<BindSource> = Vec::new();
+    for path in binds(&m.config) {
+        let Some((dev, ino, uid)) = identity(&path) else {
+            continue;
+        };
+        if inverse.to_host(IdKind::Uid, uid).is_none() || out.iter().any(|b| b.path == path) {
+            continue;
+        }
+        let shared_with = others
+            .iter()
+            .filter(|(_, ids)| ids.contains(&(dev, ino)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        out.push(BindSource { path, shared_with });
+    }
+    out
+}
+
 /// Whether `a` and `b` map some host id of the same kind.
 fn shares_host_ids(a: &IdMap, b: &IdMap) -> bool {
     a.all_entries().any(|e| {
@@ -333,6 +397,7 @@ mod tests {
             idmap: vec![],
             idmap_in_includes: false,
             rootfs: v.map(Into::into),
+            mount_entries: vec![],
         };
         let p = Path::new("/l");
         assert_eq!(

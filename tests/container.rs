@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
         ),
         trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
         trial!(
+            a_bind_mount_source_is_listed_and_shifted_with_mounts,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
             a_map_kept_in_an_include_is_migrated_without_touching_it,
             Need::Root,
             Need::ScratchXattrs
@@ -1207,4 +1212,77 @@ fn a_map_kept_in_an_include_is_migrated_without_touching_it() {
     )
     .expect("idshift read /dev/zero for 10 seconds");
     assert_one_error_line(&out, 125, "/dev/zero: not a regular file");
+}
+
+/// A directory the container bind-mounts (lxc.mount.entry … bind) owned by its old range: a
+/// migrate names it and leaves it; with --with-mounts it is shifted with the rootfs, before the
+/// config; one that another container also mounts is refused with --with-mounts.
+fn a_bind_mount_source_is_listed_and_shifted_with_mounts() {
+    let Some(_) = require!(Root) else { return };
+    let sample = tempfile::tempdir().unwrap();
+    let src = sample.path().join("rootfs");
+    build_sample(&src);
+    let c = container(&src, "c1", 100000, None);
+    let lxcpath = c.lxcpath.to_str().unwrap();
+    let data = c.tmp.path().join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/file"), "x").unwrap();
+    let d = data.to_str().unwrap();
+    assert_code(
+        &run(&mut idshift(&[
+            "shift",
+            d,
+            "b:0:100000:65536",
+            "--progress",
+            "never",
+        ])),
+        0,
+    );
+    let entry = format!("lxc.mount.entry = {d} srv/data none bind,create=dir 0 0\n");
+    std::fs::write(&c.config, c.config_now() + &entry).unwrap();
+
+    // Without --with-mounts: named, left alone.
+    let out = migrate(&c, None, &["--to", "200000"]);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    let warned: Vec<_> = stderr(&out)
+        .lines()
+        .filter(|l| l.contains("bind-mount source") && l.contains("--with-mounts"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", stderr(&out));
+    assert_eq!(owner(&data.join("sub/file")), (100000, 100000));
+
+    // The user moves the source along by hand; now it is in the old range again.
+    assert_code(
+        &run(&mut idshift(&[
+            "shift",
+            d,
+            "--from",
+            "b:0:100000:65536",
+            "--to",
+            "b:0:200000:65536",
+            "--progress",
+            "never",
+        ])),
+        0,
+    );
+    // Shared with another container: refused with --with-mounts, nothing changed.
+    std::fs::create_dir_all(c.lxcpath.join("c2/rootfs")).unwrap();
+    std::fs::write(
+        c.lxcpath.join("c2/config"),
+        config_text(&c.lxcpath, "c2", 700000) + &entry,
+    )
+    .unwrap();
+    let out = migrate(&c, None, &["--to", "300000", "--with-mounts"]);
+    assert_one_error_line(&out, 3, "also mounted by container(s) c2");
+    assert_eq!(owner(&c.rootfs), (200000, 200000));
+    assert_eq!(owner(&data.join("sub/file")), (200000, 200000));
+    std::fs::remove_dir_all(c.lxcpath.join("c2")).unwrap();
+
+    // Alone again: --with-mounts moves the rootfs and the source, then the config.
+    let out = migrate(&c, None, &["--to", "400000", "--with-mounts"]);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    assert_eq!(owner(&c.rootfs), (400000, 400000));
+    assert_eq!(owner(&data.join("sub/file")), (400000, 400000));
+    assert!(c.config_now().contains("lxc.idmap = u 0 400000 65536"));
 }

@@ -85,8 +85,46 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
         &warn,
     )?;
     refuse_in_use(&m.rootfs, Some((&lxcpath, &m.name)), c.force)?;
+    let binds = if m.from == m.to {
+        Vec::new()
+    } else {
+        migrate::bind_sources(&m, &lxcpath)
+    };
+    for b in &binds {
+        let path = escape_path(&b.path);
+        if !args.with_mounts {
+            warn(&format!(
+                "container '{}': bind-mount source {path} (lxc.mount.entry) is owned by the old \
+                 map and is left as it is: --with-mounts shifts it too",
+                m.name
+            ));
+        } else if !b.shared_with.is_empty() {
+            return Err(Error::Refused(format!(
+                "container '{}': bind-mount source {path} is also mounted by container(s) {}: \
+                 shifting it would take it from them; migrate without --with-mounts",
+                m.name,
+                b.shared_with.join(", ")
+            )));
+        } else {
+            policy::check(
+                &policy::Subject {
+                    what: format!("container '{}'", m.name),
+                    owners: vec![&m.config.path, &container_dir, &lxcpath],
+                    paths: vec![&b.path],
+                    rootfs_within: None,
+                    maps: Vec::new(),
+                },
+                c.force,
+                &warn,
+            )?;
+        }
+    }
+    let binds: Vec<std::path::PathBuf> = if args.with_mounts {
+        binds.into_iter().map(|b| b.path).collect()
+    } else {
+        Vec::new()
+    };
     let outcome = migrate::carry_out(&m, c.dry_run, |m| {
-        let opts = options(m.rootfs.clone(), m.from.clone(), m.to.clone(), c);
         let interrupted = if c.dry_run {
             "interrupted: nothing was changed (a dry run)".to_string()
         } else {
@@ -96,7 +134,15 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
                 m.name, m.from
             )
         };
-        shift_where_allowed(&opts, c, interrupted)
+        // The rootfs, then each bind-mount source asked for; the config only after all.
+        for dir in std::iter::once(&m.rootfs).chain(&binds) {
+            let opts = options(dir.clone(), m.from.clone(), m.to.clone(), c);
+            let code = shift_where_allowed(&opts, c, interrupted.clone())?;
+            if code != 0 {
+                return Ok(code);
+            }
+        }
+        Ok(0)
     })?;
     let config = escape_path(&m.config.path);
     let note = match outcome {

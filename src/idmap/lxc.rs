@@ -2,7 +2,7 @@
 //! found by container name under an lxcpath or given as a file.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::spec::parse_number;
@@ -25,6 +25,71 @@ pub struct LxcConfig {
     /// `lxc.rootfs.path` (or the legacy `lxc.rootfs`), as written (bytes: a path need not be
     /// UTF-8).
     pub rootfs: Option<OsString>,
+    /// `lxc.mount.entry` lines in effect (an empty value clears them, as LXC does).
+    pub mount_entries: Vec<MountEntry>,
+}
+
+/// One `lxc.mount.entry = SOURCE TARGET TYPE OPTIONS [DUMP PASS]` (fstab fields; `\040` and the
+/// other octal escapes decoded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub fstype: String,
+    pub options: Vec<String>,
+}
+
+impl MountEntry {
+    /// `SRC TGT TYPE OPTS ...`, or `None` for fewer than four fields.
+    fn parse(value: &[u8]) -> Option<MountEntry> {
+        let mut fields = value
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty())
+            .map(unescape_fstab);
+        let source = PathBuf::from(OsString::from_vec(fields.next()?));
+        let target = PathBuf::from(OsString::from_vec(fields.next()?));
+        let fstype = String::from_utf8_lossy(&fields.next()?).into_owned();
+        let options = String::from_utf8_lossy(&fields.next()?)
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        Some(MountEntry {
+            source,
+            target,
+            fstype,
+            options,
+        })
+    }
+
+    /// A bind mount (`bind` or `rbind` among the options): its source is a host path.
+    pub fn is_bind(&self) -> bool {
+        self.options.iter().any(|o| o == "bind" || o == "rbind")
+    }
+}
+
+/// An fstab field with `\NNN` octal escapes (`\040` for a space) decoded.
+fn unescape_fstab(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// `KEY = VALUE` of a config line, both trimmed; `None` for a blank line, a comment or a line
@@ -49,6 +114,7 @@ impl LxcConfig {
             idmap: Vec::new(),
             idmap_in_includes: false,
             rootfs: None,
+            mount_entries: Vec::new(),
         }
     }
 
@@ -90,6 +156,12 @@ impl LxcConfig {
                     .push((idx + 1, parse_idmap_value(value).map_err(syntax)?));
             } else if key == b"lxc.rootfs.path" || key == b"lxc.rootfs" {
                 self.rootfs = (!value.is_empty()).then(|| OsStr::from_bytes(value).to_owned());
+            } else if key == b"lxc.mount.entry" {
+                if value.is_empty() {
+                    self.mount_entries.clear();
+                } else if let Some(entry) = MountEntry::parse(value) {
+                    self.mount_entries.push(entry);
+                }
             } else if key == b"lxc.include" && !value.is_empty() {
                 if let Some(chain) = chain.as_deref_mut() {
                     let target = Path::new(OsStr::from_bytes(value));
@@ -487,6 +559,22 @@ mod tests {
         let host = without_idmap(&new, true);
         std::fs::write(&config, &host).unwrap();
         assert!(LxcConfig::read(&config).unwrap().idmap.is_empty());
+    }
+
+    #[test]
+    fn mount_entries_are_read_with_fstab_escapes_and_cleared_by_an_empty_line() {
+        let c = parse(
+            "lxc.mount.entry = /old none bind 0 0\nlxc.mount.entry =\n\
+             lxc.mount.entry = /srv/my\\040data srv/data none bind,create=dir 0 0\n\
+             lxc.mount.entry = proc proc proc nodev,noexec 0 0\nlxc.mount.entry = short\n",
+        )
+        .unwrap();
+        assert_eq!(c.mount_entries.len(), 2);
+        let data = &c.mount_entries[0];
+        assert_eq!(data.source, Path::new("/srv/my data"));
+        assert_eq!(data.target, Path::new("srv/data"));
+        assert!(data.is_bind());
+        assert!(!c.mount_entries[1].is_bind());
     }
 
     #[test]

@@ -1223,7 +1223,6 @@ fn a_bind_mount_source_is_listed_and_shifted_with_mounts() {
     let src = sample.path().join("rootfs");
     build_sample(&src);
     let c = container(&src, "c1", 100000, None);
-    let lxcpath = c.lxcpath.to_str().unwrap();
     let data = c.tmp.path().join("data");
     std::fs::create_dir_all(data.join("sub")).unwrap();
     std::fs::write(data.join("sub/file"), "x").unwrap();

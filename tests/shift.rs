@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
             Need::Root
         ),
         trial!(paths_longer_than_path_max, Need::Root),
+        trial!(a_huge_flat_directory_is_shifted_whole_in_chunks, Need::Root),
         trial!(
             stays_on_its_mount_unless_told,
             Need::Root,
@@ -413,6 +414,75 @@ fn swapping_a_directory_for_a_symlink_mid_walk_cannot_escape() {
 }
 
 // 7: paths longer than PATH_MAX work.
+/// One directory of 20000 files and 40 subdirectories (its entries are read a getdents call at
+/// a time and handed out in chunks to every thread): every inode is shifted once, setuid bits
+/// and hardlinks across chunks included, with one thread and with several, and back.
+fn a_huge_flat_directory_is_shifted_whole_in_chunks() {
+    let Some(_) = require!(Root) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("rootfs");
+    let flat = root.join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(flat.join(format!("f{i:05}")), "").unwrap();
+        if i % 500 == 0 {
+            std::fs::create_dir(flat.join(format!("d{i:05}"))).unwrap();
+            std::fs::write(flat.join(format!("d{i:05}/inner")), "").unwrap();
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(flat.join("f00007"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    // Hardlinks whose names land in different chunks.
+    std::fs::hard_link(flat.join("f00001"), flat.join("g-link-1")).unwrap();
+    std::fs::hard_link(flat.join("f19999"), flat.join("a-link-2")).unwrap();
+    let not_owned_by = |uid: u32| {
+        let listing = run(std::process::Command::new("find").arg(&root).args([
+            "-not",
+            "-uid",
+            &uid.to_string(),
+            "-o",
+            "-not",
+            "-gid",
+            &uid.to_string(),
+        ]));
+        stdout(&listing)
+    };
+    for threads in ["1", "4"] {
+        let out = shift(&root, &["b:0:100000:65536", "--threads", threads, "--json"]);
+        assert_code(&out, 0);
+        let summary = json(&out);
+        // 20000 files + 2 links seen again, 40 dirs + 40 inner files, flat, the root.
+        assert_eq!(summary["inodes"], 20_000 + 2 + 40 + 40 + 2, "{summary}");
+        assert_eq!(summary["hardlinks_skipped"], 2, "{summary}");
+        assert_eq!(
+            not_owned_by(100000),
+            "",
+            "{threads} threads: inodes left unshifted"
+        );
+        let m = std::fs::metadata(flat.join("f00007")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o4755);
+        let status = run(&mut idshift(&[
+            "status",
+            root.to_str().unwrap(),
+            "--json",
+            "--threads",
+            threads,
+        ]));
+        assert_code(&status, 0);
+        let status = json(&status);
+        // status counts names: the two links too.
+        assert_eq!(status["inodes"], 20_000 + 2 + 40 + 40 + 2, "{status}");
+        assert_eq!(status["setuid_files"], 1);
+        let out = shift(&root, &["-r", "b:0:100000:65536", "--threads", threads]);
+        assert_code(&out, 0);
+        assert_eq!(
+            not_owned_by(0),
+            "",
+            "{threads} threads: inodes left unshifted back"
+        );
+    }
+}
+
 fn paths_longer_than_path_max() {
     let Some(_) = require!(Root) else { return };
     use nix::fcntl::{openat, OFlag};

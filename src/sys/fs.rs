@@ -359,26 +359,50 @@ pub struct DirEntry {
 }
 
 /// Reads every entry of a directory but `.` and `..`, with `getdents64`.
-///
-/// # References
-///  - [Linux](https://man7.org/linux/man-pages/man2/getdents64.2.html)
 pub fn read_dir(dir: BorrowedFd) -> Result<Vec<DirEntry>, Errno> {
+    let mut reader = DirReader::new(dir);
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
+    while let Some(batch) = reader.next_batch()? {
+        out.extend(batch);
+    }
+    Ok(out)
+}
+
+/// A directory read a `getdents64` call at a time (about a thousand entries), so that a huge
+/// directory is never held whole.
+pub struct DirReader<'fd> {
+    dir: BorrowedFd<'fd>,
+    buf: Vec<u8>,
+}
+
+impl<'fd> DirReader<'fd> {
+    pub fn new(dir: BorrowedFd<'fd>) -> Self {
+        DirReader {
+            dir,
+            buf: vec![0u8; 32 * 1024],
+        }
+    }
+
+    /// The next entries (never `.` or `..`; possibly none from one call), or `None` at the end.
+    ///
+    /// # References
+    ///  - [getdents64(2)](https://man7.org/linux/man-pages/man2/getdents64.2.html)
+    pub fn next_batch(&mut self) -> Result<Option<Vec<DirEntry>>, Errno> {
+        let buf = &mut self.buf;
         // SAFETY: `buf` is writable for its length; the kernel fills it with linux_dirent64 records.
         let n = unsafe {
             libc::syscall(
                 libc::SYS_getdents64,
-                dir.as_raw_fd(),
+                self.dir.as_raw_fd(),
                 buf.as_mut_ptr(),
                 buf.len(),
             )
         };
         let n = Errno::result(n)? as usize;
         if n == 0 {
-            return Ok(out);
+            return Ok(None);
         }
+        let mut out = Vec::new();
         let mut off = 0;
         while off < n {
             // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
@@ -395,6 +419,7 @@ pub fn read_dir(dir: BorrowedFd) -> Result<Vec<DirEntry>, Errno> {
             }
             off += reclen;
         }
+        Ok(Some(out))
     }
 }
 

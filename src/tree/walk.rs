@@ -2,8 +2,12 @@
 //! followed, staying on the root's mount unless told otherwise.
 //!
 //! Each directory is one rayon task: it opens itself (`O_NOFOLLOW` under its parent's fd),
-//! checks its mount, reads its entries, hands the visitor its own inode and every non-directory
-//! entry as one batch, and spawns a task per subdirectory. A task keeps only its parent's fd
+//! checks its mount, reads its entries a `getdents64` call at a time, spawns a task per
+//! subdirectory, and hands the visitor its own inode and its non-directory entries in batches.
+//! A directory's first [`CHUNK`] entries are its own task's; every further [`CHUNK`] is a task
+//! of its own, run by any thread, so that one huge directory keeps every thread busy, while at
+//! most [`CHUNKS_IN_FLIGHT`] chunks per directory wait (the reader works through one itself
+//! when that many do), so its listing is never held whole. A task keeps only its parent's fd
 //! (shared) and its name until it runs, so the fds open at once stay few.
 //!
 //! A walk that someone else changes under it can miss entries: a directory moved, mid-walk,
@@ -69,7 +73,8 @@ pub trait Visitor: Sync {
     /// Looks at one inode; may push work for the end of its directory's batch.
     fn visit(&self, at: At<'_>, stat: &Stat, batch: &mut Vec<Self::Item>);
 
-    /// Runs once per directory, after its own inode and every non-directory entry.
+    /// Runs once per batch of a directory's inodes (its own inode is in the first one; a large
+    /// directory's entries come in several batches, finished on any thread, in any order).
     fn finish(&self, dir: BorrowedFd<'_>, dir_path: &Path, batch: Vec<Self::Item>);
 
     /// A failure that stops the walk at one inode or directory.
@@ -82,6 +87,12 @@ pub trait Visitor: Sync {
     /// no longer where it was): what was moved into it may not have been visited.
     fn changed(&self, path: PathBuf);
 }
+
+/// Non-directory entries handed to the visitor in one batch.
+pub const CHUNK: usize = 1024;
+
+/// Chunks of one directory waiting for a thread before its reader processes one itself.
+pub const CHUNKS_IN_FLIGHT: usize = 64;
 
 /// A directory as the walk found it, to be looked at again at the end.
 struct Seen {
@@ -129,25 +140,79 @@ impl<V: Visitor> Walk<'_, V> {
             dir_path: &path,
         };
         self.visitor.visit(here, &st, &mut batch);
-        let entries = match sysfs::read_dir(fd.as_fd()) {
-            Ok(e) => e,
-            Err(e) => {
-                self.visitor.error(path.to_path_buf(), "read directory", e);
-                self.visitor.finish(fd.as_fd(), &path, batch);
-                return;
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut names: Vec<CString> = Vec::new();
+        let mut reader = sysfs::DirReader::new(fd.as_fd());
+        loop {
+            let entries = match reader.next_batch() {
+                Ok(Some(entries)) => entries,
+                Ok(None) => break,
+                Err(e) => {
+                    self.visitor.error(path.to_path_buf(), "read directory", e);
+                    break;
+                }
+            };
+            for entry in entries {
+                if entry.kind == libc::DT_DIR {
+                    self.spawn_subdir(scope, &fd, &path, entry.name);
+                } else {
+                    names.push(entry.name);
+                }
             }
-        };
-        for entry in entries {
-            if entry.kind == libc::DT_DIR {
-                self.spawn_subdir(scope, &fd, &path, entry.name);
-                continue;
+            // The first chunk stays with this task (with the directory's own inode); the
+            // others go to any thread, or are done here when enough already wait.
+            while names.len() >= 2 * CHUNK {
+                let chunk: Vec<CString> = names.drain(names.len() - CHUNK..).collect();
+                self.hand_out(scope, &fd, &path, chunk, &in_flight);
             }
+        }
+        self.entries(scope, &fd, &path, names, &mut batch);
+        self.visitor.finish(fd.as_fd(), &path, batch);
+    }
+
+    /// `chunk` as a task of its own, or done here when [`CHUNKS_IN_FLIGHT`] already wait.
+    fn hand_out<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        fd: &Arc<OwnedFd>,
+        path: &Arc<PathBuf>,
+        chunk: Vec<CString>,
+        in_flight: &Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::Ordering;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= CHUNKS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let mut batch = Vec::new();
+            self.entries(scope, fd, path, chunk, &mut batch);
+            self.visitor.finish(fd.as_fd(), path, batch);
+            return;
+        }
+        let (fd, path, in_flight) = (Arc::clone(fd), Arc::clone(path), Arc::clone(in_flight));
+        scope.spawn(move |scope| {
+            let mut batch = Vec::new();
+            self.entries(scope, &fd, &path, chunk, &mut batch);
+            self.visitor.finish(fd.as_fd(), &path, batch);
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    /// Stats and visits non-directory entries of `fd` (a directory found among them, whose
+    /// type `getdents` did not say or which replaced the entry since, is walked as one).
+    fn entries<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        fd: &Arc<OwnedFd>,
+        path: &Arc<PathBuf>,
+        names: Vec<CString>,
+        batch: &mut Vec<V::Item>,
+    ) {
+        for name in names {
             let at = At {
                 dir: fd.as_fd(),
-                name: Some(&entry.name),
-                dir_path: &path,
+                name: Some(&name),
+                dir_path: path,
             };
-            let st = match sysfs::statx(fd.as_fd(), Some(&entry.name)) {
+            let st = match sysfs::statx(fd.as_fd(), Some(&name)) {
                 Ok(st) => st,
                 Err(Errno::ENOENT) => continue, // gone since readdir
                 Err(e) => {
@@ -157,16 +222,15 @@ impl<V: Visitor> Walk<'_, V> {
             };
             if st.is_dir() {
                 // DT_UNKNOWN, or replaced by a directory since readdir.
-                self.spawn_subdir(scope, &fd, &path, entry.name);
+                self.spawn_subdir(scope, fd, path, name);
                 continue;
             }
             if !self.same_mount(&st) {
                 self.visitor.mount_skipped(at.path());
                 continue;
             }
-            self.visitor.visit(at, &st, &mut batch);
+            self.visitor.visit(at, &st, batch);
         }
-        self.visitor.finish(fd.as_fd(), &path, batch);
     }
 
     fn spawn_subdir<'s>(

@@ -352,7 +352,8 @@ pub struct ShiftCommon {
     #[arg(short = 'n', long)]
     pub dry_run: bool,
 
-    /// Worker threads [default: all cores].
+    /// Worker threads [default: 8 per core, 4 to 64: a walk waits on the disk more than on the
+    /// CPU when the tree is not cached].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 
@@ -412,7 +413,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Worker threads [default: all cores].
+    /// Worker threads [default: 8 per core, 4 to 64: a walk waits on the disk more than on the
+    /// CPU when the tree is not cached].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
 

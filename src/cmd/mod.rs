@@ -135,12 +135,17 @@ fn refuse_in_use(dir: &Path, container: Option<(&Path, &str)>, force: bool) -> R
     )))
 }
 
-/// The number of threads asked for, else one per CPU.
+/// The number of threads asked for, else 8 per CPU (at least 4, at most 64).
+///
+/// A walk's threads mostly wait on the disk when the tree is not in the page cache (the usual
+/// case for a rootfs shifted once): measured on 2 cores and a 200k-inode tree, one thread per
+/// core took 1.3 s cold where 16 took 0.82 s (64: 0.82 s), while warm 16 cost ~2% more than 2.
 fn threads(asked: Option<u16>) -> usize {
     asked.map(usize::from).unwrap_or_else(|| {
-        std::thread::available_parallelism()
+        let cores = std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1);
+        (cores * 8).clamp(4, 64)
     })
 }
 

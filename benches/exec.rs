@@ -4,10 +4,11 @@
 //! `idshift-test`, as `.ci/setup-test-env` creates it). Each case runs `IDSHIFT_BENCH_RUNS` times
 //! (default 300), the cases interleaved round-robin so that drift hits all alike; the table gives
 //! the median and mean wall time per run and the ratios the targets are about:
-//! - maps written directly: `idshift exec` vs `unshare --map-root-user` (target: close to 1);
+//! - maps written directly: `idshift exec` vs `unshare --map-root-user` (target ≤ 1.15: no supervisor, as unshare);
 //! - through newuidmap/newgidmap: `idshift exec` vs `lxc-usernsexec` (target: ≤ 1).
 //!
 //! Cases whose tool is missing, or that need root or the test user, are skipped with a reason.
+//! `IDSHIFT_BENCH_BIN=/path/to/idshift` measures another build (before/after figures).
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -65,7 +66,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let idshift = env!("CARGO_BIN_EXE_idshift").to_string();
+    // IDSHIFT_BENCH_BIN: another idshift to measure (e.g. the build before a change).
+    let idshift = std::env::var("IDSHIFT_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_idshift").to_string());
     let runs: usize = std::env::var("IDSHIFT_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -19,16 +19,21 @@ use crate::userns::{self, ExecSpec, Mapper};
 /// Runs the command; its exit status, or 125/126/127 when idshift or the exec failed.
 pub fn run(args: ExecArgs) -> ExitCode {
     let map_self = args.map_self || args.rootfs.is_some();
+    // Looked at in the host view, before idshift enters the namespace (where the caller's
+    // directories show as owned by the overflow id): the 0700 directory a refusal would be
+    // about. A few stats, only of the command's own path.
+    let private_dir = match args.command.first() {
+        Some(program) if !map_self => private_dir_on_the_way(&program.to_string_lossy()),
+        _ => None,
+    };
     match exec(args) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             // Refused on the way, or (searched along PATH) not seen from the namespace at all.
             let hint = match &err {
                 Error::Exec { program, errno } if !map_self => match errno {
-                    nix::errno::Errno::EACCES => private_dir_on_the_way(program),
-                    nix::errno::Errno::ENOENT if !program.contains('/') => {
-                        private_dir_on_the_way(program)
-                    }
+                    nix::errno::Errno::EACCES => private_dir.clone(),
+                    nix::errno::Errno::ENOENT if !program.contains('/') => private_dir.clone(),
                     _ => None,
                 },
                 _ => None,

@@ -1,5 +1,10 @@
 //! `idshift exec`: run a command as in-container root in a new user namespace.
 //!
+//! A plain `exec` has no supervisor ([`exec_direct`]): idshift unshares the namespace itself,
+//! a forked helper writes its maps from the parent namespace, and idshift becomes the command,
+//! as `unshare` does. Where a process must stay outside (`--rootfs`, with its PID 1, terminal
+//! relay and a new session; the unprivileged shift's `call`) it is:
+//!
 //! fork → the child `unshare(CLONE_NEWUSER)`s and says so → the parent writes the child's maps
 //! (directly or through newuidmap/newgidmap, `mapper.rs`) and says go → the child drops
 //! supplementary groups, `setresgid`/`setresuid`s to the ids asked for and `execvp`s the
@@ -24,7 +29,7 @@ mod signals;
 mod spec;
 mod terminal;
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -59,11 +64,22 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
         .map(|a| CString::new(a.as_bytes()))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Usage("a command argument contains a NUL byte".into()))?;
+    let ids = Ids {
+        uid: spec.uid.filter(|_| spec.map.has(IdKind::Uid)),
+        gid: spec.gid.filter(|_| spec.map.has(IdKind::Gid)),
+        setgroups: spec.map.has(IdKind::Gid) && mapper.setgroups_allowed(&spec.map),
+    };
+    let describe = Describe {
+        uid: spec.uid,
+        gid: spec.gid,
+        program: Some(spec.command[0].to_string_lossy().into_owned()),
+        rootfs: spec.rootfs.clone(),
+    };
     let (action, host) = match &spec.rootfs {
         None => {
             // The environment the command inherits is the caller's: `execvp` searches its PATH.
             let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-            (Action::Exec { argv: &argv, path }, None)
+            return exec_direct(&spec.map, mapper, ids, &argv, &path, &describe);
         }
         Some(dir) => {
             let (terminal, host) = terminal::plan()?.unzip();
@@ -72,26 +88,106 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
             (Action::ExecIn(&argv, Box::new(plan)), host)
         }
     };
-    let plan = ChildPlan {
-        ids: Ids {
-            uid: spec.uid.filter(|_| spec.map.has(IdKind::Uid)),
-            gid: spec.gid.filter(|_| spec.map.has(IdKind::Gid)),
-            setgroups: spec.map.has(IdKind::Gid) && mapper.setgroups_allowed(&spec.map),
-        },
-        action,
-    };
-    let describe = Describe {
-        uid: spec.uid,
-        gid: spec.gid,
-        program: Some(spec.command[0].to_string_lossy().into_owned()),
-        rootfs: spec.rootfs.clone(),
-    };
-    let relay = match (&spec.rootfs, host) {
-        (None, _) => Relay::Signals(KernelSignals::Skip),
-        (Some(_), None) => Relay::Signals(KernelSignals::Forward),
-        (Some(_), Some(host)) => Relay::Terminal(host),
+    let plan = ChildPlan { ids, action };
+    let relay = match host {
+        None => Relay::Signals(KernelSignals::Forward),
+        Some(host) => Relay::Terminal(host),
     };
     launch(&spec.map, mapper, plan, &describe, relay)
+}
+
+/// A plain `exec` without a supervisor, as `unshare` does it: idshift makes the namespace
+/// itself, a forked helper writes its maps from the parent namespace, and idshift becomes the
+/// command. Signals, job control and the exit status are then the command's own, with nothing
+/// to forward. Only returns on failure, and then the command never ran (or could not be
+/// executed: [`Error::Exec`]).
+///
+/// The helper waits for a byte saying the namespace exists (end of file: idshift failed and it
+/// just exits), writes the maps (directly or through newuidmap/newgidmap) and answers one NUL
+/// byte, or the error's text. It dies with idshift (`PR_SET_PDEATHSIG`) and is reaped before
+/// the command runs, so the command never inherits a child.
+fn exec_direct(
+    map: &IdMap,
+    mapper: &Mapper,
+    ids: Ids,
+    argv: &[CString],
+    path: &OsStr,
+    describe: &Describe,
+) -> Result<i32> {
+    use nix::fcntl::OFlag;
+    use nix::unistd::{pipe2, read, write, ForkResult};
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e));
+    let ((go_r, go_w), (answer_r, answer_w)) = (pipe()?, pipe()?);
+    let me = nix::unistd::getpid();
+    match sys::fork().map_err(|e| Error::sys("fork", e))? {
+        ForkResult::Child => {
+            drop((go_w, answer_r));
+            if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+                || nix::unistd::getppid() != me
+            {
+                sys::exit_now(0);
+            }
+            let mut byte = [0u8; 1];
+            if read(&go_r, &mut byte) != Ok(1) {
+                sys::exit_now(0);
+            }
+            let answer = match mapper.write(me, map) {
+                Ok(()) => vec![0u8],
+                Err(e) => e.to_string().into_bytes(),
+            };
+            let _ = write(&answer_w, &answer);
+            sys::exit_now(0)
+        }
+        ForkResult::Parent { child } => {
+            drop((go_r, answer_w));
+            let reap = || {
+                let _ = nix::sys::wait::waitpid(child, None);
+            };
+            if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+                drop(go_w);
+                reap();
+                return Err(describe.stage_error(Stage::Unshare, e));
+            }
+            let _ = write(&go_w, b"1");
+            drop(go_w);
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 512];
+            loop {
+                match read(&answer_r, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(Error::sys("reading the map writer's answer", e)),
+                }
+            }
+            reap();
+            match answer.as_slice() {
+                [0] => {}
+                [] => {
+                    return Err(Error::Mapping(
+                        "the map writer died before it answered".into(),
+                    ))
+                }
+                text => return Err(Error::Mapping(String::from_utf8_lossy(text).into_owned())),
+            }
+            let step =
+                |stage: Stage, r: nix::Result<()>| r.map_err(|e| describe.stage_error(stage, e));
+            if let Some(gid) = ids.gid {
+                if ids.setgroups {
+                    step(Stage::Setgroups, nix::unistd::setgroups(&[]))?;
+                }
+                let gid = nix::unistd::Gid::from_raw(gid);
+                step(Stage::Setresgid, nix::unistd::setresgid(gid, gid, gid))?;
+            }
+            if let Some(uid) = ids.uid {
+                let uid = nix::unistd::Uid::from_raw(uid);
+                step(Stage::Setresuid, nix::unistd::setresuid(uid, uid, uid))?;
+            }
+            step(Stage::Prepare, sys::default_sigpipe())?;
+            let Err(e) = nix::unistd::execvp(&argv[0], argv);
+            Err(describe.stage_error(Stage::Exec, exec_errno(&argv[0], e, path)))
+        }
+    }
 }
 
 /// What idshift does while the command runs.
@@ -214,8 +310,6 @@ fn launch(
 
 /// What the child does once its maps are written.
 enum Action<'a> {
-    /// `execvp` the command (`path`: the caller's `PATH`, which `execvp` searches).
-    Exec { argv: &'a [CString], path: OsString },
     /// Enter the rootfs (mount and PID namespaces, `/proc`, `/dev`, pivot_root), then run the
     /// command as PID 2 under a small PID 1 that forwards signals and reaps.
     ExecIn(&'a [CString], Box<RootfsPlan>),
@@ -239,13 +333,6 @@ fn child_main(plan: ChildPlan, channel: Channel, old_mask: &SigSet, parent: Pid)
     };
     let status = channel.enter(dir, flags);
     match plan.action {
-        Action::Exec { argv, path } => {
-            status.become_ids(plan.ids);
-            // After the id changes, which clear it: the command dies with idshift.
-            status.prepare_exec(old_mask, parent);
-            let Err(e) = nix::unistd::execvp(&argv[0], argv);
-            status.fail(Stage::Exec, exec_errno(&argv[0], e, &path))
-        }
         Action::ExecIn(argv, rootfs) => {
             status.die_with(parent);
             // Out of the caller's session: only idshift is in it (and gets what its terminal

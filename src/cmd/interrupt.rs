@@ -5,8 +5,7 @@
 //! signals are blocked in every thread started after it and read by one thread of its own,
 //! which prints the notice and then ends the process by the same signal, as the shell expects.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -18,7 +17,8 @@ use crate::report;
 
 /// Prints a text if the process is interrupted while it lives.
 pub struct Notice {
-    stop: Arc<AtomicBool>,
+    /// Closed to end the watch at once (its thread polls the other end with the signalfd).
+    wake: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
     old_mask: SigSet,
 }
@@ -37,27 +37,39 @@ impl Notice {
             Some(&set),
             Some(&mut old_mask),
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
+        let watch_parts = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
             .ok()
-            .map(|fd| {
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || watch(&fd, &stop, &text))
-            });
+            .zip(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok());
+        let (wake, thread) = match watch_parts {
+            Some((fd, (woken, wake))) => {
+                let thread = std::thread::spawn(move || watch(&fd, &woken, &text));
+                (Some(wake), Some(thread))
+            }
+            None => (None, None),
+        };
         Notice {
-            stop,
+            wake,
             thread,
             old_mask,
         }
     }
 }
 
-/// Waits for a signal on `fd` until `stop`; on one, prints `text` and dies of it.
-fn watch(fd: &SignalFd, stop: &AtomicBool, text: &str) {
-    while !stop.load(Relaxed) {
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        if !matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0) {
-            continue;
+/// Waits for a signal on `fd` until `woken` reads end of file (the [`Notice`] is dropped); on
+/// a signal, prints `text` and dies of it.
+fn watch(fd: &SignalFd, woken: &OwnedFd, text: &str) {
+    loop {
+        let mut fds = [
+            PollFd::new(fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(woken.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        if fds[1].any().unwrap_or(true) {
+            return;
         }
         if let Ok(Some(info)) = fd.read_signal() {
             if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
@@ -70,7 +82,9 @@ fn watch(fd: &SignalFd, stop: &AtomicBool, text: &str) {
 
 impl Drop for Notice {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
+        // Closing the write end wakes the watch now (it used to poll every 100 ms, and a
+        // shift's end waited for the next tick).
+        drop(self.wake.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -140,30 +140,34 @@ impl<V: Visitor> Walk<'_, V> {
             dir_path: &path,
         };
         self.visitor.visit(here, &st, &mut batch);
-        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut in_flight: Option<Arc<std::sync::atomic::AtomicUsize>> = None;
         let mut names: Vec<CString> = Vec::new();
-        let mut reader = sysfs::DirReader::new(fd.as_fd());
-        loop {
-            let entries = match reader.next_batch() {
-                Ok(Some(entries)) => entries,
-                Ok(None) => break,
-                Err(e) => {
-                    self.visitor.error(path.to_path_buf(), "read directory", e);
-                    break;
+        {
+            let mut reader = sysfs::DirReader::new(fd.as_fd());
+            loop {
+                let entries = match reader.next_batch() {
+                    Ok(Some(entries)) => entries,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.visitor.error(path.to_path_buf(), "read directory", e);
+                        break;
+                    }
+                };
+                names.reserve(entries.len());
+                for entry in entries {
+                    if entry.kind == libc::DT_DIR {
+                        self.spawn_subdir(scope, &fd, &path, entry.name);
+                    } else {
+                        names.push(entry.name);
+                    }
                 }
-            };
-            for entry in entries {
-                if entry.kind == libc::DT_DIR {
-                    self.spawn_subdir(scope, &fd, &path, entry.name);
-                } else {
-                    names.push(entry.name);
+                // The first chunk stays with this task (with the directory's own inode); the
+                // others go to any thread, or are done here when enough already wait.
+                while names.len() >= 2 * CHUNK {
+                    let chunk: Vec<CString> = names.drain(names.len() - CHUNK..).collect();
+                    let counter = in_flight.get_or_insert_with(Default::default);
+                    self.hand_out(scope, &fd, &path, chunk, counter);
                 }
-            }
-            // The first chunk stays with this task (with the directory's own inode); the
-            // others go to any thread, or are done here when enough already wait.
-            while names.len() >= 2 * CHUNK {
-                let chunk: Vec<CString> = names.drain(names.len() - CHUNK..).collect();
-                self.hand_out(scope, &fd, &path, chunk, &in_flight);
             }
         }
         self.entries(scope, &fd, &path, names, &mut batch);

@@ -178,6 +178,17 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub with_mounts: bool,
 
+    /// Keep the rootfs in the host view and have LXC idmap it with the container's map
+    /// (`lxc.rootfs.options = idmap=container`; root, a filesystem with idmapped mounts). The
+    /// first time the rootfs is shifted to the host view; after that a migrate only rewrites the
+    /// lxc.idmap lines, touching no inode.
+    #[arg(long, conflicts_with = "no_idmapped")]
+    pub idmapped: bool,
+
+    /// Return an idmapped container to a shifted rootfs (and drop idmap=container).
+    #[arg(long)]
+    pub no_idmapped: bool,
+
     /// Where the containers are [default: ~/.local/share/lxc, /var/lib/lxc for root].
     #[arg(short = 'P', long = "lxcpath", value_name = "DIR")]
     pub lxcpath: Option<PathBuf>,

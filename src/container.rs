@@ -48,6 +48,16 @@ impl Container {
         }
     }
 
+    /// The view its rootfs is kept in on disk: the host view when LXC idmaps it
+    /// (`lxc.rootfs.options = idmap=container`), else [`view`](Self::view).
+    pub fn rootfs_view(&self) -> Result<View> {
+        if self.config.rootfs_idmapped() {
+            Ok(View::Host)
+        } else {
+            self.view()
+        }
+    }
+
     /// The container's map; a privileged container has none (an error naming its config).
     pub fn map(&self) -> Result<IdMap> {
         self.config.map()

@@ -45,6 +45,8 @@ pub struct Entry {
     /// Whether the rootfs is in the configured view (the recorded view decides, else the owner
     /// of its root); `null` when it cannot tell (a shift pending, the rootfs unreadable).
     pub agrees: Option<bool>,
+    /// Whether LXC idmaps the rootfs (`idmap=container`): it is kept in the host view.
+    pub idmapped: bool,
     /// Why something could not be read.
     pub error: Option<String>,
 }
@@ -106,10 +108,13 @@ fn entry(lxcpath: &Path, name: &str) -> Entry {
         recorded: None,
         pending: None,
         agrees: None,
+        idmapped: false,
         error: None,
     };
-    let found = Container::open(lxcpath, name).and_then(|c| c.view().map(|v| (c, v)));
-    let (c, configured) = match found {
+    let found = Container::open(lxcpath, name)
+        .and_then(|c| Ok((c.view()?, c.rootfs_view()?, c)))
+        .map(|(configured, on_disk, c)| (c, configured, on_disk));
+    let (c, configured, on_disk) = match found {
         Ok(found) => found,
         Err(err) => {
             e.error = Some(err.to_string());
@@ -117,7 +122,10 @@ fn entry(lxcpath: &Path, name: &str) -> Entry {
         }
     };
     e.rootfs = Some(c.rootfs.clone());
-    e.configured = Some(configured.clone());
+    e.configured = Some(configured);
+    e.idmapped = c.config.rootfs_idmapped();
+    // What the rootfs should hold: the host view when LXC idmaps it.
+    let configured = on_disk;
     let tree = match Tree::open(&c.rootfs) {
         Ok(tree) => tree,
         Err(err) => {
@@ -162,6 +170,7 @@ impl List {
             let view = |v: &Option<View>| v.as_ref().map_or("-".to_string(), View::to_string);
             let configured = match &e.configured {
                 Some(View::Host) => "privileged (host)".to_string(),
+                v if e.idmapped => format!("{} (idmapped)", view(v)),
                 v => view(v),
             };
             rows.push([

@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::idmap::lxc::{rewrite_idmap, without_idmap, LxcConfig};
+use crate::idmap::lxc::{rewrite_idmap, with_rootfs_idmap, without_idmap, LxcConfig};
 use crate::idmap::subid::{SubIdFiles, User};
 use crate::idmap::{IdKind, IdMap, IdMapEntry, BLOCK};
 use crate::shift::{self, state, View};
@@ -37,6 +37,37 @@ pub struct Migration {
     /// The view the config names now: its map, or the host view for a privileged container.
     pub from: View,
     pub to: View,
+    /// The view the rootfs is in now and the one it goes to: the config's, except for a
+    /// container LXC mounts through an idmapped mount (`idmap=container`), whose rootfs stays
+    /// in the host view.
+    pub rootfs_from: View,
+    pub rootfs_to: View,
+    /// Whether the config will have `lxc.rootfs.options = idmap=container`.
+    pub idmapped: bool,
+}
+
+impl Migration {
+    /// The same migration with the rootfs kept in the host view and LXC idmapping it
+    /// (`Some(true)`, `--idmapped`), or shifted into the map as usual (`Some(false)`,
+    /// `--no-idmapped`); `None` keeps what the config says.
+    pub fn idmapped(mut self, want: Option<bool>) -> Result<Migration> {
+        let want = want.unwrap_or(self.idmapped);
+        if want && self.to == View::Host {
+            return Err(Error::Usage(format!(
+                "container '{}': --idmapped needs a map to idmap the rootfs with; --to host makes \
+                 the container privileged (give --no-idmapped)",
+                self.name
+            )));
+        }
+        self.idmapped = want;
+        self.rootfs_to = if want { View::Host } else { self.to.clone() };
+        Ok(self)
+    }
+
+    /// Whether this migration changes no inode: only the config is rewritten.
+    pub fn config_only(&self) -> bool {
+        self.rootfs_from == self.rootfs_to
+    }
 }
 
 /// Reads the container's config, finds its rootfs, refuses a running container, and works out
@@ -56,21 +87,32 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
             config.path.display()
         )));
     }
+    let idmapped = config.rootfs_idmapped();
+    let rootfs_from = if idmapped { View::Host } else { from.clone() };
+    // An idmapped container's rootfs stays in the host view: no unfinished target to find.
+    let resumed = match (target, idmapped) {
+        (Target::Auto, false) => unfinished_target(&rootfs, &from)?,
+        _ => None,
+    };
     let to = match target {
         Target::Host => View::Host,
         Target::Map(map) => View::Map(map.clone()),
         Target::Base(base) => View::Map(moved(&from, *base)?),
-        Target::Auto => match unfinished_target(&rootfs, &from)? {
+        Target::Auto => match resumed {
             Some(view) => view,
             None => View::Map(moved(&from, free_block(lxcpath)?)?),
         },
     };
+    let rootfs_to = if idmapped { View::Host } else { to.clone() };
     Ok(Migration {
         name: name.to_string(),
         config,
         rootfs,
         from,
         to,
+        rootfs_from,
+        rootfs_to,
+        idmapped,
     })
 }
 
@@ -297,7 +339,7 @@ pub fn carry_out(
     dry_run: bool,
     shift_rootfs: impl FnOnce(&Migration) -> Result<u8>,
 ) -> Result<Outcome> {
-    if m.from != m.to {
+    if !m.config_only() {
         let code = shift_rootfs(m)?;
         if code != 0 {
             return Ok(Outcome::ShiftUnfinished(code));
@@ -324,6 +366,11 @@ pub fn new_config_text(m: &Migration) -> Result<Option<Vec<u8>>> {
     let new = match &m.to {
         View::Map(map) => rewrite_idmap(&text, map, explicit),
         View::Host => without_idmap(&text, explicit),
+    };
+    let new = if m.idmapped != m.config.rootfs_idmapped() {
+        with_rootfs_idmap(&new, m.idmapped)
+    } else {
+        new
     };
     Ok((new != text).then_some(new))
 }
@@ -398,6 +445,7 @@ mod tests {
             idmap_in_includes: false,
             rootfs: v.map(Into::into),
             mount_entries: vec![],
+            rootfs_options: vec![],
         };
         let p = Path::new("/l");
         assert_eq!(

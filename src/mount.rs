@@ -278,6 +278,17 @@ impl Record {
     }
 }
 
+/// Whether `dir` can be shown through an idmapped mount with `map`: the mount is made and
+/// dropped without being attached anywhere (what LXC's `idmap=container` will need).
+pub fn probe(map: &IdMap, dir: &Path) -> Result<()> {
+    require_root("an idmapped mount")?;
+    let tree = sys::mount::open_tree_clone(&cstring(dir)?, false)
+        .map_err(|e| Error::sys(format!("{}: cannot clone the mount", dir.display()), e))?;
+    let userns = userns::namespace_fd(map, &Mapper::default())?;
+    sys::mount::set_idmap(tree.as_fd(), userns.as_fd(), false, Setuid::Ignored)
+        .map_err(|errno| refusal(dir, false, errno))
+}
+
 /// Why the kernel refused to idmap `src`, naming the filesystem types involved.
 fn refusal(src: &Path, recursive: bool, errno: Errno) -> Error {
     let mounts = mountinfo().unwrap_or_default();

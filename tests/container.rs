@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
         ),
         trial!(migrate_error_paths, Need::Root, Need::ScratchXattrs),
         trial!(
+            migrate_idmapped_round_trip_boots_and_touches_no_inode_after_the_first,
+            Need::Root,
+            Need::Rootfs
+        ),
+        trial!(
             a_bind_mount_source_is_listed_and_shifted_with_mounts,
             Need::Root,
             Need::ScratchXattrs
@@ -1284,4 +1289,113 @@ fn a_bind_mount_source_is_listed_and_shifted_with_mounts() {
     assert_eq!(owner(&c.rootfs), (400000, 400000));
     assert_eq!(owner(&data.join("sub/file")), (400000, 400000));
     assert!(c.config_now().contains("lxc.idmap = u 0 400000 65536"));
+}
+
+/// `migrate --idmapped`: the rootfs goes to the host view once and LXC idmaps it
+/// (`idmap=container`); the container boots and sees passwd as root's and setuid. A second
+/// migrate rewrites the config only (no inode's ctime moves); `--no-idmapped` gives back a
+/// shifted rootfs that boots without the option.
+fn migrate_idmapped_round_trip_boots_and_touches_no_inode_after_the_first() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(_) = require!(Root) else { return };
+    let Some(src) = test_rootfs() else { return };
+    if !on_path("lxc-start") {
+        skip("LXC is not installed (run .ci/setup-test-env)");
+    }
+    let Some(base) = root_range() else {
+        skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
+    };
+    let c = container(&src, "im1", base, None);
+    let config = c.config_now().replace(
+        "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
+        "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
+    );
+    std::fs::write(&c.config, &config).unwrap();
+    let log = c.tmp.path().join("lxc.log");
+    let boots_with_passwd_root_setuid = |c: &Container| {
+        let out = lxc(
+            "lxc-start",
+            c,
+            &["-d", "-l", "INFO", "-o", log.to_str().unwrap()],
+        );
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .collect();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "lxc-start: {errors:#?}\n{}",
+            c.config_now()
+        );
+        let _started = Started(c);
+        let out = lxc(
+            "lxc-attach",
+            c,
+            &["--", "stat", "-c", "%u:%g %a", "/usr/bin/passwd"],
+        );
+        assert_eq!(stdout(&out), "0:0 4755\n", "{}\n{text}", stderr(&out));
+    };
+    let passwd = c.rootfs.join("usr/bin/passwd");
+
+    let out = migrate(&c, None, &["--to", &base.to_string(), "--idmapped"]);
+    assert_code(&out, 0);
+    assert_eq!(owner(&passwd), (0, 0), "the rootfs is in the host view");
+    let now = c.config_now();
+    assert!(
+        now.contains("lxc.rootfs.options = idmap=container"),
+        "{now}"
+    );
+    assert!(
+        now.contains(&format!("lxc.idmap = u 0 {base} 65536")),
+        "{now}"
+    );
+    let dir_mode = std::fs::metadata(c.lxcpath.join("im1")).unwrap().mode();
+    assert_eq!(
+        dir_mode & 0o001,
+        0,
+        "others may not reach a host-view rootfs"
+    );
+    boots_with_passwd_root_setuid(&c);
+
+    // Moved elsewhere and back: the config only; no inode changes.
+    let ctimes = |paths: &[&str]| -> Vec<i64> {
+        paths
+            .iter()
+            .map(|p| {
+                std::fs::symlink_metadata(c.rootfs.join(p))
+                    .unwrap()
+                    .ctime_nsec()
+            })
+            .collect()
+    };
+    let sample = ["usr/bin/passwd", "etc/passwd", "usr", "bin", ""];
+    let before = ctimes(&sample);
+    let to = base + 3 * 65536;
+    let out = migrate(&c, None, &["--to", &to.to_string()]);
+    assert_code(&out, 0);
+    assert!(c
+        .config_now()
+        .contains(&format!("lxc.idmap = u 0 {to} 65536")));
+    assert!(c.config_now().contains("idmap=container"));
+    assert_code(&migrate(&c, None, &["--to", &base.to_string()]), 0);
+    assert_eq!(
+        ctimes(&sample),
+        before,
+        "a migrate of an idmapped container changed inodes"
+    );
+    assert_eq!(owner(&passwd), (0, 0));
+    boots_with_passwd_root_setuid(&c);
+
+    // Back to a shifted rootfs: the option is gone, and it boots without it.
+    let out = migrate(&c, None, &["--to", &base.to_string(), "--no-idmapped"]);
+    assert_code(&out, 0);
+    assert_eq!(owner(&passwd), (base, base));
+    assert!(
+        !c.config_now().contains("idmap=container"),
+        "{}",
+        c.config_now()
+    );
+    boots_with_passwd_root_setuid(&c);
 }

@@ -165,6 +165,14 @@ fn rootfs_of(given: Option<&Path>, s: &MapSource) -> Result<PathBuf> {
                 .map(Path::to_path_buf)
                 .ok_or_else(|| Error::Usage("--rootfs without DIR needs --container NAME".into()))
         }
+        (_, Some(c)) if c.config.rootfs_idmapped() => {
+            return Err(Error::Usage(format!(
+                "container '{}' keeps its rootfs in the host view (lxc.rootfs.options = \
+                 idmap=container), which this map does not show as its root's: start it and use \
+                 lxc-attach, or migrate it --no-idmapped first",
+                c.name
+            )))
+        }
         (None, Some(c)) => return Ok(c.rootfs),
         (Some(given), Some(c)) => (given, c),
     };

@@ -32,7 +32,12 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
         }
     };
     let lxcpath = lxcpath_or_default(&args.lxcpath);
-    let m = migrate::prepare(&args.name, &lxcpath, &target)?;
+    let want_idmapped = match (args.idmapped, args.no_idmapped) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let m = migrate::prepare(&args.name, &lxcpath, &target)?.idmapped(want_idmapped)?;
     // Host ids 0-65535 are never delegated: only root converts between the views.
     if (m.from == View::Host || m.to == View::Host)
         && m.from != m.to
@@ -124,6 +129,11 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
     } else {
         Vec::new()
     };
+    if m.idmapped && !m.config.rootfs_idmapped() {
+        prepare_idmapped(&m, &container_dir, c.dry_run)?;
+    } else if !m.idmapped && m.config.rootfs_idmapped() {
+        leave_idmapped(&m, &container_dir, c.dry_run)?;
+    }
     let outcome = migrate::carry_out(&m, c.dry_run, |m| {
         let interrupted = if c.dry_run {
             "interrupted: nothing was changed (a dry run)".to_string()
@@ -135,8 +145,13 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
             )
         };
         // The rootfs, then each bind-mount source asked for; the config only after all.
-        for dir in std::iter::once(&m.rootfs).chain(&binds) {
-            let opts = options(dir.clone(), m.from.clone(), m.to.clone(), c);
+        let rootfs = std::iter::once((&m.rootfs, &m.rootfs_from, &m.rootfs_to));
+        let binds = binds.iter().map(|b| (b, &m.from, &m.to));
+        for (dir, from, to) in rootfs.chain(binds) {
+            if from == to {
+                continue;
+            }
+            let opts = options(dir.clone(), from.clone(), to.clone(), c);
             let code = shift_where_allowed(&opts, c, interrupted.clone())?;
             if code != 0 {
                 return Ok(code);
@@ -165,4 +180,72 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
         report::out(&format!("{note}\n"));
     }
     Ok(0)
+}
+
+/// Before a container first goes idmapped: root only; the kernel must idmap its rootfs with the
+/// new map (probed by making the mount, never attached); and a rootfs kept in the host view
+/// holds host root's setuid files, so no other host user may reach it: the container directory
+/// loses its search bit for others (said in a warning), as LXC's own directories have it.
+fn prepare_idmapped(
+    m: &migrate::Migration,
+    container_dir: &std::path::Path,
+    dry_run: bool,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NeedsRoot {
+            what: format!("container '{}': --idmapped", m.name),
+            why: "idmapped mounts need CAP_SYS_ADMIN in the initial user namespace (an \
+                  unprivileged user cannot idmap their own filesystems)",
+        });
+    }
+    if let View::Map(map) = &m.to {
+        crate::mount::probe(map, &m.rootfs).map_err(|e| Error::Unsupported {
+            what: format!("container '{}': --idmapped", m.name),
+            why: e.to_string(),
+        })?;
+    }
+    let meta = std::fs::metadata(container_dir).map_err(|e| Error::io(container_dir, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o001 != 0 {
+        if !dry_run {
+            std::fs::set_permissions(
+                container_dir,
+                std::fs::Permissions::from_mode(mode & !0o001),
+            )
+            .map_err(|e| Error::io(container_dir, e))?;
+        }
+        warn(&format!(
+            "{}: {} o-x: the rootfs is kept in the host view (its setuid files are host root's), \
+             so other host users must not reach it",
+            escape_path(container_dir),
+            if dry_run { "would be made" } else { "made" }
+        ));
+    }
+    Ok(())
+}
+
+/// Back to a shifted rootfs: the container's root, a host id of its map, must reach the rootfs
+/// again through the container directory that `--idmapped` closed to others.
+fn leave_idmapped(
+    m: &migrate::Migration,
+    container_dir: &std::path::Path,
+    dry_run: bool,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(container_dir).map_err(|e| Error::io(container_dir, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o001 == 0 && m.to != View::Host {
+        if !dry_run {
+            std::fs::set_permissions(container_dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .map_err(|e| Error::io(container_dir, e))?;
+        }
+        warn(&format!(
+            "{}: {} o+x: the container's root (a host id of '{}') must reach its shifted rootfs",
+            escape_path(container_dir),
+            if dry_run { "would be made" } else { "made" },
+            m.to
+        ));
+    }
+    Ok(())
 }

@@ -29,6 +29,14 @@ pub fn run(args: MountArgs) -> Result<()> {
         (None, None) => return Err(Error::Usage("give SRC and DST".into())),
     };
     // The container's files as its root sees them: on-disk host ids shown as namespace ids.
+    if let Some(c) = container.as_ref().filter(|c| c.config.rootfs_idmapped()) {
+        return Err(Error::Usage(format!(
+            "container '{}' keeps its rootfs in the host view (lxc.rootfs.options = \
+             idmap=container): {} already shows its files as its root sees them",
+            c.name,
+            escape_path(&c.rootfs)
+        )));
+    }
     let map = match &container {
         Some(c) => c.map()?.inverse(),
         None => Source::Specs(args.map.clone()).map()?,

@@ -123,7 +123,7 @@ fn views(args: &ShiftArgs, lxcpath: &Path, own: Option<&Container>) -> Result<(V
     // Only a TO given: the tree is taken to be in the host view (as `shift DIR MAP` does);
     // a tree recorded in another view is refused by the engine, ids outside it are listed.
     let from = match own {
-        Some(c) => c.view()?,
+        Some(c) => c.rootfs_view()?,
         None if args.from.is_empty() && args.from_container.is_none() => View::Host,
         None => side(&args.from, &args.from_container, "--from")?,
     };

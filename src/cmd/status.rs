@@ -18,7 +18,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
         Some(name) => Some(Container::open(&lxcpath_or_default(&args.lxcpath), name)?),
         None => None,
     };
-    let configured = container.as_ref().map(Container::view).transpose()?;
+    let configured = container.as_ref().map(Container::rootfs_view).transpose()?;
     // The container's map is the one its ids should lie in, unless another is asked for.
     if let (None, Some(View::Map(m))) = (&map, &configured) {
         map = Some(m.clone());

@@ -27,6 +27,56 @@ pub struct LxcConfig {
     pub rootfs: Option<OsString>,
     /// `lxc.mount.entry` lines in effect (an empty value clears them, as LXC does).
     pub mount_entries: Vec<MountEntry>,
+    /// `lxc.rootfs.options`, split at commas (`idmap=container`: LXC mounts the rootfs, kept in
+    /// the host view, through an idmapped mount with the container's map).
+    pub rootfs_options: Vec<String>,
+}
+
+/// The `lxc.rootfs.options` value that has LXC idmap the rootfs with the container's map.
+pub const IDMAP_CONTAINER: &str = "idmap=container";
+
+impl LxcConfig {
+    /// Whether LXC mounts the rootfs through an idmapped mount (`idmap=container`).
+    pub fn rootfs_idmapped(&self) -> bool {
+        self.rootfs_options.iter().any(|o| o == IDMAP_CONTAINER)
+    }
+}
+
+/// `text` with `lxc.rootfs.options` holding `idmap=container` (`on`) or not, every other option
+/// kept in order; the line is added at the end, or removed when it is left empty.
+pub fn with_rootfs_idmap(text: &[u8], on: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 40);
+    let mut seen = false;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        match key_value(line) {
+            Some((b"lxc.rootfs.options", value)) => {
+                seen = true;
+                let mut options: Vec<&[u8]> = value
+                    .split(|&b| b == b',')
+                    .map(|o| o.trim_ascii())
+                    .filter(|o| !o.is_empty() && *o != IDMAP_CONTAINER.as_bytes())
+                    .collect();
+                if on {
+                    options.push(IDMAP_CONTAINER.as_bytes());
+                }
+                if !options.is_empty() {
+                    let indent = line.len() - line.trim_ascii_start().len();
+                    out.extend_from_slice(&line[..indent]);
+                    out.extend_from_slice(b"lxc.rootfs.options = ");
+                    out.extend_from_slice(&options.join(&b","[..]));
+                    out.push(b'\n');
+                }
+            }
+            _ => out.extend_from_slice(line),
+        }
+    }
+    if on && !seen {
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"lxc.rootfs.options = idmap=container\n");
+    }
+    out
 }
 
 /// One `lxc.mount.entry = SOURCE TARGET TYPE OPTIONS [DUMP PASS]` (fstab fields; `\040` and the
@@ -115,6 +165,7 @@ impl LxcConfig {
             idmap_in_includes: false,
             rootfs: None,
             mount_entries: Vec::new(),
+            rootfs_options: Vec::new(),
         }
     }
 
@@ -156,6 +207,12 @@ impl LxcConfig {
                     .push((idx + 1, parse_idmap_value(value).map_err(syntax)?));
             } else if key == b"lxc.rootfs.path" || key == b"lxc.rootfs" {
                 self.rootfs = (!value.is_empty()).then(|| OsStr::from_bytes(value).to_owned());
+            } else if key == b"lxc.rootfs.options" {
+                self.rootfs_options = String::from_utf8_lossy(value)
+                    .split(',')
+                    .map(|o| o.trim().to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect();
             } else if key == b"lxc.mount.entry" {
                 if value.is_empty() {
                     self.mount_entries.clear();
@@ -575,6 +632,34 @@ mod tests {
         assert_eq!(data.target, Path::new("srv/data"));
         assert!(data.is_bind());
         assert!(!c.mount_entries[1].is_bind());
+    }
+
+    #[test]
+    fn rootfs_idmap_option_is_merged_and_removed() {
+        let on = with_rootfs_idmap(b"lxc.arch = x\nlxc.rootfs.options = ro,noatime\n", true);
+        assert_eq!(
+            on,
+            b"lxc.arch = x\nlxc.rootfs.options = ro,noatime,idmap=container\n"
+        );
+        assert!(parse(std::str::from_utf8(&on).unwrap())
+            .unwrap()
+            .rootfs_idmapped());
+        assert_eq!(with_rootfs_idmap(&on, true), on, "never duplicated");
+        assert_eq!(
+            with_rootfs_idmap(&on, false),
+            b"lxc.arch = x\nlxc.rootfs.options = ro,noatime\n"
+        );
+        assert_eq!(
+            with_rootfs_idmap(b"lxc.arch = x", true),
+            b"lxc.arch = x\nlxc.rootfs.options = idmap=container\n"
+        );
+        assert_eq!(
+            with_rootfs_idmap(
+                b"lxc.rootfs.options = idmap=container\nlxc.arch = x\n",
+                false
+            ),
+            b"lxc.arch = x\n"
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //!   threads, and the peak RSS of each;
 //! - `status` against a bare walk on the same threads that does what a status reporting
 //!   capabilities and ACLs must: openat + getdents64 per directory, fstatat + llistxattr per
-//!   inode; warm and cold.
+//!   inode; warm and cold;
+//! - `migrate` of a container whose rootfs is a copy of the 200k tree: shifted (every inode)
+//!   against `--idmapped` (after the first, the config only).
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -133,6 +135,48 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: OwnedFd, count: &'s std::sync::atomic
     }
 }
 
+/// A container `mig` under `DIR/lxc-bench` with a copy of `tree` shifted into 100000, then:
+/// `migrate --to 300000` and back (shifted), `--idmapped` once (to the host view), and
+/// `migrate --to 300000` and back again (the config only). Needs no LXC: only its layout.
+fn migrate_cases(dir: &Path, tree: &Path, bins: &[(&str, String)]) {
+    let lxcpath = dir.join("lxc-bench");
+    let c = lxcpath.join("mig");
+    let _ = std::fs::remove_dir_all(&lxcpath);
+    std::fs::create_dir_all(&c).unwrap();
+    let rootfs = c.join("rootfs");
+    let ok = Command::new("cp").arg("-a").arg(tree).arg(&rootfs).status().unwrap();
+    assert!(ok.success());
+    let r = rootfs.to_str().unwrap();
+    let (bin_label, bin) = &bins[0];
+    timed(bin, &["shift", r, "b:0:100000:65536", "--progress", "never"]);
+    std::fs::write(
+        c.join("config"),
+        format!(
+            "lxc.uts.name = mig\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n\
+             lxc.rootfs.path = dir:{r}\n"
+        ),
+    )
+    .unwrap();
+    let p = lxcpath.to_str().unwrap();
+    let migrate = |extra: &[&str]| {
+        let mut args = vec!["migrate", "mig", "-P", p, "--progress", "never"];
+        args.extend_from_slice(extra);
+        timed(bin, &args)
+    };
+    println!("migrate of a container with {} ({bin_label}):", tree.display());
+    let shifted = migrate(&["--to", "300000"]) + migrate(&["--to", "100000"]);
+    let first = migrate(&["--to", "100000", "--idmapped"]);
+    let idmapped = migrate(&["--to", "300000"]) + migrate(&["--to", "100000"]);
+    println!("  shifted, there and back:             {:.3} s", secs(shifted));
+    println!("  --idmapped the first time (to host):  {:.3} s", secs(first));
+    println!("  --idmapped after, there and back:     {:.4} s", secs(idmapped));
+    println!(
+        "  ratio shifted / idmapped migrate (there and back)           {:.0}x",
+        secs(shifted) / secs(idmapped)
+    );
+    let _ = std::fs::remove_dir_all(&lxcpath);
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -230,6 +274,12 @@ fn main() {
         }
     } else {
         println!("cold-cache and status cases skipped: no {} (run `IDSHIFT_BENCH_INODES=200000 cargo bench --bench shift` first)", tree.display());
+    }
+
+    // migrate: shifted (every inode rewritten) against --idmapped (the config only, once the
+    // rootfs is in the host view), on a container whose rootfs is a copy of the 200k tree.
+    if dir.join("tree-200000.complete").exists() {
+        migrate_cases(&dir, &tree, &bins);
     }
 
     // One huge directory.

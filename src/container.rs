@@ -68,3 +68,26 @@ impl Container {
         (&self.lxcpath, &self.name)
     }
 }
+
+/// Whether a rootfs is in the view `expected`: the recorded view decides when there is one,
+/// else the owner of its root (`root`: uid, gid) must be the host id of container root (0 for
+/// the host view); `None` while a shift is pending.
+pub fn agrees(
+    expected: &View,
+    recorded: Option<&View>,
+    pending: bool,
+    root: (u32, u32),
+) -> Option<bool> {
+    use crate::idmap::IdKind;
+    if pending {
+        return None;
+    }
+    if let Some(recorded) = recorded {
+        return Some(recorded == expected);
+    }
+    let host_root = |kind| match expected {
+        View::Host => Some(0),
+        View::Map(m) => m.to_host(kind, 0),
+    };
+    Some(host_root(IdKind::Uid) == Some(root.0) && host_root(IdKind::Gid) == Some(root.1))
+}

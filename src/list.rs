@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use crate::container::Container;
 use crate::error::{Error, Result};
-use crate::idmap::IdKind;
 use crate::ranges::DefaultConfig;
 use crate::shift::state::{self, Found};
 use crate::shift::View;
@@ -142,17 +141,12 @@ fn entry(lxcpath: &Path, name: &str) -> Entry {
             });
         }
     }
-    e.agrees = if e.pending.is_some() {
-        None
-    } else if let Some(recorded) = &e.recorded {
-        Some(recorded == &configured)
-    } else {
-        let root = |kind| match &configured {
-            View::Host => Some(0),
-            View::Map(m) => m.to_host(kind, 0),
-        };
-        Some(root(IdKind::Uid) == Some(tree.stat.uid) && root(IdKind::Gid) == Some(tree.stat.gid))
-    };
+    e.agrees = crate::container::agrees(
+        &configured,
+        e.recorded.as_ref(),
+        e.pending.is_some(),
+        (tree.stat.uid, tree.stat.gid),
+    );
     e
 }
 

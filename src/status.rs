@@ -88,20 +88,12 @@ pub struct Agreement {
 impl Status {
     /// Sets the configured view of container `name` against this scan of its rootfs.
     pub fn judge_container(&mut self, name: &str, configured: View) {
-        let agrees = if self.pending.as_ref().is_some_and(|p| p.state == "pending") {
-            None
-        } else if let Some(recorded) = &self.recorded_map {
-            Some(recorded == &configured)
-        } else {
-            let root = |kind| match &configured {
-                View::Host => Some(0),
-                View::Map(m) => m.to_host(kind, 0),
-            };
-            Some(
-                root(IdKind::Uid) == Some(self.root_uid)
-                    && root(IdKind::Gid) == Some(self.root_gid),
-            )
-        };
+        let agrees = crate::container::agrees(
+            &configured,
+            self.recorded_map.as_ref(),
+            self.pending.as_ref().is_some_and(|p| p.state == "pending"),
+            (self.root_uid, self.root_gid),
+        );
         self.container = Some(Agreement {
             name: name.to_string(),
             configured,

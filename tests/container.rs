@@ -864,30 +864,6 @@ fn exec_rootfs_forwards_signals_through_its_pid_1() {
     );
 }
 
-/// Stops the container when the test ends.
-struct Started<'a>(&'a Container);
-
-impl Drop for Started<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("lxc-stop")
-            .args([
-                "-k",
-                "-n",
-                &self.0.name,
-                "-P",
-                self.0.lxcpath.to_str().unwrap(),
-            ])
-            .output();
-    }
-}
-
-fn lxc(tool: &str, c: &Container, rest: &[&str]) -> Output {
-    let mut cmd = Command::new(tool);
-    cmd.args(["-n", &c.name, "-P", c.lxcpath.to_str().unwrap()])
-        .args(rest);
-    run(&mut cmd)
-}
-
 /// The container as LXC really runs it: refused while running (lxc-info and the monitor process
 /// say so), migrated once stopped, and after migrating back it starts again and its files are
 /// root's inside.
@@ -906,10 +882,7 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
     // Where root moves it while stopped: any range clear of BASE (root may use any).
     let to = base + 3 * 65536;
     // No network (the test machine may have no lxcbr0) and an init that just waits.
-    let config = c.config_now().replace(
-        "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
-        "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
-    );
+    let config = startable(&c.config_now());
     std::fs::write(&c.config, &config).unwrap();
     let log = c.tmp.path().join("lxc.log");
     let start = |c: &Container| {
@@ -1006,30 +979,10 @@ fn a_privileged_container_made_unprivileged_and_back_boots_each_time() {
             &format!("lxc.idmap = u 0 {base} 65536\nlxc.idmap = g 0 {base} 65536\n"),
             "",
         )
-        .replace(
-            "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
-            "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
-        )
         .replace("lxc.include = /usr/share/lxc/config/userns.conf\n", "");
+    let privileged = startable(&privileged);
     assert!(!privileged.contains("lxc.idmap"));
     std::fs::write(&c.config, &privileged).unwrap();
-    let log = c.tmp.path().join("lxc.log");
-    let boots_with_passwd_root_setuid = |c: &Container| {
-        let out = lxc(
-            "lxc-start",
-            c,
-            &["-d", "-l", "INFO", "-o", log.to_str().unwrap()],
-        );
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        assert_code(&out, 0);
-        let _started = Started(c);
-        let out = lxc(
-            "lxc-attach",
-            c,
-            &["--", "stat", "-c", "%u:%g %a", "/usr/bin/passwd"],
-        );
-        assert_eq!(stdout(&out), "0:0 4755\n", "{}\n{log}", stderr(&out));
-    };
     boots_with_passwd_root_setuid(&c);
 
     // Privileged -> unprivileged: the rootfs shifted from the host view, the lines added.
@@ -1306,37 +1259,7 @@ fn migrate_idmapped_round_trip_boots_and_touches_no_inode_after_the_first() {
         skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
     };
     let c = container(&src, "im1", base, None);
-    let config = c.config_now().replace(
-        "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
-        "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
-    );
-    std::fs::write(&c.config, &config).unwrap();
-    let log = c.tmp.path().join("lxc.log");
-    let boots_with_passwd_root_setuid = |c: &Container| {
-        let out = lxc(
-            "lxc-start",
-            c,
-            &["-d", "-l", "INFO", "-o", log.to_str().unwrap()],
-        );
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let errors: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
-            .collect();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "lxc-start: {errors:#?}\n{}",
-            c.config_now()
-        );
-        let _started = Started(c);
-        let out = lxc(
-            "lxc-attach",
-            c,
-            &["--", "stat", "-c", "%u:%g %a", "/usr/bin/passwd"],
-        );
-        assert_eq!(stdout(&out), "0:0 4755\n", "{}\n{text}", stderr(&out));
-    };
+    std::fs::write(&c.config, startable(&c.config_now())).unwrap();
     let passwd = c.rootfs.join("usr/bin/passwd");
 
     let out = migrate(&c, None, &["--to", &base.to_string(), "--idmapped"]);

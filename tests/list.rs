@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::lxc::*;
 use common::tree::*;
@@ -21,22 +21,6 @@ fn main() -> std::process::ExitCode {
     ])
 }
 
-fn lxc(tool: &str, c: &Container, rest: &[&str]) -> Output {
-    let mut cmd = Command::new(tool);
-    cmd.args(["-n", &c.name, "-P", c.lxcpath.to_str().unwrap()])
-        .args(rest);
-    run(&mut cmd)
-}
-
-/// Stops the container when the test ends, however it ends.
-struct Started<'a>(&'a Container);
-
-impl Drop for Started<'_> {
-    fn drop(&mut self) {
-        let _ = lxc("lxc-stop", self.0, &["-k"]);
-    }
-}
-
 fn list_shows_state_maps_and_agreement() {
     let Some(_) = require!(Root) else { return };
     let Some(src) = test_rootfs() else { return };
@@ -48,11 +32,7 @@ fn list_shows_state_maps_and_agreement() {
     };
     // A real container, started; no network, an init that just waits.
     let r = container(&src, "run1", base, None);
-    let config = r.config_now().replace(
-        "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
-        "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
-    );
-    std::fs::write(&r.config, config).unwrap();
+    std::fs::write(&r.config, startable(&r.config_now())).unwrap();
     // In a second lxcpath: a stopped container, and a privileged one whose rootfs is gone.
     let sample = tempfile::tempdir().unwrap();
     let small = sample.path().join("rootfs");

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use super::{assert_code, idshift, run, TestUser};
 
@@ -95,4 +95,64 @@ impl Container {
         v.extend([self.name.as_str(), "-P", self.lxcpath.to_str().unwrap()]);
         v
     }
+}
+
+/// `tool -n NAME -P LXCPATH REST...` (lxc-start, lxc-attach, lxc-info, lxc-stop).
+pub fn lxc(tool: &str, c: &Container, rest: &[&str]) -> Output {
+    let mut cmd = Command::new(tool);
+    cmd.args(["-n", &c.name, "-P", c.lxcpath.to_str().unwrap()])
+        .args(rest);
+    run(&mut cmd)
+}
+
+/// Stops the container when the test ends, however it ends.
+pub struct Started<'a>(pub &'a Container);
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        let _ = lxc("lxc-stop", self.0, &["-k"]);
+    }
+}
+
+/// The config as this machine can start it: no network (there may be no lxcbr0) and an init
+/// that just waits.
+pub fn startable(config: &str) -> String {
+    config.replace(
+        "lxc.net.0.type = veth\nlxc.net.0.link = lxcbr0\nlxc.net.0.flags = up\n",
+        "lxc.net.0.type = empty\nlxc.init.cmd = /bin/sleep 600\n",
+    )
+}
+
+/// Starts the container, asserts that its root sees `/usr/bin/passwd` as `0:0 4755`, stops it.
+/// On a failed start, the ERROR and WARN lines of LXC's log and the config are in the message.
+pub fn boots_with_passwd_root_setuid(c: &Container) {
+    let log = c.tmp.path().join("lxc.log");
+    let out = lxc(
+        "lxc-start",
+        c,
+        &["-d", "-l", "INFO", "-o", log.to_str().unwrap()],
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "lxc-start: {errors:#?}\n{}",
+        c.config_now()
+    );
+    let _started = Started(c);
+    let out = lxc(
+        "lxc-attach",
+        c,
+        &["--", "stat", "-c", "%u:%g %a", "/usr/bin/passwd"],
+    );
+    assert_eq!(
+        super::stdout(&out),
+        "0:0 4755\n",
+        "{}\n{errors:#?}",
+        super::stderr(&out)
+    );
 }

@@ -144,11 +144,19 @@ fn migrate_cases(dir: &Path, tree: &Path, bins: &[(&str, String)]) {
     let _ = std::fs::remove_dir_all(&lxcpath);
     std::fs::create_dir_all(&c).unwrap();
     let rootfs = c.join("rootfs");
-    let ok = Command::new("cp").arg("-a").arg(tree).arg(&rootfs).status().unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(tree)
+        .arg(&rootfs)
+        .status()
+        .unwrap();
     assert!(ok.success());
     let r = rootfs.to_str().unwrap();
     let (bin_label, bin) = &bins[0];
-    timed(bin, &["shift", r, "b:0:100000:65536", "--progress", "never"]);
+    timed(
+        bin,
+        &["shift", r, "b:0:100000:65536", "--progress", "never"],
+    );
     std::fs::write(
         c.join("config"),
         format!(
@@ -163,13 +171,25 @@ fn migrate_cases(dir: &Path, tree: &Path, bins: &[(&str, String)]) {
         args.extend_from_slice(extra);
         timed(bin, &args)
     };
-    println!("migrate of a container with {} ({bin_label}):", tree.display());
+    println!(
+        "migrate of a container with {} ({bin_label}):",
+        tree.display()
+    );
     let shifted = migrate(&["--to", "300000"]) + migrate(&["--to", "100000"]);
     let first = migrate(&["--to", "100000", "--idmapped"]);
     let idmapped = migrate(&["--to", "300000"]) + migrate(&["--to", "100000"]);
-    println!("  shifted, there and back:             {:.3} s", secs(shifted));
-    println!("  --idmapped the first time (to host):  {:.3} s", secs(first));
-    println!("  --idmapped after, there and back:     {:.4} s", secs(idmapped));
+    println!(
+        "  shifted, there and back:             {:.3} s",
+        secs(shifted)
+    );
+    println!(
+        "  --idmapped the first time (to host):  {:.3} s",
+        secs(first)
+    );
+    println!(
+        "  --idmapped after, there and back:     {:.4} s",
+        secs(idmapped)
+    );
     println!(
         "  ratio shifted / idmapped migrate (there and back)           {:.0}x",
         secs(shifted) / secs(idmapped)

@@ -869,20 +869,11 @@ fn exec_rootfs_forwards_signals_through_its_pid_1() {
 /// root's inside.
 fn a_real_lxc_container_running_then_migrated_and_started_again() {
     let Some(_) = require!(Root) else { return };
-    let Some(src) = test_rootfs() else { return };
-    if !on_path("lxc-start") {
-        skip("LXC is not installed (run .ci/setup-test-env)");
-    }
-    // LXC maps the container through newuidmap: root's own delegated range (wherever
-    // .ci/setup-test-env found room for it).
-    let Some(base) = root_range() else {
-        skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
-    };
-    let c = container(&src, "r1", base, None);
+    let (c, base) = root_container("r1");
     // Where root moves it while stopped: any range clear of BASE (root may use any).
     let to = base + 3 * 65536;
     // No network (the test machine may have no lxcbr0) and an init that just waits.
-    let config = startable(&c.config_now());
+    let config = c.config_now();
     std::fs::write(&c.config, &config).unwrap();
     let log = c.tmp.path().join("lxc.log");
     let start = |c: &Container| {
@@ -951,14 +942,7 @@ fn a_real_lxc_container_running_then_migrated_and_started_again() {
 /// by `migrate --to host` and started again; inside, `passwd` is root's and setuid each time.
 fn a_privileged_container_made_unprivileged_and_back_boots_each_time() {
     let Some(_) = require!(Root) else { return };
-    let Some(src) = test_rootfs() else { return };
-    if !on_path("lxc-start") {
-        skip("LXC is not installed (run .ci/setup-test-env)");
-    }
-    let Some(base) = root_range() else {
-        skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
-    };
-    let c = container(&src, "p1", base, None);
+    let (c, base) = root_container("p1");
     let rootfs = c.rootfs.to_str().unwrap();
     let map = format!("b:0:{base}:65536");
     assert_code(
@@ -1251,15 +1235,7 @@ fn a_bind_mount_source_is_listed_and_shifted_with_mounts() {
 fn migrate_idmapped_round_trip_boots_and_touches_no_inode_after_the_first() {
     use std::os::unix::fs::MetadataExt;
     let Some(_) = require!(Root) else { return };
-    let Some(src) = test_rootfs() else { return };
-    if !on_path("lxc-start") {
-        skip("LXC is not installed (run .ci/setup-test-env)");
-    }
-    let Some(base) = root_range() else {
-        skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
-    };
-    let c = container(&src, "im1", base, None);
-    std::fs::write(&c.config, startable(&c.config_now())).unwrap();
+    let (c, base) = root_container("im1");
     let passwd = c.rootfs.join("usr/bin/passwd");
 
     let out = migrate(&c, None, &["--to", &base.to_string(), "--idmapped"]);

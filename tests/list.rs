@@ -23,16 +23,8 @@ fn main() -> std::process::ExitCode {
 
 fn list_shows_state_maps_and_agreement() {
     let Some(_) = require!(Root) else { return };
-    let Some(src) = test_rootfs() else { return };
-    if !on_path("lxc-start") {
-        skip("LXC is not installed (run .ci/setup-test-env)");
-    }
-    let Some(base) = root_range() else {
-        skip("root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)");
-    };
     // A real container, started; no network, an init that just waits.
-    let r = container(&src, "run1", base, None);
-    std::fs::write(&r.config, startable(&r.config_now())).unwrap();
+    let (r, base) = root_container("run1");
     // In a second lxcpath: a stopped container, and a privileged one whose rootfs is gone.
     let sample = tempfile::tempdir().unwrap();
     let small = sample.path().join("rootfs");

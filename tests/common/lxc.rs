@@ -156,3 +156,24 @@ pub fn boots_with_passwd_root_setuid(c: &Container) {
         super::stderr(&out)
     );
 }
+
+/// A copy of the test rootfs as container NAME of root's, in root's own delegated range (LXC
+/// maps it through newuidmap), with a config this machine can start ([`startable`]), and that
+/// range; the test is skipped, saying why, without LXC or a range for root. The caller has
+/// required root and the rootfs.
+pub fn root_container(name: &str) -> (Container, u32) {
+    let Some(src) = super::test_rootfs() else {
+        super::harness::skip("no test rootfs (run .ci/setup-test-env)");
+    };
+    if !super::on_path("lxc-start") {
+        super::harness::skip("LXC is not installed (run .ci/setup-test-env)");
+    }
+    let Some(base) = super::root_range() else {
+        super::harness::skip(
+            "root has no range of 65536 ids in /etc/subuid (run .ci/setup-test-env)",
+        );
+    };
+    let c = container(&src, name, base, None);
+    std::fs::write(&c.config, startable(&c.config_now())).unwrap();
+    (c, base)
+}

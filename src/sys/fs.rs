@@ -358,16 +358,6 @@ pub struct DirEntry {
     pub kind: u8,
 }
 
-/// Reads every entry of a directory but `.` and `..`, with `getdents64`.
-pub fn read_dir(dir: BorrowedFd) -> Result<Vec<DirEntry>, Errno> {
-    let mut reader = DirReader::new(dir);
-    let mut out = Vec::new();
-    while let Some(batch) = reader.next_batch()? {
-        out.extend(batch);
-    }
-    Ok(out)
-}
-
 /// A directory read a `getdents64` call at a time (about a thousand entries), so that a huge
 /// directory is never held whole.
 pub struct DirReader<'fd> {

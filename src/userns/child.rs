@@ -238,25 +238,30 @@ pub(super) struct Ids {
     pub setgroups: bool,
 }
 
+impl Ids {
+    /// Drops supplementary groups (where allowed) and becomes `gid` and `uid`; the stage that
+    /// failed, and why.
+    pub fn become_them(self) -> std::result::Result<(), (Stage, Errno)> {
+        if let Some(gid) = self.gid {
+            if self.setgroups {
+                nix::unistd::setgroups(&[]).map_err(|e| (Stage::Setgroups, e))?;
+            }
+            let gid = Gid::from_raw(gid);
+            nix::unistd::setresgid(gid, gid, gid).map_err(|e| (Stage::Setresgid, e))?;
+        }
+        if let Some(uid) = self.uid {
+            let uid = Uid::from_raw(uid);
+            nix::unistd::setresuid(uid, uid, uid).map_err(|e| (Stage::Setresuid, e))?;
+        }
+        Ok(())
+    }
+}
+
 impl Status {
     /// Drops supplementary groups (where allowed) and becomes `gid` and `uid`.
     pub fn become_ids(&self, ids: Ids) {
-        if let Some(gid) = ids.gid {
-            if ids.setgroups {
-                if let Err(e) = nix::unistd::setgroups(&[]) {
-                    self.fail(Stage::Setgroups, e);
-                }
-            }
-            let gid = Gid::from_raw(gid);
-            if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
-                self.fail(Stage::Setresgid, e);
-            }
-        }
-        if let Some(uid) = ids.uid {
-            let uid = Uid::from_raw(uid);
-            if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
-                self.fail(Stage::Setresuid, e);
-            }
+        if let Err((stage, e)) = ids.become_them() {
+            self.fail(stage, e);
         }
     }
 

@@ -170,20 +170,9 @@ fn exec_direct(
                 }
                 text => return Err(Error::Mapping(String::from_utf8_lossy(text).into_owned())),
             }
-            let step =
-                |stage: Stage, r: nix::Result<()>| r.map_err(|e| describe.stage_error(stage, e));
-            if let Some(gid) = ids.gid {
-                if ids.setgroups {
-                    step(Stage::Setgroups, nix::unistd::setgroups(&[]))?;
-                }
-                let gid = nix::unistd::Gid::from_raw(gid);
-                step(Stage::Setresgid, nix::unistd::setresgid(gid, gid, gid))?;
-            }
-            if let Some(uid) = ids.uid {
-                let uid = nix::unistd::Uid::from_raw(uid);
-                step(Stage::Setresuid, nix::unistd::setresuid(uid, uid, uid))?;
-            }
-            step(Stage::Prepare, sys::default_sigpipe())?;
+            ids.become_them()
+                .map_err(|(stage, e)| describe.stage_error(stage, e))?;
+            sys::default_sigpipe().map_err(|e| describe.stage_error(Stage::Prepare, e))?;
             let Err(e) = nix::unistd::execvp(&argv[0], argv);
             Err(describe.stage_error(Stage::Exec, exec_errno(&argv[0], e, path)))
         }

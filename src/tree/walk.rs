@@ -186,18 +186,27 @@ impl<V: Visitor> Walk<'_, V> {
         use std::sync::atomic::Ordering;
         if in_flight.fetch_add(1, Ordering::AcqRel) >= CHUNKS_IN_FLIGHT {
             in_flight.fetch_sub(1, Ordering::AcqRel);
-            let mut batch = Vec::new();
-            self.entries(scope, fd, path, chunk, &mut batch);
-            self.visitor.finish(fd.as_fd(), path, batch);
+            self.chunk(scope, fd, path, chunk);
             return;
         }
         let (fd, path, in_flight) = (Arc::clone(fd), Arc::clone(path), Arc::clone(in_flight));
         scope.spawn(move |scope| {
-            let mut batch = Vec::new();
-            self.entries(scope, &fd, &path, chunk, &mut batch);
-            self.visitor.finish(fd.as_fd(), &path, batch);
+            self.chunk(scope, &fd, &path, chunk);
             in_flight.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// One chunk of a directory's entries as a batch of its own, finished.
+    fn chunk<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        fd: &Arc<OwnedFd>,
+        path: &Arc<PathBuf>,
+        names: Vec<CString>,
+    ) {
+        let mut batch = Vec::new();
+        self.entries(scope, fd, path, names, &mut batch);
+        self.visitor.finish(fd.as_fd(), path, batch);
     }
 
     /// Stats and visits non-directory entries of `fd` (a directory found among them, whose

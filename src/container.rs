@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::idmap::lxc::LxcConfig;
 use crate::idmap::IdMap;
 use crate::shift::View;
@@ -23,8 +23,12 @@ impl Container {
     /// Reads container `name`'s config under `lxcpath` and resolves its rootfs directory (which
     /// need not exist: callers that open it say so).
     pub fn open(lxcpath: &Path, name: &str) -> Result<Container> {
-        let config = LxcConfig::for_container(lxcpath, name)?;
-        let rootfs = crate::migrate::rootfs_dir(&config, lxcpath, name)?;
+        Container::with_config(lxcpath, name, LxcConfig::for_container(lxcpath, name)?)
+    }
+
+    /// The container whose config (`LXCPATH/NAME/config`) is already read.
+    pub fn with_config(lxcpath: &Path, name: &str, config: LxcConfig) -> Result<Container> {
+        let rootfs = rootfs_dir(&config, lxcpath, name)?;
         Ok(Container {
             name: name.to_string(),
             lxcpath: lxcpath.to_path_buf(),
@@ -90,4 +94,77 @@ pub fn agrees(
         View::Map(m) => m.to_host(kind, 0),
     };
     Some(host_root(IdKind::Uid) == Some(root.0) && host_root(IdKind::Gid) == Some(root.1))
+}
+
+/// The container names under `lxcpath`, sorted: every directory with a `config`.
+pub fn names(lxcpath: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(lxcpath) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(lxcpath, e)),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `lxc.rootfs.path` (`dir:` prefix or a plain path), else LXC's default `LXCPATH/NAME/rootfs`;
+/// other storage backends are refused.
+fn rootfs_dir(config: &LxcConfig, lxcpath: &Path, name: &str) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(value) = &config.rootfs else {
+        return Ok(lxcpath.join(name).join("rootfs"));
+    };
+    let bytes = value.as_bytes();
+    let path = match bytes.iter().position(|&b| b == b':') {
+        Some(i) if &bytes[..i] == b"dir" => &bytes[i + 1..],
+        Some(i) if !bytes.starts_with(b"/") => {
+            return Err(Error::Usage(format!(
+                "container '{name}': rootfs '{}' uses the {} backend; idshift handles \
+                 directory rootfses (dir:) only",
+                value.to_string_lossy(),
+                String::from_utf8_lossy(&bytes[..i])
+            )))
+        }
+        _ => bytes,
+    };
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rootfs_path_forms() {
+        let cfg = |v: Option<&str>| LxcConfig {
+            path: "c1/config".into(),
+            idmap: vec![],
+            idmap_in_includes: false,
+            rootfs: v.map(Into::into),
+            mount_entries: vec![],
+            rootfs_options: vec![],
+        };
+        let p = Path::new("/l");
+        assert_eq!(
+            rootfs_dir(&cfg(Some("dir:/a/rootfs")), p, "c1").unwrap(),
+            Path::new("/a/rootfs")
+        );
+        assert_eq!(
+            rootfs_dir(&cfg(Some("/a/rootfs")), p, "c1").unwrap(),
+            Path::new("/a/rootfs")
+        );
+        assert_eq!(
+            rootfs_dir(&cfg(None), p, "c1").unwrap(),
+            Path::new("/l/c1/rootfs")
+        );
+        let err = rootfs_dir(&cfg(Some("btrfs:/a")), p, "c1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("btrfs backend"), "{err}");
+    }
 }

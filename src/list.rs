@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::container::Container;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ranges::DefaultConfig;
 use crate::shift::state::{self, Found};
 use crate::shift::View;
@@ -58,27 +58,11 @@ pub struct PendingShift {
     pub to: View,
 }
 
-/// The container names under `lxcpath`, sorted: every directory with a `config`.
-pub fn names(lxcpath: &Path) -> Result<Vec<String>> {
-    let entries = match std::fs::read_dir(lxcpath) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(lxcpath, e)),
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("config").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
 /// Lists the containers of `lxcpaths`; a container that cannot be read is listed with why.
 pub fn gather(lxcpaths: &[PathBuf]) -> Result<List> {
     let mut containers = Vec::new();
     for lxcpath in lxcpaths {
-        for name in names(lxcpath)? {
+        for name in crate::container::names(lxcpath)? {
             containers.push(entry(lxcpath, &name));
         }
     }

@@ -73,13 +73,9 @@ impl Migration {
 /// Reads the container's config, finds its rootfs, refuses a running container, and works out
 /// the new map (an interrupted migrate's own target first, so that `auto` resumes the same).
 pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration> {
-    let crate::container::Container { config, rootfs, .. } =
-        crate::container::Container::open(lxcpath, name)?;
-    let from = if config.idmap.is_empty() {
-        View::Host
-    } else {
-        View::Map(config.map()?)
-    };
+    let c = crate::container::Container::open(lxcpath, name)?;
+    let (from, rootfs_from) = (c.view()?, c.rootfs_view()?);
+    let crate::container::Container { config, rootfs, .. } = c;
     if !rootfs.is_dir() {
         return Err(Error::Usage(format!(
             "container '{name}': its rootfs {} is missing (lxc.rootfs.path in {})",
@@ -88,7 +84,6 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
         )));
     }
     let idmapped = config.rootfs_idmapped();
-    let rootfs_from = if idmapped { View::Host } else { from.clone() };
     // An idmapped container's rootfs stays in the host view: no unfinished target to find.
     let resumed = match (target, idmapped) {
         (Target::Auto, false) => unfinished_target(&rootfs, &from)?,
@@ -114,29 +109,6 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
         rootfs_to,
         idmapped,
     })
-}
-
-/// `lxc.rootfs.path` (`dir:` prefix or a plain path), else LXC's default `LXCPATH/NAME/rootfs`;
-/// other storage backends are refused.
-pub(crate) fn rootfs_dir(config: &LxcConfig, lxcpath: &Path, name: &str) -> Result<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let Some(value) = &config.rootfs else {
-        return Ok(lxcpath.join(name).join("rootfs"));
-    };
-    let bytes = value.as_bytes();
-    let path = match bytes.iter().position(|&b| b == b':') {
-        Some(i) if &bytes[..i] == b"dir" => &bytes[i + 1..],
-        Some(i) if !bytes.starts_with(b"/") => {
-            return Err(Error::Usage(format!(
-                "container '{name}': rootfs '{}' uses the {} backend; idshift handles \
-                 directory rootfses (dir:) only",
-                value.to_string_lossy(),
-                String::from_utf8_lossy(&bytes[..i])
-            )))
-        }
-        _ => bytes,
-    };
-    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path)))
 }
 
 /// `from` with container root moved to host id `base`: each kind's entries shift by the offset
@@ -199,16 +171,29 @@ pub(crate) fn unfinished_target(rootfs: &Path, from: &View) -> Result<Option<Vie
     }
 }
 
-/// The other containers under `lxcpath` whose configured maps share host ids of the same kind
-/// with `map`: a container moved there would own their files, and they its.
-pub fn sharing_range(lxcpath: &Path, name: &str, view: &View) -> Result<Vec<String>> {
+/// The containers of `others` whose configured maps share host ids of the same kind with
+/// `view`'s map: a container moved there would own their files, and they its.
+pub fn sharing_range(others: &[(String, LxcConfig)], view: &View) -> Vec<String> {
     let View::Map(map) = view else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    Ok(crate::ranges::containers(lxcpath)?
+    others
+        .iter()
+        .filter(|(_, config)| config.map().is_ok_and(|m| shares_host_ids(map, &m)))
+        .map(|(other, _)| other.clone())
+        .collect()
+}
+
+/// The configs of the containers under `lxcpath` other than `name`, read once for the checks
+/// that look at them all ([`sharing_range`], [`bind_sources`]); unreadable ones are left out.
+pub fn other_containers(lxcpath: &Path, name: &str) -> Result<Vec<(String, LxcConfig)>> {
+    Ok(crate::container::names(lxcpath)?
         .into_iter()
-        .filter(|(other, m)| other != name && m.as_ref().is_ok_and(|m| shares_host_ids(map, m)))
-        .map(|(other, _)| other)
+        .filter(|other| other != name)
+        .filter_map(|other| {
+            let config = LxcConfig::for_container(lxcpath, &other).ok()?;
+            Some((other, config))
+        })
         .collect())
 }
 
@@ -225,7 +210,7 @@ pub struct BindSource {
 
 /// The bind-mount sources of `m`'s container owned by its old map (none when it moves from the
 /// host view: every directory of the host is "owned" by that).
-pub fn bind_sources(m: &Migration, lxcpath: &Path) -> Vec<BindSource> {
+pub fn bind_sources(m: &Migration, others: &[(String, LxcConfig)]) -> Vec<BindSource> {
     use std::os::unix::fs::MetadataExt;
     let View::Map(from) = &m.from else {
         return Vec::new();
@@ -245,17 +230,14 @@ pub fn bind_sources(m: &Migration, lxcpath: &Path) -> Vec<BindSource> {
             .map(|e| e.source.clone())
             .collect()
     };
-    let others: Vec<(String, Vec<(u64, u64)>)> = crate::list::names(lxcpath)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|name| name != &m.name)
-        .filter_map(|name| {
-            let config = LxcConfig::for_container(lxcpath, &name).ok()?;
-            let ids = binds(&config)
+    let others: Vec<(&String, Vec<(u64, u64)>)> = others
+        .iter()
+        .map(|(name, config)| {
+            let ids = binds(config)
                 .iter()
                 .filter_map(|p| identity(p).map(|(dev, ino, _)| (dev, ino)))
                 .collect();
-            Some((name, ids))
+            (name, ids)
         })
         .collect();
     let mut out: Vec<BindSource> = Vec::new();
@@ -269,7 +251,7 @@ pub fn bind_sources(m: &Migration, lxcpath: &Path) -> Vec<BindSource> {
         let shared_with = others
             .iter()
             .filter(|(_, ids)| ids.contains(&(dev, ino)))
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| (*name).clone())
             .collect();
         out.push(BindSource { path, shared_with });
     }
@@ -435,35 +417,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no uid 0"));
-    }
-
-    #[test]
-    fn rootfs_path_forms() {
-        let cfg = |v: Option<&str>| LxcConfig {
-            path: "c1/config".into(),
-            idmap: vec![],
-            idmap_in_includes: false,
-            rootfs: v.map(Into::into),
-            mount_entries: vec![],
-            rootfs_options: vec![],
-        };
-        let p = Path::new("/l");
-        assert_eq!(
-            rootfs_dir(&cfg(Some("dir:/a/rootfs")), p, "c1").unwrap(),
-            Path::new("/a/rootfs")
-        );
-        assert_eq!(
-            rootfs_dir(&cfg(Some("/a/rootfs")), p, "c1").unwrap(),
-            Path::new("/a/rootfs")
-        );
-        assert_eq!(
-            rootfs_dir(&cfg(None), p, "c1").unwrap(),
-            Path::new("/l/c1/rootfs")
-        );
-        let err = rootfs_dir(&cfg(Some("btrfs:/a")), p, "c1")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("btrfs backend"), "{err}");
     }
 
     /// A container `c1` under a temporary LXC path, its config naming b:0:100000:65536.

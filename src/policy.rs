@@ -18,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::idmap::subid::{SubIdFiles, User};
 use crate::idmap::{IdKind, IdMap};
+use crate::shift::View;
 
 /// What root is about to act on.
 #[derive(Default)]
@@ -34,6 +35,18 @@ pub struct Subject<'a> {
     pub rootfs_within: Option<(&'a Path, PathBuf)>,
     /// The maps root would apply, each named ("FROM", "TO", "the container's").
     pub maps: Vec<(&'static str, &'a IdMap)>,
+}
+
+/// The maps of a FROM and a TO view, named so, for [`Subject::maps`]: the host view maps
+/// nothing and has nothing to check.
+pub fn view_maps<'a>(from: &'a View, to: &'a View) -> Vec<(&'static str, &'a IdMap)> {
+    [("FROM", from), ("TO", to)]
+        .into_iter()
+        .filter_map(|(which, v)| match v {
+            View::Map(m) => Some((which, m)),
+            View::Host => None,
+        })
+        .collect()
 }
 
 /// Who controls an id that owns a file: the account with that uid, or else the account whose

@@ -179,12 +179,12 @@ fn uncovered(r: IdRange, delegated: &[IdRange]) -> bool {
 }
 
 /// The containers under `lxcpath`, sorted by name: every directory with a `config`.
-pub(crate) fn containers(lxcpath: &Path) -> Result<Vec<(String, Result<IdMap>)>> {
-    Ok(crate::list::names(lxcpath)?
+fn containers(lxcpath: &Path) -> Result<Vec<(String, Result<LxcConfig>)>> {
+    Ok(crate::container::names(lxcpath)?
         .into_iter()
         .map(|name| {
-            let map = LxcConfig::for_container(lxcpath, &name).and_then(|c| c.map());
-            (name, map)
+            let config = LxcConfig::for_container(lxcpath, &name);
+            (name, config)
         })
         .collect())
 }
@@ -198,9 +198,15 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
     let mut used = Vec::new();
     let mut report = Vec::new();
     let mut maps: Vec<(&str, Vec<(IdKind, IdRange)>)> = Vec::new();
-    for (name, map) in &found {
-        match map {
-            Ok(m) => {
+    for (name, config) in &found {
+        match config
+            .as_ref()
+            .map_err(ToString::to_string)
+            .and_then(|config| {
+                let map = config.map().map_err(|e| e.to_string())?;
+                Ok((config, map))
+            }) {
+            Ok((config, ref m)) => {
                 let ranges = host_ranges(m);
                 let undelegated = ranges
                     .iter()
@@ -209,7 +215,7 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
                     .collect();
                 used.extend(ranges.iter().map(|(_, r)| *r));
                 maps.push((name, ranges));
-                let pending_target = pending_target(lxcpath, name, m);
+                let pending_target = pending_target(lxcpath, name, config, m);
                 if let Some(t) = &pending_target {
                     used.extend(host_ranges(t).iter().map(|(_, r)| *r));
                 }
@@ -224,7 +230,7 @@ pub fn gather(user: &User, files: &SubIdFiles, lxcpath: &Path) -> Result<Ranges>
             Err(e) => report.push(Container {
                 name: name.clone(),
                 map: None,
-                error: Some(e.to_string()),
+                error: Some(e),
                 undelegated: Vec::new(),
                 pending_target: None,
             }),
@@ -314,8 +320,13 @@ fn shared_with_others(
 
 /// The map container `name`'s rootfs is being taken to by an unfinished migrate or shift, if
 /// any (an unreadable rootfs has none to report).
-fn pending_target(lxcpath: &Path, name: &str, configured: &IdMap) -> Option<IdMap> {
-    let c = crate::container::Container::open(lxcpath, name).ok()?;
+fn pending_target(
+    lxcpath: &Path,
+    name: &str,
+    config: &LxcConfig,
+    configured: &IdMap,
+) -> Option<IdMap> {
+    let c = crate::container::Container::with_config(lxcpath, name, config.clone()).ok()?;
     let from = crate::shift::View::Map(configured.clone());
     match crate::migrate::unfinished_target(&c.rootfs, &from) {
         Ok(Some(crate::shift::View::Map(m))) if &m != configured => Some(m),

@@ -184,16 +184,9 @@ fn rootfs_of(given: Option<&Path>, s: &MapSource) -> Result<PathBuf> {
     if id.is_some() && id == identity(&c.rootfs) {
         return Ok(given.to_path_buf());
     }
-    let others = std::fs::read_dir(&c.lxcpath)
-        .into_iter()
-        .flatten()
-        .flatten();
-    for entry in others {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == c.name {
-            continue;
-        }
-        if let Ok(other) = Container::open(&c.lxcpath, &name) {
+    let others = crate::container::names(&c.lxcpath).unwrap_or_default();
+    for name in others.iter().filter(|name| **name != c.name) {
+        if let Ok(other) = Container::open(&c.lxcpath, name) {
             if id.is_some() && identity(&other.rootfs) == id {
                 return Err(Error::Usage(format!(
                     "--rootfs {} is container '{name}''s rootfs, not '{}''s: give --container \

@@ -15,7 +15,7 @@ pub fn run(args: ListArgs) -> Result<()> {
     if args.names {
         let mut out = String::new();
         for lxcpath in &lxcpaths {
-            for name in list::names(lxcpath)? {
+            for name in crate::container::names(lxcpath)? {
                 out += &name;
                 out += "\n";
             }

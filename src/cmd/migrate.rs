@@ -52,7 +52,8 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
     if let Some(line) = migrate::default_config_warning(&m) {
         warn(&line);
     }
-    let sharing = migrate::sharing_range(&lxcpath, &m.name, &m.to)?;
+    let others = migrate::other_containers(&lxcpath, &m.name)?;
+    let sharing = migrate::sharing_range(&others, &m.to);
     if !sharing.is_empty() && m.from != m.to {
         let line = format!(
             "container '{}': the new map '{}' shares host ids with container(s) {}: each \
@@ -78,13 +79,7 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
             owners: vec![&m.config.path, &container_dir, &lxcpath],
             paths: vec![&m.config.path, &container_dir, &lxcpath, &m.rootfs],
             rootfs_within: Some((&m.rootfs, container_dir.clone())),
-            maps: [("FROM", &m.from), ("TO", &m.to)]
-                .into_iter()
-                .filter_map(|(which, v)| match v {
-                    View::Map(map) => Some((which, map)),
-                    View::Host => None,
-                })
-                .collect(),
+            maps: policy::view_maps(&m.from, &m.to),
         },
         c.force,
         &warn,
@@ -93,7 +88,7 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
     let binds = if m.from == m.to {
         Vec::new()
     } else {
-        migrate::bind_sources(&m, &lxcpath)
+        migrate::bind_sources(&m, &others)
     };
     for b in &binds {
         let path = escape_path(&b.path);
@@ -191,7 +186,6 @@ fn prepare_idmapped(
     container_dir: &std::path::Path,
     dry_run: bool,
 ) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NeedsRoot {
             what: format!("container '{}': --idmapped", m.name),
@@ -205,24 +199,13 @@ fn prepare_idmapped(
             why: e.to_string(),
         })?;
     }
-    let meta = std::fs::metadata(container_dir).map_err(|e| Error::io(container_dir, e))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o001 != 0 {
-        if !dry_run {
-            std::fs::set_permissions(
-                container_dir,
-                std::fs::Permissions::from_mode(mode & !0o001),
-            )
-            .map_err(|e| Error::io(container_dir, e))?;
-        }
-        warn(&format!(
-            "{}: {} o-x: the rootfs is kept in the host view (its setuid files are host root's), \
-             so other host users must not reach it",
-            escape_path(container_dir),
-            if dry_run { "would be made" } else { "made" }
-        ));
-    }
-    Ok(())
+    others_may_search(
+        container_dir,
+        false,
+        dry_run,
+        "the rootfs is kept in the host view (its setuid files are host root's), so other host \
+         users must not reach it",
+    )
 }
 
 /// Back to a shifted rootfs: the container's root, a host id of its map, must reach the rootfs
@@ -232,20 +215,39 @@ fn leave_idmapped(
     container_dir: &std::path::Path,
     dry_run: bool,
 ) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(container_dir).map_err(|e| Error::io(container_dir, e))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o001 == 0 && m.to != View::Host {
-        if !dry_run {
-            std::fs::set_permissions(container_dir, std::fs::Permissions::from_mode(mode | 0o001))
-                .map_err(|e| Error::io(container_dir, e))?;
-        }
-        warn(&format!(
-            "{}: {} o+x: the container's root (a host id of '{}') must reach its shifted rootfs",
-            escape_path(container_dir),
-            if dry_run { "would be made" } else { "made" },
-            m.to
-        ));
+    if m.to == View::Host {
+        return Ok(());
     }
+    others_may_search(
+        container_dir,
+        true,
+        dry_run,
+        &format!(
+            "the container's root (a host id of '{}') must reach its shifted rootfs",
+            m.to
+        ),
+    )
+}
+
+/// Gives `dir` the search bit for others (`on`) or takes it away, saying so with `why` in a
+/// warning; a dry run only says it would.
+fn others_may_search(dir: &std::path::Path, on: bool, dry_run: bool, why: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if (mode & 0o001 != 0) == on {
+        return Ok(());
+    }
+    if !dry_run {
+        let new = if on { mode | 0o001 } else { mode & !0o001 };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(new))
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    warn(&format!(
+        "{}: {} o{}x: {why}",
+        escape_path(dir),
+        if dry_run { "would be made" } else { "made" },
+        if on { "+" } else { "-" }
+    ));
     Ok(())
 }

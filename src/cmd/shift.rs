@@ -10,7 +10,7 @@ use crate::container::Container;
 use crate::error::{Error, Result};
 use crate::idmap::source::Source;
 use crate::idmap::subid::{SubIdFiles, User};
-use crate::idmap::{IdMap, MapSpec};
+use crate::idmap::MapSpec;
 use crate::policy;
 use crate::report::{self, escape_path, Printer, Progress};
 use crate::shift::{self, View};
@@ -35,13 +35,7 @@ pub fn run(args: ShiftArgs) -> Result<u8> {
     {
         let container_dir = lxcpath.join(name);
         let config = container_dir.join("config");
-        let maps: Vec<(&'static str, &IdMap)> = [("FROM", &opts.from), ("TO", &opts.to)]
-            .into_iter()
-            .filter_map(|(which, v)| match v {
-                View::Map(m) => Some((which, m)),
-                View::Host => None,
-            })
-            .collect();
+        let maps = policy::view_maps(&opts.from, &opts.to);
         policy::check(
             &policy::Subject {
                 what: format!("container '{name}'"),

@@ -8,7 +8,8 @@
 //! - through newuidmap/newgidmap: `idshift exec` vs `lxc-usernsexec` (target: ≤ 1).
 //!
 //! Cases whose tool is missing, or that need root or the test user, are skipped with a reason.
-//! `IDSHIFT_BENCH_BIN=/path/to/idshift` measures another build (before/after figures).
+//! `IDSHIFT_BENCH_BIN=/path/to/idshift` measures another build instead;
+//! `IDSHIFT_BENCH_BEFORE=/path/to/idshift` adds an earlier build's root case to the same run.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -126,6 +127,15 @@ fn main() {
         None,
         need_root(),
     );
+    let before = std::env::var("IDSHIFT_BENCH_BEFORE").ok();
+    if let Some(before) = &before {
+        add(
+            "root: before: idshift exec -m b:0:100000:65536 -- true",
+            &[before, "exec", "-m", "b:0:100000:65536", "--", "true"],
+            None,
+            need_root(),
+        );
+    }
     add(
         "root: unshare --map-root-user true",
         &["unshare", "--map-root-user", "true"],
@@ -198,6 +208,11 @@ fn main() {
     ratio(
         "root idshift (65536 ids) / unshare --map-root-user",
         med("root: idshift exec -m b:0:100000"),
+        med("root: unshare"),
+    );
+    ratio(
+        "root before (65536 ids) / unshare --map-root-user",
+        med("root: before:"),
         med("root: unshare"),
     );
     ratio(

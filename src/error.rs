@@ -73,9 +73,6 @@ pub enum Error {
     /// A child process of idshift's own broke off or garbled its part of the set-up.
     #[error("the namespace child: {0}")]
     Child(String),
-    /// The helper that writes a direct `exec`'s maps failed; its message, as it told it.
-    #[error("{0}")]
-    Mapping(String),
     /// newuidmap or newgidmap is not installed, and an unprivileged caller needs it.
     #[error("{} not found: an unprivileged user needs it to map {kind}s (install the 'uidmap' package)", program.display())]
     HelperMissing {

@@ -36,6 +36,15 @@ fn main() -> std::process::ExitCode {
         trial!(sigterm_and_sigusr1_are_forwarded_to_the_command, Need::Root),
         trial!(the_command_dies_when_idshift_dies, Need::Root),
         trial!(
+            idshift_becomes_the_command_and_leaves_it_no_child,
+            Need::Root
+        ),
+        trial!(
+            through_the_helpers_idshift_still_becomes_the_command,
+            Need::Root,
+            Need::TestUser
+        ),
+        trial!(
             interactive_shell_on_a_terminal_has_job_control,
             Need::Root,
             Need::Tool("script")
@@ -108,6 +117,54 @@ fn root_map_inside_equals_the_requested_map() {
     ])));
     assert_eq!(u, vec![(0, 100000, 65536), (65536, 300000, 10)]);
     assert_eq!(g, vec![(0, 100000, 65536)]);
+}
+
+/// Run by `exec`: says "leader" if it is the process that was started (the leader of the
+/// process group `run` gives it), names its parent, then becomes `cat` of its own children,
+/// which must be none.
+const BECAME_THE_COMMAND: &str = "read -r _ _ _ _ pgrp _ < /proc/$$/stat; \
+     [ \"$$\" = \"$pgrp\" ] && echo leader; read -r parent < /proc/$PPID/comm; \
+     echo \"parent $parent\"; exec cat /proc/thread-self/children";
+
+/// A plain `exec` has no supervisor: the command runs in the process that was started, and the
+/// process that made the namespace is gone and reaped (a command that waits for any child must
+/// not find one it did not start).
+fn idshift_becomes_the_command_and_leaves_it_no_child() {
+    let Some(_) = require!(Root) else { return };
+    for map in ["b:0:100000:65536", "b:0:0:1"] {
+        let out = run(&mut idshift(&[
+            "exec",
+            "-m",
+            map,
+            "--",
+            "sh",
+            "-c",
+            BECAME_THE_COMMAND,
+        ]));
+        assert_code(&out, 0);
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "map {map}: a child left, or a supervisor: {text}"
+        );
+        assert_eq!(lines[0], "leader", "map {map}: {text}");
+    }
+}
+
+/// The same through newuidmap/newgidmap (children of idshift's own, waited for): under
+/// `runuser`, the command's parent is `runuser`, with no idshift in between.
+fn through_the_helpers_idshift_still_becomes_the_command() {
+    let Some(env) = require!(TestUser) else {
+        return;
+    };
+    let out = run(&mut idshift_as(
+        env.user(),
+        &["exec", "--", "sh", "-c", BECAME_THE_COMMAND],
+    ));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "parent runuser\n");
 }
 
 fn root_runs_as_uid_and_gid_0_without_supplementary_groups() {

@@ -6,6 +6,7 @@
 pub mod fs;
 pub mod mount;
 pub mod tty;
+pub mod userns;
 pub mod xattr;
 
 use nix::errno::Errno;

@@ -1,8 +1,8 @@
 //! `idshift exec`: run a command as in-container root in a new user namespace.
 //!
-//! A plain `exec` has no supervisor ([`exec_direct`]): idshift unshares the namespace itself,
-//! a forked helper writes its maps from the parent namespace, and idshift becomes the command,
-//! as `unshare` does. Where a process must stay outside (`--rootfs`, with its PID 1, terminal
+//! A plain `exec` has no supervisor ([`exec_direct`]): a placeholder child makes the
+//! namespace, idshift writes its maps from outside, joins it and becomes the command, as
+//! `unshare` does. Where a process must stay outside (`--rootfs`, with its PID 1, terminal
 //! relay and a new session; the unprivileged shift's `call`) it is:
 //!
 //! fork → the child `unshare(CLONE_NEWUSER)`s and says so → the parent writes the child's maps
@@ -10,7 +10,7 @@
 //! supplementary groups, `setresgid`/`setresuid`s to the ids asked for and `execvp`s the
 //! command. Every set-up failure of the child comes back over a close-on-exec pipe, so the
 //! parent knows the command never ran; end of file on that pipe means `execvp` succeeded
-//! (`child.rs` is that protocol, the one `run`, `call` and `namespace_fd` share). The parent then
+//! (`child.rs` is that protocol, the one `run` and `call` share). The parent then
 //! forwards signals (`signals.rs`) and turns the command's end into an exit status.
 //!
 //! `--rootfs` enters a container rather than a chroot (`rootfs.rs`): its own mount, PID and user
@@ -96,16 +96,15 @@ pub fn run(spec: &ExecSpec, mapper: &Mapper) -> Result<i32> {
     launch(&spec.map, mapper, plan, &describe, relay)
 }
 
-/// A plain `exec` without a supervisor, as `unshare` does it: idshift makes the namespace
-/// itself, a forked helper writes its maps from the parent namespace, and idshift becomes the
-/// command. Signals, job control and the exit status are then the command's own, with nothing
-/// to forward. Only returns on failure, and then the command never ran (or could not be
+/// A plain `exec` without a supervisor, as `unshare` does it: idshift becomes the command in
+/// the new namespace, so signals, job control and the exit status are the command's own, with
+/// nothing to forward. Only returns on failure, and then the command never ran (or could not be
 /// executed: [`Error::Exec`]).
 ///
-/// The helper waits for a byte saying the namespace exists (end of file: idshift failed and it
-/// just exits), writes the maps (directly or through newuidmap/newgidmap) and answers one NUL
-/// byte, or the error's text. It dies with idshift (`PR_SET_PDEATHSIG`) and is reaped before
-/// the command runs, so the command never inherits a child.
+/// A process cannot map more than its own id into a namespace it is in, so the namespace is
+/// made by a placeholder child sharing idshift's memory (`sys::userns`); idshift writes its maps
+/// from outside (directly or through newuidmap/newgidmap), joins it with `setns`, and the child
+/// is reaped before the command runs: the command never inherits a child.
 fn exec_direct(
     map: &IdMap,
     mapper: &Mapper,
@@ -114,69 +113,16 @@ fn exec_direct(
     path: &OsStr,
     describe: &Describe,
 ) -> Result<i32> {
-    use nix::fcntl::OFlag;
-    use nix::unistd::{pipe2, read, write, ForkResult};
-    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e));
-    let ((go_r, go_w), (answer_r, answer_w)) = (pipe()?, pipe()?);
-    let me = nix::unistd::getpid();
-    match sys::fork().map_err(|e| Error::sys("fork", e))? {
-        ForkResult::Child => {
-            drop((go_w, answer_r));
-            if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-                || nix::unistd::getppid() != me
-            {
-                sys::exit_now(0);
-            }
-            let mut byte = [0u8; 1];
-            if read(&go_r, &mut byte) != Ok(1) {
-                sys::exit_now(0);
-            }
-            let answer = match mapper.write(me, map) {
-                Ok(()) => vec![0u8],
-                Err(e) => e.to_string().into_bytes(),
-            };
-            let _ = write(&answer_w, &answer);
-            sys::exit_now(0)
-        }
-        ForkResult::Parent { child } => {
-            drop((go_r, answer_w));
-            let reap = || {
-                let _ = nix::sys::wait::waitpid(child, None);
-            };
-            if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
-                drop(go_w);
-                reap();
-                return Err(describe.stage_error(Stage::Unshare, e));
-            }
-            let _ = write(&go_w, b"1");
-            drop(go_w);
-            let mut answer = Vec::new();
-            let mut buf = [0u8; 512];
-            loop {
-                match read(&answer_r, &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => answer.extend_from_slice(&buf[..n]),
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(Error::sys("reading the map writer's answer", e)),
-                }
-            }
-            reap();
-            match answer.as_slice() {
-                [0] => {}
-                [] => {
-                    return Err(Error::Mapping(
-                        "the map writer died before it answered".into(),
-                    ))
-                }
-                text => return Err(Error::Mapping(String::from_utf8_lossy(text).into_owned())),
-            }
-            ids.become_them()
-                .map_err(|(stage, e)| describe.stage_error(stage, e))?;
-            sys::default_sigpipe().map_err(|e| describe.stage_error(Stage::Prepare, e))?;
-            let Err(e) = nix::unistd::execvp(&argv[0], argv);
-            Err(describe.stage_error(Stage::Exec, exec_errno(&argv[0], e, path)))
-        }
-    }
+    let holder = sys::userns::hold_new().map_err(|e| describe.stage_error(Stage::Unshare, e))?;
+    mapper.write(holder.pid(), map)?;
+    holder
+        .join()
+        .map_err(|e| Error::sys("cannot join the new user namespace", e))?;
+    ids.become_them()
+        .map_err(|(stage, e)| describe.stage_error(stage, e))?;
+    sys::default_sigpipe().map_err(|e| describe.stage_error(Stage::Prepare, e))?;
+    let Err(e) = nix::unistd::execvp(&argv[0], argv);
+    Err(describe.stage_error(Stage::Exec, exec_errno(&argv[0], e, path)))
 }
 
 /// What idshift does while the command runs.
@@ -224,27 +170,18 @@ pub fn check_writable(map: &IdMap) -> Result<()> {
 }
 
 /// A new user namespace with `map`, as a file descriptor (for `mount_setattr`'s
-/// `MOUNT_ATTR_IDMAP`). A child process creates it, the maps are written, the namespace file is
-/// opened, and the child is ended: the fd keeps the namespace alive.
+/// `MOUNT_ATTR_IDMAP`). A placeholder child creates it (`sys::userns`, no fork: callable with
+/// threads running), the maps are written, the namespace file is opened, and the child is let
+/// go: the fd keeps the namespace alive.
 pub fn namespace_fd(map: &IdMap, mapper: &Mapper) -> Result<OwnedFd> {
     check_writable(map)?;
-    match child::fork()? {
-        Forked::Child(channel) => {
-            // Never goes on: the parent ends it once it has opened the namespace.
-            channel.enter(None, CloneFlags::empty());
-            sys::exit_now(0)
-        }
-        Forked::Parent(mut supervisor) => {
-            supervisor.ready(&|_, errno| Error::sys("cannot create a user namespace", errno))?;
-            mapper.write(supervisor.pid(), map)?;
-            let path = mapper
-                .proc_root
-                .join(format!("{}/ns/user", supervisor.pid()));
-            let ns = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // The supervisor, dropped, kills and reaps the child.
-            Ok(OwnedFd::from(ns))
-        }
-    }
+    let holder =
+        sys::userns::hold_new().map_err(|e| Error::sys("cannot create a user namespace", e))?;
+    mapper.write(holder.pid(), map)?;
+    let path = mapper.proc_root.join(format!("{}/ns/user", holder.pid()));
+    let ns = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    // The holder, dropped, lets its child go and reaps it; the namespace lives on in `ns`.
+    Ok(OwnedFd::from(ns))
 }
 
 /// Forks the child that enters the namespace and supervises it.

@@ -7,7 +7,10 @@
 //!   same run on the same trees for before/after figures;
 //! - `IDSHIFT_BENCH_DIR` [default `/var/tmp/idshift-bench`]: the 200k-inode tree of
 //!   `cargo bench --bench shift` (`tree-200000`, built by it) and the flat directory built here;
-//! - `IDSHIFT_BENCH_FLAT` [default 300000]: entries of the flat directory.
+//! - `IDSHIFT_BENCH_FLAT` [default 300000]: entries of the flat directory;
+//! - `IDSHIFT_BENCH_MIGRATE_INODES` [default 1000000]: the tree of `cargo bench --bench shift`
+//!   the `migrate` cases copy (`tree-1000000`: ~950k inodes, as `IDSHIFT_BENCH_INODES=1000000
+//!   cargo bench --bench shift` builds it); the 200k tree when that one is not built.
 //!
 //! Cases:
 //! - cold cache (the page cache dropped before each run): `shift` forward with the default
@@ -17,8 +20,8 @@
 //! - `status` against a bare walk on the same threads that does what a status reporting
 //!   capabilities and ACLs must: openat + getdents64 per directory, fstatat + llistxattr per
 //!   inode; warm and cold;
-//! - `migrate` of a container whose rootfs is a copy of the 200k tree: shifted (every inode)
-//!   against `--idmapped` (after the first, the config only).
+//! - `migrate` of a container whose rootfs is a copy of the 1M-name tree (else the 200k one):
+//!   shifted (every inode) against `--idmapped` (after the first, the config only).
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -297,9 +300,19 @@ fn main() {
     }
 
     // migrate: shifted (every inode rewritten) against --idmapped (the config only, once the
-    // rootfs is in the host view), on a container whose rootfs is a copy of the 200k tree.
-    if dir.join("tree-200000.complete").exists() {
-        migrate_cases(&dir, &tree, &bins);
+    // rootfs is in the host view), on a container whose rootfs is a copy of the big tree.
+    let big = format!("tree-{}", env_num("IDSHIFT_BENCH_MIGRATE_INODES", 1_000_000));
+    match [big.as_str(), "tree-200000"]
+        .into_iter()
+        .find(|t| dir.join(format!("{t}.complete")).exists())
+    {
+        Some(t) => {
+            if t != big {
+                println!("migrate: no complete {big}, using {t} (`IDSHIFT_BENCH_INODES=1000000 cargo bench --bench shift` builds it)");
+            }
+            migrate_cases(&dir, &dir.join(t), &bins);
+        }
+        None => println!("migrate cases skipped: no {big} or tree-200000 in {}", dir.display()),
     }
 
     // One huge directory.

@@ -301,7 +301,10 @@ fn main() {
 
     // migrate: shifted (every inode rewritten) against --idmapped (the config only, once the
     // rootfs is in the host view), on a container whose rootfs is a copy of the big tree.
-    let big = format!("tree-{}", env_num("IDSHIFT_BENCH_MIGRATE_INODES", 1_000_000));
+    let big = format!(
+        "tree-{}",
+        env_num("IDSHIFT_BENCH_MIGRATE_INODES", 1_000_000)
+    );
     match [big.as_str(), "tree-200000"]
         .into_iter()
         .find(|t| dir.join(format!("{t}.complete")).exists())
@@ -312,7 +315,10 @@ fn main() {
             }
             migrate_cases(&dir, &dir.join(t), &bins);
         }
-        None => println!("migrate cases skipped: no {big} or tree-200000 in {}", dir.display()),
+        None => println!(
+            "migrate cases skipped: no {big} or tree-200000 in {}",
+            dir.display()
+        ),
     }
 
     // One huge directory.

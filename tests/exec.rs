@@ -772,4 +772,18 @@ fn a_private_directory_on_the_way_points_to_map_self() {
     ]));
     let err = assert_one_error_line(&out, 127, "cannot run 'no-such-cmd-x'");
     assert!(!err.contains("map-self"), "{err}");
+    // A map that maps the caller's uid: the directory is no obstacle, and a file there that
+    // cannot be executed is refused for what it is, without the hint.
+    let plain = home.join("plain");
+    std::fs::write(&plain, "#!/bin/sh\necho plain\n").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&mut idshift(&[
+        "exec",
+        "-m",
+        "b:0:0:1",
+        "--",
+        plain.to_str().unwrap(),
+    ]));
+    let err = assert_one_error_line(&out, 126, "cannot run");
+    assert!(!err.contains("map-self"), "{err}");
 }

@@ -19,14 +19,8 @@ use crate::userns::{self, ExecSpec, Mapper};
 /// Runs the command; its exit status, or 125/126/127 when idshift or the exec failed.
 pub fn run(args: ExecArgs) -> ExitCode {
     let map_self = args.map_self || args.rootfs.is_some();
-    // Looked at in the host view, before idshift enters the namespace (where the caller's
-    // directories show as owned by the overflow id): the 0700 directory a refusal would be
-    // about. A few stats, only of the command's own path.
-    let private_dir = match args.command.first() {
-        Some(program) if !map_self => private_dir_on_the_way(&program.to_string_lossy()),
-        _ => None,
-    };
-    match exec(args) {
+    let mut private_dir = None;
+    match exec(args, &mut private_dir) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             // Refused on the way, or (searched along PATH) not seen from the namespace at all.
@@ -61,7 +55,7 @@ pub fn run(args: ExecArgs) -> ExitCode {
 /// The first directory on the way to `program` (a path, else where `PATH` has it) that the
 /// caller owns and others may not enter, like a 0700 home: the namespace's root, another host
 /// uid, is refused there.
-fn private_dir_on_the_way(program: &str) -> Option<std::path::PathBuf> {
+fn private_dir_on_the_way(program: &str, me: u32) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let cwd = std::env::current_dir().ok()?;
     let path = if program.contains('/') {
@@ -71,7 +65,6 @@ fn private_dir_on_the_way(program: &str) -> Option<std::path::PathBuf> {
             .map(|dir| cwd.join(dir).join(program))
             .find(|p| p.symlink_metadata().is_ok())?
     };
-    let me = nix::unistd::geteuid().as_raw();
     path.ancestors()
         .skip(1)
         .collect::<Vec<_>>()
@@ -104,7 +97,9 @@ fn source(s: &MapSource) -> Source {
     }
 }
 
-fn exec(args: ExecArgs) -> Result<i32> {
+/// Runs the command; on the way, sets `private_dir` to what a refusal would be about (see
+/// [`private_dir_on_the_way`]).
+fn exec(args: ExecArgs, private_dir: &mut Option<PathBuf>) -> Result<i32> {
     let source = source(&args.source);
     if let Source::Delegated(user) = &source {
         super::warn_skipped(&SubIdFiles::default(), user);
@@ -125,6 +120,16 @@ fn exec(args: ExecArgs) -> Result<i32> {
             ))),
         }
     };
+    // Looked at in the host view, before idshift enters the namespace (where the caller's
+    // directories show as owned by the overflow id): the 0700 directory a refusal would be
+    // about. A few stats, only of the command's own path, and only where the namespace leaves
+    // the caller's uid unmapped (else such a directory is no obstacle).
+    let me = nix::unistd::geteuid().as_raw();
+    if let Some(program) = args.command.first() {
+        if !args.map_self && args.rootfs.is_none() && map.to_ns(IdKind::Uid, me).is_none() {
+            *private_dir = private_dir_on_the_way(&program.to_string_lossy(), me);
+        }
+    }
     let command = if args.command.is_empty() {
         // The caller's shell may not exist in a container's rootfs.
         let shell = std::env::var_os("SHELL").filter(|s| !s.is_empty() && args.rootfs.is_none());

@@ -142,7 +142,7 @@ pub enum Command {
     },
 
     /// Print the man page (roff) to stdout (`idshift man > idshift.1`), or write idshift.1 and
-    /// a page per subcommand (idshift-exec.1, …) into a directory.
+    /// a page per subcommand (idshift-exec.1, ...) into a directory.
     Man {
         /// Write every page into this directory instead.
         #[arg(long, value_name = "DIR")]
@@ -176,7 +176,7 @@ pub struct MigrateArgs {
     #[arg(long, num_args = 1.., value_name = "MAP", value_parser = MapSpec::from_str)]
     pub to_map: Vec<MapSpec>,
 
-    /// Also shift the directories the container bind-mounts (lxc.mount.entry … bind) whose
+    /// Also shift the directories the container bind-mounts (lxc.mount.entry ... bind) whose
     /// owner lies in the old map, after the rootfs and before the config is rewritten; one
     /// that another container also mounts is refused. Without it they are listed and left.
     #[arg(long)]

@@ -142,14 +142,27 @@ fn man_pages_render() {
         "exec's exit statuses"
     );
     if on_path("man") {
-        let out = run(std::process::Command::new("man")
-            .args(["--warnings", "-l"])
-            .arg(dir.path().join("idshift-migrate.1"))
-            .env("MANWIDTH", "80")
-            .env("MANPAGER", "cat"));
-        assert_code(&out, 0);
-        assert!(stderr(&out).is_empty(), "man warns: {}", stderr(&out));
-        assert!(stdout(&out).contains("EXIT STATUS"));
+        // Every page, in a UTF-8 locale and in the C locale (where troff's ASCII device lacks
+        // characters such as U+2026 and says so).
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let page = entry.unwrap().path();
+            for locale in ["C.UTF-8", "C"] {
+                let out = run(std::process::Command::new("man")
+                    .args(["--warnings", "-l"])
+                    .arg(&page)
+                    .env("MANWIDTH", "80")
+                    .env("MANPAGER", "cat")
+                    .env("LC_ALL", locale));
+                assert_code(&out, 0);
+                assert!(
+                    stderr(&out).is_empty(),
+                    "man warns on {} in {locale}: {}",
+                    page.display(),
+                    stderr(&out)
+                );
+                assert!(stdout(&out).contains("EXIT STATUS"));
+            }
+        }
     } else {
         eprintln!("man_pages_render: man(1) not installed, pages not rendered through it");
     }

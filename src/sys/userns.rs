@@ -41,26 +41,25 @@ pub struct Holder {
 pub fn hold_new() -> Result<Holder, Errno> {
     let (wait_r, release) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let mut stack: Vec<u8> = Vec::with_capacity(STACK_SIZE);
-    // The stack grows down: the child starts at its 16-byte-aligned top.
-    let top = {
-        let end = stack.as_mut_ptr() as usize + stack.capacity();
-        (end & !15) as *mut libc::c_void
-    };
+    // The stack grows down: the child starts 16 bytes below the 16-byte-aligned end of the
+    // buffer, and finds both ends of the pipe in those 16 bytes (its one argument points there;
+    // a pointer, as two descriptors do not fit in one on 32-bit targets).
+    let top = (stack.as_mut_ptr() as usize + stack.capacity()) & !15;
+    let top = (top - 16) as *mut libc::c_int;
+    // SAFETY: `top` lies 16 bytes below the end of the allocation (STACK_SIZE bytes, far more
+    // than 16), is aligned for c_int, and nothing else refers to that memory yet.
+    unsafe {
+        top.write(wait_r.as_raw_fd());
+        top.add(1).write(release.as_raw_fd());
+    }
     let flags = CloneFlags::CLONE_NEWUSER.bits() | CloneFlags::CLONE_VM.bits() | libc::SIGCHLD;
-    // SAFETY: `wait_for_release` touches nothing of ours but `arg` (a file descriptor passed by
-    // value) and its own frame on `stack`, which outlives the child (`Drop` reaps it before
-    // `_stack` is freed). It allocates nothing and takes no lock, so sharing our memory cannot
+    // SAFETY: `wait_for_release` touches nothing of ours but the two descriptors `top` points
+    // to and its own frame below them on `stack`, which outlives the child (`Drop` reaps it
+    // before `_stack` is freed). It allocates nothing and takes no lock, so sharing our memory cannot
     // race with us; it makes one system call through `syscall(2)`, which writes `errno` (shared
     // with us through the TLS block) only if `read` fails, and a read of a pipe we hold open
     // does not fail (no signal handler of ours interrupts it).
-    let pid = unsafe {
-        libc::clone(
-            wait_for_release,
-            top,
-            flags,
-            fds_arg(wait_r.as_raw_fd(), release.as_raw_fd()),
-        )
-    };
+    let pid = unsafe { libc::clone(wait_for_release, top.cast(), flags, top.cast()) };
     // The child has its own copies of both ends (no CLONE_FILES) and closes its write end.
     drop(wait_r);
     if pid == -1 {
@@ -73,20 +72,16 @@ pub fn hold_new() -> Result<Holder, Errno> {
     })
 }
 
-/// Both ends of the pipe in the child's one argument, by value (no memory to keep alive).
-fn fds_arg(read: libc::c_int, write: libc::c_int) -> *mut libc::c_void {
-    (((read as u32 as u64) << 32) | write as u32 as u64) as usize as *mut libc::c_void
-}
-
 /// The child: close its copy of the write end, block until the parent closes its own (or
 /// dies), then exit.
 extern "C" fn wait_for_release(arg: *mut libc::c_void) -> libc::c_int {
-    let both = arg as usize as u64;
-    let (read, write) = ((both >> 32) as libc::c_int, both as u32 as libc::c_int);
+    let fds = arg.cast::<libc::c_int>();
     let mut byte = 0u8;
-    // SAFETY: plain system calls on our own descriptors; `byte` is a live one-byte buffer on
-    // this stack.
+    // SAFETY: `arg` points to the two descriptors `hold_new` wrote above this stack, which
+    // lives until the child is reaped; the rest are plain system calls on our own descriptors,
+    // and `byte` is a live one-byte buffer on this stack.
     unsafe {
+        let (read, write) = (fds.read(), fds.add(1).read());
         libc::syscall(libc::SYS_close, write);
         libc::syscall(libc::SYS_read, read, &mut byte as *mut u8, 1usize);
     }
@@ -122,6 +117,10 @@ impl Holder {
         if let Some(release) = self.release.take() {
             use nix::sys::wait::{waitpid, WaitPidFlag};
             drop(release);
+            // End of file reaches the child only once every copy of the write end is closed: a
+            // fork of another thread may hold one (until it execs). The child has nothing left
+            // to do, so it is also killed; it is ours (same ids), so this cannot be refused.
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
             while waitpid(self.pid, Some(WaitPidFlag::__WALL)) == Err(Errno::EINTR) {}
         }
     }

@@ -1,9 +1,16 @@
-//! Links the unwinder statically where the C compiler has it (`libgcc_eh.a`, what
-//! `gcc -static-libgcc` links), so that the dynamic loader maps one shared library fewer
-//! (`libgcc_s.so.1`) when idshift starts: `exec` is measured against `unshare`, and in a VM each
-//! mapped library costs page faults worth ~5% of its start-up (`cargo bench --bench exec`).
-//! Unwinding and backtraces work as before (Rust's static targets use the same archive). Where
-//! the archive is not found, nothing changes and `libgcc_s` is linked as usual.
+//! Two link-time choices for the Linux binary, both about what the dynamic loader must do when
+//! idshift starts (`exec` is measured against `unshare`, and in a VM every page fault of the
+//! start-up counts: `cargo bench --bench exec`):
+//!
+//! - The unwinder is linked statically where the C compiler has it (`libgcc_eh.a`, what
+//!   `gcc -static-libgcc` links), so that `libgcc_s.so.1` is not mapped: ~5% of the start-up.
+//!   Unwinding and backtraces work as before (Rust's static targets use the same archive).
+//!   Where the archive is not found, or when cross-compiling (the host's compiler would name
+//!   the host's archive), nothing changes and `libgcc_s` is linked as usual.
+//! - `pow`, which `src/sys/pow.rs` defines so that `libm.so.6` is not loaded, is kept out of
+//!   the executable's dynamic symbol table (a version script making it local): the linker would
+//!   otherwise export it, since a library on the link line defines it too, and a library loaded
+//!   later (an NSS module) would then call idshift's `pow` instead of the C library's.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,13 +18,21 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CC");
-    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
-    let static_crt = std::env::var("CARGO_CFG_TARGET_FEATURE")
-        .unwrap_or_default()
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    if var("CARGO_CFG_TARGET_OS") != "linux" {
+        return;
+    }
+    let out = PathBuf::from(var("OUT_DIR")).join("local-pow.ver");
+    std::fs::write(&out, "{ local: pow; };\n").expect("write the version script");
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--version-script={}",
+        out.display()
+    );
+
+    let static_crt = var("CARGO_CFG_TARGET_FEATURE")
         .split(',')
         .any(|f| f == "crt-static");
-    if os != "linux" || env != "gnu" || static_crt {
+    if var("CARGO_CFG_TARGET_ENV") != "gnu" || static_crt || var("HOST") != var("TARGET") {
         return;
     }
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());

@@ -169,7 +169,8 @@ fn man_pages_render() {
 }
 
 /// `src/sys/pow.rs` resolves the one maths function idshift needs at link time, so the binary
-/// does not load `libm.so.6` at each start (a measured ~3.5% of `exec`'s start-up).
+/// does not load `libm.so.6` at each start (a measured ~3.5% of `exec`'s start-up), and
+/// `build.rs` keeps that `pow` out of the dynamic symbol table.
 fn the_binary_does_not_load_the_maths_library() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         skip("the shared libraries checked are glibc's");
@@ -186,6 +187,17 @@ fn the_binary_does_not_load_the_maths_library() {
         !needed.iter().any(|l| l.contains("libm.so")),
         "libm is loaded: {needed:?}"
     );
+    // And idshift's `pow` is its own: a library loaded later gets the C library's.
+    let out = run(std::process::Command::new("readelf")
+        .args(["--dyn-syms", "-W"])
+        .arg(bin()));
+    assert_code(&out, 0);
+    let exported: Vec<String> = stdout(&out)
+        .lines()
+        .filter(|l| !l.contains(" UND ") && l.split_whitespace().last() == Some("pow"))
+        .map(str::to_string)
+        .collect();
+    assert!(exported.is_empty(), "pow is exported: {exported:?}");
 }
 
 fn help_and_version() {

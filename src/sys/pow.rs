@@ -5,14 +5,17 @@
 //! the mapping and relocation of a shared library: ~3.5% of `idshift exec -- true` in this VM
 //! (`cargo bench --bench exec`), whether or not a progress bar is ever drawn. Defining the
 //! symbol here resolves it at link time from the `libm` crate (rust-lang's port of musl's
-//! maths library, correctly rounded to within 1 ulp), and the linker, which links shared
+//! maths library, accurate to within 1 ulp), and the linker, which links shared
 //! libraries only as needed, drops `libm.so.6`. Should a dependency ever need another function
 //! of it, the library is linked again, as before: nothing breaks.
 //!
-//! The symbol is not exported from the executable (it has no dynamic symbol table entry), so
-//! a library loaded at run time that needs `pow` still gets the C library's own.
+//! `build.rs` keeps the symbol out of the executable's dynamic symbol table (the linker would
+//! export it, since the C library's `libm.so.6` on the link line defines it too), so a library
+//! loaded at run time that needs `pow` (an NSS module) still gets the C library's own, with
+//! its `errno`. Within idshift nothing reads `errno` after a `pow`.
 
-/// `pow(x, y)`: `x` raised to the power `y`, with the C semantics.
+/// `pow(x, y)`: `x` raised to the power `y`, with C's results for special values (it sets no
+/// `errno`).
 #[no_mangle]
 pub extern "C" fn pow(x: f64, y: f64) -> f64 {
     libm::pow(x, y)

@@ -525,3 +525,14 @@ pub struct ExecArgs {
     )]
     pub command: Vec<OsString>,
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks of every subcommand's arguments (conflicts, requires,
+    /// names, positions). With `defer`, a run only checks the subcommand it builds.
+    #[test]
+    fn every_subcommand_passes_claps_checks() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

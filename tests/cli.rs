@@ -143,10 +143,22 @@ fn man_pages_render() {
     );
     if on_path("man") {
         // Every page, in a UTF-8 locale and in the C locale (where troff's ASCII device lacks
-        // characters such as U+2026 and says so).
+        // characters such as U+2026 and says so). C.UTF-8 only where the C library has it.
+        let utf8 = std::process::Command::new("locale")
+            .arg("-a")
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.eq_ignore_ascii_case("c.utf8") || l.eq_ignore_ascii_case("c.utf-8"))
+            });
+        let locales: &[&str] = if utf8 { &["C.UTF-8", "C"] } else { &["C"] };
+        if !utf8 {
+            eprintln!("man_pages_render: no C.UTF-8 locale here, pages rendered in C only");
+        }
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let page = entry.unwrap().path();
-            for locale in ["C.UTF-8", "C"] {
+            for &locale in locales {
                 let out = run(std::process::Command::new("man")
                     .args(["--warnings", "-l"])
                     .arg(&page)

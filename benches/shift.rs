@@ -14,6 +14,8 @@
 //! - `idshift` with all cores and with `--threads 1`;
 //! - the baseline: a minimal parallel walker on the same threads that only does `fstatat` +
 //!   `fchownat` per inode (and `getdents` per directory) — the speed of light;
+//! - the floor: the same walker with the one `listxattrat` per inode that no tool keeping
+//!   capabilities and ACLs can skip — the least a correct shift does;
 //! - `fuidshift` (Debian package lxd-tools) when installed;
 //! - `idshift mount`, the zero-copy alternative: an idmapped bind mount shows the tree shifted
 //!   (forward: mount and stat its root through it; back: umount). Nothing on disk changes.
@@ -174,8 +176,10 @@ fn intact_tree(idshift: &str, root: &Path, inodes: u64) -> u64 {
     n
 }
 
-/// The speed of light: per inode one `fstatat` and one `fchownat`, nothing else.
-fn baseline_dir(dir: &Dir, delta: i64) -> u64 {
+/// The speed of light: per inode one `fstatat` and one `fchownat`, nothing else; with `probe`,
+/// also the one `listxattrat` no tool that keeps capabilities and ACLs can do without (the
+/// floor of a correct shift).
+fn baseline_dir(dir: &Dir, delta: i64, probe: bool) -> u64 {
     use std::os::fd::AsFd;
     let fd = dir.as_fd();
     let mut sub = Vec::new();
@@ -188,6 +192,9 @@ fn baseline_dir(dir: &Dir, delta: i64) -> u64 {
             continue;
         }
         let st = fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        if probe {
+            let _ = idshift::sys::xattr::list(fd, Some(name));
+        }
         let shift = |id: u32| (id as i64 + delta) as u32;
         let (uid, gid) = (shift(st.st_uid), shift(st.st_gid));
         fchownat(
@@ -213,19 +220,19 @@ fn baseline_dir(dir: &Dir, delta: i64) -> u64 {
                 Mode::empty(),
             )
             .unwrap();
-            baseline_dir(&d, delta)
+            baseline_dir(&d, delta, probe)
         })
         .sum::<u64>()
 }
 
-fn baseline(root: &Path, threads: usize, delta: i64) {
+fn baseline(root: &Path, threads: usize, delta: i64, probe: bool) {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap();
     pool.install(|| {
         let d = Dir::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        baseline_dir(&d, delta);
+        baseline_dir(&d, delta, probe);
     });
 }
 
@@ -354,8 +361,14 @@ fn main() {
     measure(
         &format!("baseline fstatat+fchownat, {threads} threads"),
         rounds,
-        &mut || baseline(&root, threads, 100000),
-        &mut || baseline(&root, threads, -100000),
+        &mut || baseline(&root, threads, 100000, false),
+        &mut || baseline(&root, threads, -100000, false),
+    );
+    measure(
+        &format!("floor fstatat+listxattr+fchownat, {threads} threads"),
+        rounds,
+        &mut || baseline(&root, threads, 100000, true),
+        &mut || baseline(&root, threads, -100000, true),
     );
     measure(
         "idshift shift, --threads 1",
@@ -366,8 +379,14 @@ fn main() {
     measure(
         "baseline fstatat+fchownat, 1 thread",
         rounds,
-        &mut || baseline(&root, 1, 100000),
-        &mut || baseline(&root, 1, -100000),
+        &mut || baseline(&root, 1, 100000, false),
+        &mut || baseline(&root, 1, -100000, false),
+    );
+    measure(
+        "floor fstatat+listxattr+fchownat, 1 thread",
+        rounds,
+        &mut || baseline(&root, 1, 100000, true),
+        &mut || baseline(&root, 1, -100000, true),
     );
     let have_fuidshift = Command::new("fuidshift").arg("--help").output().is_ok();
     if have_fuidshift {
@@ -418,6 +437,16 @@ fn main() {
         "idshift / baseline, 1 thread",
         get("idshift shift, --threads 1"),
         get("baseline fstatat+fchownat, 1"),
+    );
+    ratio(
+        "idshift / floor (baseline + listxattr), all threads",
+        get(&format!("idshift shift, {threads}")),
+        get(&format!("floor fstatat+listxattr+fchownat, {threads}")),
+    );
+    ratio(
+        "idshift / floor (baseline + listxattr), 1 thread",
+        get("idshift shift, --threads 1"),
+        get("floor fstatat+listxattr+fchownat, 1"),
     );
     ratio(
         "fuidshift / idshift (target >= 15)",

@@ -18,14 +18,14 @@ use crate::userns::{self, ExecSpec, Mapper};
 
 /// Runs the command; its exit status, or 125/126/127 when idshift or the exec failed.
 pub fn run(args: ExecArgs) -> ExitCode {
-    let map_self = args.map_self || args.rootfs.is_some();
+    // Set only where the hint can apply (no -s, no --rootfs, the caller's uid unmapped).
     let mut private_dir = None;
     match exec(args, &mut private_dir) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(err) => {
             // Refused on the way, or (searched along PATH) not seen from the namespace at all.
             let hint = match &err {
-                Error::Exec { program, errno } if !map_self => match errno {
+                Error::Exec { program, errno } => match errno {
                     nix::errno::Errno::EACCES => private_dir.clone(),
                     nix::errno::Errno::ENOENT if !program.contains('/') => private_dir.clone(),
                     _ => None,

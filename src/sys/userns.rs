@@ -55,10 +55,10 @@ pub fn hold_new() -> Result<Holder, Errno> {
     let flags = CloneFlags::CLONE_NEWUSER.bits() | CloneFlags::CLONE_VM.bits() | libc::SIGCHLD;
     // SAFETY: `wait_for_release` touches nothing of ours but the two descriptors `top` points
     // to and its own frame below them on `stack`, which outlives the child (`Drop` reaps it
-    // before `_stack` is freed). It allocates nothing and takes no lock, so sharing our memory cannot
-    // race with us; it makes one system call through `syscall(2)`, which writes `errno` (shared
-    // with us through the TLS block) only if `read` fails, and a read of a pipe we hold open
-    // does not fail (no signal handler of ours interrupts it).
+    // before `_stack` is freed). It allocates nothing and takes no lock, so sharing our memory
+    // cannot race with us; it makes its system calls through `syscall(2)`, which writes `errno`
+    // (shared with us through the TLS block) only if one fails, and a read of a pipe we hold
+    // open does not fail (no signal handler of ours interrupts it).
     let pid = unsafe { libc::clone(wait_for_release, top.cast(), flags, top.cast()) };
     // The child has its own copies of both ends (no CLONE_FILES) and closes its write end.
     drop(wait_r);

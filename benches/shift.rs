@@ -176,6 +176,13 @@ fn intact_tree(idshift: &str, root: &Path, inodes: u64) -> u64 {
     n
 }
 
+/// The two bare walkers measured beside idshift, by case name: the speed of light, and the
+/// floor of a correct shift (`probe`: one `listxattrat` per inode more).
+const WALKERS: [(&str, bool); 2] = [
+    ("baseline fstatat+fchownat", false),
+    ("floor fstatat+listxattr+fchownat", true),
+];
+
 /// The speed of light: per inode one `fstatat` and one `fchownat`, nothing else; with `probe`,
 /// also the one `listxattrat` no tool that keeps capabilities and ACLs can do without (the
 /// floor of a correct shift).
@@ -358,36 +365,28 @@ fn main() {
         },
         &mut || run(Command::new(idshift).args(["umount", d])),
     );
-    measure(
-        &format!("baseline fstatat+fchownat, {threads} threads"),
-        rounds,
-        &mut || baseline(&root, threads, 100000, false),
-        &mut || baseline(&root, threads, -100000, false),
-    );
-    measure(
-        &format!("floor fstatat+listxattr+fchownat, {threads} threads"),
-        rounds,
-        &mut || baseline(&root, threads, 100000, true),
-        &mut || baseline(&root, threads, -100000, true),
-    );
+    for (name, probe) in WALKERS {
+        measure(
+            &format!("{name}, {threads} threads"),
+            rounds,
+            &mut || baseline(&root, threads, 100000, probe),
+            &mut || baseline(&root, threads, -100000, probe),
+        );
+    }
     measure(
         "idshift shift, --threads 1",
         rounds,
         &mut || shift(false, "1"),
         &mut || shift(true, "1"),
     );
-    measure(
-        "baseline fstatat+fchownat, 1 thread",
-        rounds,
-        &mut || baseline(&root, 1, 100000, false),
-        &mut || baseline(&root, 1, -100000, false),
-    );
-    measure(
-        "floor fstatat+listxattr+fchownat, 1 thread",
-        rounds,
-        &mut || baseline(&root, 1, 100000, true),
-        &mut || baseline(&root, 1, -100000, true),
-    );
+    for (name, probe) in WALKERS {
+        measure(
+            &format!("{name}, 1 thread"),
+            rounds,
+            &mut || baseline(&root, 1, 100000, probe),
+            &mut || baseline(&root, 1, -100000, probe),
+        );
+    }
     let have_fuidshift = Command::new("fuidshift").arg("--help").output().is_ok();
     if have_fuidshift {
         // fuidshift is slow: one round.
@@ -428,26 +427,36 @@ fn main() {
             println!("  ratio {label:<58} {:.2}x", a / b);
         }
     };
-    ratio(
-        "idshift / baseline, all threads (target <= 1.25)",
-        get(&format!("idshift shift, {threads}")),
-        get(&format!("baseline fstatat+fchownat, {threads}")),
-    );
-    ratio(
-        "idshift / baseline, 1 thread",
-        get("idshift shift, --threads 1"),
-        get("baseline fstatat+fchownat, 1"),
-    );
-    ratio(
-        "idshift / floor (baseline + listxattr), all threads",
-        get(&format!("idshift shift, {threads}")),
-        get(&format!("floor fstatat+listxattr+fchownat, {threads}")),
-    );
-    ratio(
-        "idshift / floor (baseline + listxattr), 1 thread",
-        get("idshift shift, --threads 1"),
-        get("floor fstatat+listxattr+fchownat, 1"),
-    );
+    let [(baseline_name, _), (floor_name, _)] = WALKERS;
+    for (label, name) in [
+        (
+            "idshift / baseline, all threads (target <= 1.25)",
+            baseline_name,
+        ),
+        (
+            "idshift / floor (baseline + listxattr), all threads",
+            floor_name,
+        ),
+    ] {
+        ratio(
+            label,
+            get(&format!("idshift shift, {threads}")),
+            get(&format!("{name}, {threads}")),
+        );
+    }
+    for (label, name) in [
+        ("idshift / baseline, 1 thread", baseline_name),
+        (
+            "idshift / floor (baseline + listxattr), 1 thread",
+            floor_name,
+        ),
+    ] {
+        ratio(
+            label,
+            get("idshift shift, --threads 1"),
+            get(&format!("{name}, 1")),
+        );
+    }
     ratio(
         "fuidshift / idshift (target >= 15)",
         get("fuidshift"),

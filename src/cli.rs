@@ -399,6 +399,12 @@ pub struct ShiftCommon {
     /// overrides.
     #[arg(long)]
     pub force: bool,
+    /// Accept the loss recorded for this file (repeatable): a setuid/setgid bit or capability
+    /// that the chown of an interrupted run took, which could not be written back because the
+    /// file was changed since. The tree's loss list names such files until they hold what they
+    /// lost again or their loss is accepted; until then every shift exits 1.
+    #[arg(long, value_name = "PATH")]
+    pub accept_loss: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

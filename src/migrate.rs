@@ -171,6 +171,20 @@ pub(crate) fn unfinished_target(rootfs: &Path, from: &View) -> Result<Option<Vie
     }
 }
 
+/// Whether the tree at `dir` holds `view`, as its record says, with no shift of it pending: a
+/// shift that exited 1 there finished, and named only losses of the tree's list.
+pub fn at_target(dir: &Path, view: &View) -> bool {
+    let Ok(tree) = crate::tree::Tree::open(dir) else {
+        return false;
+    };
+    let settled = match state::find(&tree) {
+        Ok(state::Found::Nothing) => true,
+        Ok(state::Found::Pending(j)) => j.done,
+        _ => false,
+    };
+    settled && state::recorded(tree.root.as_fd()).as_ref() == Some(view)
+}
+
 /// The containers of `others` whose configured maps share host ids of the same kind with
 /// `view`'s map: a container moved there would own their files, and they its.
 pub fn sharing_range(others: &[(String, LxcConfig)], view: &View) -> Vec<String> {
@@ -313,17 +327,18 @@ pub enum Outcome {
 
 /// Carries out a prepared migration in its crash-safe order: the rootfs first, through
 /// `shift_rootfs` (which shifts `m.rootfs` from `m.from` to `m.to` and returns the shift's exit
-/// status), and the config only once that shift finished with nothing left over. Killed at any
+/// status, and whether every tree it shifted now holds its target view), and the config only
+/// once that shift finished with nothing left over but losses already listed. Killed at any
 /// point, the config never names a map the rootfs does not hold yet, and the same migration run
 /// again finishes the job.
 pub fn carry_out(
     m: &Migration,
     dry_run: bool,
-    shift_rootfs: impl FnOnce(&Migration) -> Result<u8>,
+    shift_rootfs: impl FnOnce(&Migration) -> Result<(u8, bool)>,
 ) -> Result<Outcome> {
     if !m.config_only() {
-        let code = shift_rootfs(m)?;
-        if code != 0 {
+        let (code, complete) = shift_rootfs(m)?;
+        if !complete {
             return Ok(Outcome::ShiftUnfinished(code));
         }
     }
@@ -453,7 +468,7 @@ mod tests {
                 "config changed first"
             );
             shifted.set(true);
-            Ok(0)
+            Ok((0, true))
         });
         assert_eq!(outcome.unwrap(), Outcome::Renamed);
         assert!(
@@ -481,19 +496,28 @@ mod tests {
     fn an_unfinished_or_failed_shift_leaves_the_config_alone() {
         let (_keep, m) = container();
         assert_eq!(
-            carry_out(&m, false, |_| Ok(1)).unwrap(),
+            carry_out(&m, false, |_| Ok((1, false))).unwrap(),
             Outcome::ShiftUnfinished(1)
         );
         assert_eq!(config_map(&m), "u:0:100000:65536 g:0:100000:65536");
         let err = carry_out(&m, false, |_| Err(Error::Refused("in use".into())));
         assert!(matches!(err, Err(Error::Refused(_))));
         assert_eq!(config_map(&m), "u:0:100000:65536 g:0:100000:65536");
-        assert_eq!(carry_out(&m, true, |_| Ok(0)).unwrap(), Outcome::WouldName);
+        assert_eq!(
+            carry_out(&m, true, |_| Ok((0, true))).unwrap(),
+            Outcome::WouldName
+        );
         assert_eq!(
             config_map(&m),
             "u:0:100000:65536 g:0:100000:65536",
             "a dry run writes nothing"
         );
+        // Complete, with a listed loss (exit 1): the config follows the rootfs.
+        assert_eq!(
+            carry_out(&m, false, |_| Ok((1, true))).unwrap(),
+            Outcome::Renamed
+        );
+        assert_eq!(config_map(&m), "u:0:300000:65536 g:0:300000:65536");
     }
 
     #[test]

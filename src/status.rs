@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap, IdMapEntry, BLOCK};
 use crate::report::Reporter;
+use crate::shift::losses::{self, Ledger};
 use crate::shift::state::{self, Found};
+use crate::shift::steps::Held;
 use crate::shift::{caps, ways_out, View};
 use crate::sys::fs::Stat;
 use crate::sys::xattr;
@@ -63,6 +65,9 @@ pub struct Status {
     pub record_contradicted_by: Option<u64>,
     /// The journal beside the tree, if there is one to speak of.
     pub pending: Option<Pending>,
+    /// The tree's loss list: what the chown of an interrupted shift took from files changed
+    /// before it could be written back.
+    pub losses: Vec<StatusLoss>,
     #[serde(serialize_with = "crate::report::ser_paths")]
     pub mounts_skipped: Vec<PathBuf>,
     pub errors: u64,
@@ -120,6 +125,16 @@ pub struct OutlierId {
     pub kind: &'static str,
     pub id: u32,
     pub inodes: u64,
+}
+
+/// A loss of the tree's list, and whether the file holds it again.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusLoss {
+    #[serde(serialize_with = "crate::report::ser_path")]
+    pub path: PathBuf,
+    pub what: String,
+    /// The file holds what it lost again (the next shift clears it from the list).
+    pub restored: bool,
 }
 
 /// What the journal beside the tree says.
@@ -188,6 +203,7 @@ pub struct Facts {
 
 struct Scan<'a> {
     map: Option<&'a IdMap>,
+    ledger: Ledger<'a>,
     record: Option<IdMap>,
     reporter: &'a dyn Reporter,
     acc: Mutex<Status>,
@@ -234,7 +250,18 @@ impl Visitor for Scan<'_> {
 
     fn visit(&self, at: At<'_>, st: &Stat, batch: &mut Vec<Facts>) {
         match self.facts(at, st) {
-            Ok(f) => batch.push(f),
+            Ok(f) => {
+                if !self.ledger.is_empty() {
+                    let now = Held {
+                        uid: f.uid,
+                        gid: f.gid,
+                        mode: f.mode & 0o7777,
+                        caps: f.caps_rootid.map(|_| Vec::new()),
+                    };
+                    self.ledger.check((st.dev, st.ino), st.btime_ns, &now);
+                }
+                batch.push(f)
+            }
             Err((op, e)) => self.error(at.path(), op, e),
         }
     }
@@ -365,6 +392,10 @@ pub fn scan(
         Found::Unusable { why, .. } => pending("unusable", None, None, Some(why)),
         Found::Lost => pending("lost", None, None, None),
     };
+    let (known, unusable) = losses::read(&tree)?;
+    if let Some(text) = unusable {
+        reporter.warning(&text);
+    }
     let recorded = state::recorded(tree.root.as_fd());
     let record = match &recorded {
         Some(crate::shift::View::Map(m)) => Some(m.clone()),
@@ -372,6 +403,7 @@ pub fn scan(
     };
     let scan = Scan {
         map,
+        ledger: Ledger::new(None, known, Default::default()),
         record,
         reporter,
         acc: Mutex::new(Status {
@@ -389,7 +421,19 @@ pub fn scan(
     let pool = walk::pool(threads)?;
     walk::walk(&pool, tree.root.as_fd(), dir, cross_mounts, &scan)
         .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
+    let ledger = scan.ledger.finish(false)?;
     let mut status = scan.acc.into_inner().unwrap_or_else(|e| e.into_inner());
+    let restored: Vec<_> = ledger.restored.iter().map(|l| l.key).collect();
+    status.losses = ledger
+        .lost
+        .iter()
+        .chain(&ledger.restored)
+        .map(|l| StatusLoss {
+            path: l.path.clone(),
+            what: l.lost.to_string(),
+            restored: restored.contains(&l.key),
+        })
+        .collect();
     status.outlier_ids = scan
         .outliers
         .into_inner()
@@ -594,6 +638,18 @@ impl Status {
                 out += &format!(" — {}", shown.join(", "));
             }
             out += "\n";
+        }
+        for l in &self.losses {
+            out += &format!(
+                "  lost by an interrupted shift: {}: {}{}\n",
+                crate::report::escape_path(&l.path),
+                l.what,
+                if l.restored {
+                    " (restored since; the next shift clears it)"
+                } else {
+                    " (restore it by hand, or accept the loss: shift --accept-loss PATH)"
+                }
+            );
         }
         for m in &self.mounts_skipped {
             out += &format!(

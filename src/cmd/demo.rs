@@ -342,6 +342,7 @@ pub fn run(keep: bool) -> Result<()> {
         strict: false,
         verbose: true,
         force: false,
+        accept_loss: Vec::new(),
     };
     report::out(&shift::run(&opts, &printer)?.render());
 

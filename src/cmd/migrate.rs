@@ -2,7 +2,7 @@
 //! id range, rootfs first, config after ([`crate::migrate::carry_out`]).
 
 use super::shift::{options, shift_where_allowed};
-use super::{lxcpath_or_default, refuse_in_use, warn, warn_skipped};
+use super::{exit, lxcpath_or_default, refuse_in_use, warn, warn_skipped};
 use crate::cli::MigrateArgs;
 use crate::error::{Error, Result};
 use crate::idmap::source::Source;
@@ -129,6 +129,8 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
     } else if !m.idmapped && m.config.rootfs_idmapped() {
         leave_idmapped(&m, &container_dir, c.dry_run)?;
     }
+    // The shifts' exit status: 1 for a complete shift that names losses of its tree's list.
+    let status = std::cell::Cell::new(0);
     let outcome = migrate::carry_out(&m, c.dry_run, |m| {
         let interrupted = if c.dry_run {
             "interrupted: nothing was changed (a dry run)".to_string()
@@ -149,10 +151,15 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
             let opts = options(dir.clone(), from.clone(), to.clone(), c);
             let code = shift_where_allowed(&opts, c, interrupted.clone())?;
             if code != 0 {
-                return Ok(code);
+                // The disk says whether it finished (a shift that names a listed loss exits 1).
+                let complete = code == exit::FAILED && !c.dry_run && migrate::at_target(dir, to);
+                if !complete {
+                    return Ok((code, false));
+                }
+                status.set(code);
             }
         }
-        Ok(0)
+        Ok((status.get(), true))
     })?;
     let config = escape_path(&m.config.path);
     let note = match outcome {
@@ -174,7 +181,7 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
     } else {
         report::out(&format!("{note}\n"));
     }
-    Ok(0)
+    Ok(status.get())
 }
 
 /// Before a container first goes idmapped: root only; the kernel must idmap its rootfs with the

@@ -142,6 +142,7 @@ pub(super) fn options(dir: PathBuf, from: View, to: View, c: &ShiftCommon) -> sh
         strict: c.strict,
         verbose: c.verbose,
         force: c.force,
+        accept_loss: c.accept_loss.clone(),
     }
 }
 
@@ -186,7 +187,7 @@ pub(super) fn shift_where_allowed(
 fn shift_and_print(opts: &shift::ShiftOptions, printer: &Printer, json: bool) -> Result<u8> {
     let summary = shift::run(opts, printer)?;
     report::print(json, &summary, || summary.render());
-    Ok(if summary.error_count > 0 {
+    Ok(if summary.error_count > 0 || !summary.lost.is_empty() {
         exit::FAILED
     } else {
         0

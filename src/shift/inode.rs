@@ -23,7 +23,9 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 
-use super::state::{format_record, Journal, Original, RecordKind, Records};
+use super::losses::{Ledger, Loss};
+use super::state::{format_plan, format_record, Journal, Original, Plans, RecordKind, Records};
+use super::steps::{after_chown, Held, Step, StepPlan, SETID};
 use super::{acl, caps, crash_point, Translation};
 use crate::idmap::{IdKind, IdMap};
 use crate::report::escape_path;
@@ -149,8 +151,6 @@ struct Speaks {
     start: Original,
     goal: Original,
     xlate: Xlate,
-    /// The inode was finished after the record was taken.
-    done: bool,
 }
 
 /// The set of hardlinked inodes seen, sharded to keep threads apart.
@@ -183,12 +183,12 @@ pub struct Plan {
     acl_default: Option<Vec<u8>>,
     /// The record to journal before the first step, if the inode needs one.
     record: Option<(RecordKind, Original)>,
-    /// Once carried out, mark the inode's record done (`d DEV INO`), so that a later run never
-    /// restores from it what the inode lost after it was finished; and note its ctime after
-    /// each step (`c DEV INO CTIME`).
-    finished_mark: bool,
-    /// What a record would have restored but may not (the inode changed since): reported.
-    unrestored: Option<String>,
+    /// The step plan to journal (synced with the record) before the first step: the chown
+    /// takes what a later step writes back.
+    step_plan: Option<StepPlan>,
+    /// Note each step of the owner, mode and capability as it is done (`s DEV INO STEP`): a step
+    /// plan is in force for the inode.
+    tracked: bool,
 }
 
 impl Plan {
@@ -269,8 +269,6 @@ fn translate(
         caps,
         acl_access: remap_acl(&o.acl_access)?,
         acl_default: remap_acl(&o.acl_default)?,
-        done: o.done,
-        stepped: o.stepped,
     })
 }
 
@@ -282,6 +280,10 @@ pub struct ShiftVisitor<'a> {
     pub forward: &'a Records,
     pub rollback: &'a Records,
     pub journal: Option<&'a Journal>,
+    /// The step plans in force (from the journal of the pending shift).
+    pub plans: &'a Plans,
+    /// The tree's losses: the known ones are checked, the ones found are added.
+    pub ledger: &'a Ledger<'a>,
     pub reporter: &'a dyn Reporter,
     /// The map of the user namespace the shift runs in, `None` in the initial one: a value
     /// naming an id outside it could not be written back, so its inode is left untouched.
@@ -318,7 +320,9 @@ impl<'a> ShiftVisitor<'a> {
         rules: Rules<'a>,
         forward: &'a Records,
         rollback: &'a Records,
+        plans: &'a Plans,
         journal: Option<&'a Journal>,
+        ledger: &'a Ledger<'a>,
         reporter: &'a dyn Reporter,
     ) -> ShiftVisitor<'a> {
         ShiftVisitor {
@@ -328,6 +332,8 @@ impl<'a> ShiftVisitor<'a> {
             forward,
             rollback,
             journal,
+            plans,
+            ledger,
             reporter,
             namespace: None,
             born_since: None,
@@ -489,14 +495,12 @@ impl<'a> ShiftVisitor<'a> {
                     start: o.clone(),
                     goal,
                     xlate: there,
-                    done: o.done,
                 }
             } else {
                 Speaks {
                     start: goal,
                     goal: o.clone(),
                     xlate: back,
-                    done: o.done,
                 }
             }));
         }
@@ -531,10 +535,41 @@ impl<'a> ShiftVisitor<'a> {
                 return None;
             }
         };
+        let now = Held {
+            uid: cur.uid,
+            gid: cur.gid,
+            mode: cur.mode & 0o7777,
+            caps: cur.caps.clone(),
+        };
+        self.ledger.check(key, st.btime_ns, &now);
+        // A step plan in force: the inode is on it (what its chown took comes back), or another
+        // process changed it since (the change wins; what was not written back is a loss).
+        let in_force = self.plans.get(&key).filter(|p| p.btime == st.btime_ns);
+        let (eff, continued) = match in_force {
+            Some(p) => match p.position(&now, st.size, st.mtime_ns) {
+                Some(position) => {
+                    let held = p.effective(position, &now);
+                    let eff = Original {
+                        mode: cur.mode & !0o7777 | held.mode,
+                        caps: held.caps,
+                        ..cur.clone()
+                    };
+                    (eff, Some(p))
+                }
+                None => {
+                    if let Err(e) = self.lost(key, st, &at, p.lost(&now)) {
+                        self.error_msg(at.path(), "record loss", format!("{e}; left unchanged"));
+                        return None;
+                    }
+                    (cur.clone(), None)
+                }
+            },
+            None => (cur.clone(), None),
+        };
         let planned = match self.recorded(key, st) {
             Ok(Some(speaks)) => {
                 self.stats.records_used.fetch_add(1, Relaxed);
-                self.between(&speaks, &cur, st)
+                self.between(&speaks, &eff, &cur, st)
             }
             // Born after the shift began and never recorded: the shift did not change it, so a
             // rollback has nothing to return it to.
@@ -547,7 +582,7 @@ impl<'a> ShiftVisitor<'a> {
                 self.stats.already_done.fetch_add(1, Relaxed);
                 return None;
             }
-            Ok(None) => self.afresh(&cur, st, &at),
+            Ok(None) => self.afresh(&eff, &cur, st, &at),
             Err(e) => Err(e),
         };
         let mut plan = match planned {
@@ -563,38 +598,93 @@ impl<'a> ShiftVisitor<'a> {
             self.error_msg(at.path(), "keep xattrs", why);
             return None;
         }
-        if let Some(why) = plan.unrestored.take() {
-            self.error_msg(at.path(), "restore", why);
-            if plan.steps() == 0 {
-                // Said once: the next run finds the inode finished.
-                if let (Some(j), false) = (self.journal, self.dry_run) {
-                    let _ = j.mark_done(key);
-                }
-                return None;
-            }
-        }
         if plan.steps() == 0 && plan.record.is_none() {
             self.stats.already_done.fetch_add(1, Relaxed);
             return None;
         }
+        self.track(&mut plan, &now, continued, st);
         plan.name = at.name.map(|n| n.to_owned());
         plan.key = key;
         plan.symlink = st.is_symlink();
         Some(plan)
     }
 
-    /// The plan for an inode no record speaks for: every id judged by what it is now.
+    /// Another process changed an inode after its plan's chown, before what the chown took was
+    /// written back: the loss goes to the tree's list (durably, before the plan is retired).
+    fn lost(
+        &self,
+        key: (u64, u64),
+        st: &Stat,
+        at: &At<'_>,
+        lost: super::steps::Lost,
+    ) -> Result<(), String> {
+        if !lost.is_empty() {
+            let loss = Loss {
+                key,
+                btime: st.btime_ns,
+                lost,
+                path: at.path(),
+            };
+            self.ledger.found(loss).map_err(|e| e.to_string())?;
+        }
+        if let (Some(j), false) = (self.journal, self.dry_run) {
+            j.retire(key).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Decides how the plan's steps are journaled: a new step plan where its chown takes what
+    /// a later step writes back (or where it would leave the inode otherwise than the plan in
+    /// force), and notes after each step while a step plan is in force.
+    fn track(&self, plan: &mut Plan, now: &Held, continued: Option<&StepPlan>, st: &Stat) {
+        if st.is_symlink() || st.is_dir() {
+            return; // a chown takes nothing from them
+        }
+        let end = Held {
+            uid: plan.uid,
+            gid: plan.gid,
+            mode: plan.mode.unwrap_or(if plan.chown {
+                after_chown(now.mode)[0]
+            } else {
+                now.mode
+            }),
+            caps: match (&plan.caps, plan.chown) {
+                (Some(c), _) => Some(c.clone()),
+                (None, true) => None,
+                (None, false) => now.caps.clone(),
+            },
+        };
+        let restores = plan.mode.is_some() || plan.caps.is_some();
+        let fresh =
+            StepPlan::needed(now, &end) || (restores && continued.is_some_and(|p| p.end != end));
+        if fresh {
+            plan.step_plan = Some(StepPlan::new(
+                st.btime_ns,
+                st.size,
+                st.mtime_ns,
+                now.clone(),
+                end,
+            ));
+        }
+        plan.tracked = fresh || (restores && continued.is_some());
+    }
+
+    /// The plan for an inode no record speaks for: every id judged by what it is now. `eff` is
+    /// the inode as it should be (what a chown of an interrupted run took, back), `cur` as it is.
     fn afresh(
         &self,
+        eff: &Original,
         cur: &Original,
         st: &Stat,
         at: &At<'_>,
     ) -> Result<Plan, (&'static str, String)> {
-        self.judge(cur, at);
-        let goal = translate(cur, &|k, id| self.rules.fresh(k, id))?;
+        self.judge(eff, at);
+        let goal = translate(eff, &|k, id| self.rules.fresh(k, id))?;
         let chown = (goal.uid, goal.gid) != (cur.uid, cur.gid);
-        let mode = (chown && !st.is_symlink() && !st.is_dir() && cur.mode & 0o6000 != 0)
-            .then_some(cur.mode & 0o7777);
+        let plain = !st.is_symlink() && !st.is_dir();
+        let want = eff.mode & 0o7777;
+        let mode =
+            (plain && want & SETID != 0 && (chown || want != cur.mode & 0o7777)).then_some(want);
         let caps = goal
             .caps
             .clone()
@@ -614,13 +704,13 @@ impl<'a> ShiftVisitor<'a> {
             acl_access: changed(&goal.acl_access, &cur.acl_access),
             acl_default: changed(&goal.acl_default, &cur.acl_default),
             record: None,
-            finished_mark: false,
-            unrestored: None,
+            step_plan: None,
+            tracked: false,
         };
         let steps = plan.steps();
         // An outlier whose id lies in TO's ranges looks shifted afterwards: recorded unchanged,
         // so that a rollback leaves it.
-        let outlier_in_to = [(IdKind::Uid, cur.uid), (IdKind::Gid, cur.gid)]
+        let outlier_in_to = [(IdKind::Uid, eff.uid), (IdKind::Gid, eff.gid)]
             .into_iter()
             .any(|(k, id)| {
                 self.rules.fate(k, id) == Fate::Outlier && self.rules.tr.unapply(k, id).is_some()
@@ -629,24 +719,23 @@ impl<'a> ShiftVisitor<'a> {
             Direction::Forward
                 if steps > 1 || (steps > 0 && self.rules.overlap) || outlier_in_to =>
             {
-                Some((RecordKind::Forward, cur.clone()))
+                Some((RecordKind::Forward, eff.clone()))
             }
-            Direction::Rollback if steps > 1 => Some((RecordKind::Rollback, cur.clone())),
+            Direction::Rollback if steps > 1 => Some((RecordKind::Rollback, eff.clone())),
             _ => None,
         };
-        plan.finished_mark = plan.record.is_some();
         Ok(plan)
     }
 
     /// The plan for an inode a record speaks for, from its `start` to its `goal`, judged id by
     /// id: an id at the goal stays, an id at the start goes to the goal, any other id (changed
-    /// by another process since) is judged afresh. What a chown removed (setuid/setgid bits, a
-    /// capability) is restored from the record only while the record is not done (the inode
-    /// was not finished before the crash) and the inode holds exactly its start or goal ids;
-    /// setuid/setgid bits only if the permission bits were not changed since.
+    /// by another process since) is judged afresh. `eff` is the inode as it should be (what a
+    /// chown of an interrupted run took, back: see [`super::steps`]), `cur` as it is; the mode
+    /// bits and capability are `eff`'s.
     fn between(
         &self,
         sp: &Speaks,
+        eff: &Original,
         cur: &Original,
         st: &Stat,
     ) -> Result<Plan, (&'static str, String)> {
@@ -664,42 +753,11 @@ impl<'a> ShiftVisitor<'a> {
         let uid = one(IdKind::Uid, cur.uid, start.uid, goal.uid);
         let gid = one(IdKind::Gid, cur.gid, start.gid, goal.gid);
         let chown = (uid, gid) != (cur.uid, cur.gid);
-        // What a chown of ours removed is restored from the record only while the inode holds
-        // the record's ids and its ctime is the one our last step left: then nobody touched it
-        // since (a write would have dropped a capability, a chmod a setuid bit).
-        let at_goal = (cur.uid, cur.gid) == (goal.uid, goal.gid);
-        let untouched = start.stepped.is_some() && start.stepped == Some(st.ctime_ns)
-            || goal.stepped.is_some() && goal.stepped == Some(st.ctime_ns);
-        let exact = (cur.uid == start.uid || cur.uid == goal.uid)
-            && (cur.gid == start.gid || cur.gid == goal.gid);
-        let restore = exact && !sp.done && untouched;
         let plain = !st.is_symlink() && !st.is_dir();
-        let lost_mode =
-            plain && goal.mode & 0o6000 & !cur.mode != 0 && cur.mode & 0o1777 == goal.mode & 0o1777;
-        let lost_cap = goal.caps.is_some() && cur.caps.is_none();
-        let unrestored =
-            (at_goal && !sp.done && !untouched && (lost_mode || lost_cap)).then(|| {
-                format!(
-                    "{} removed by the interrupted run's chown not restored: the file was changed \
-                 since (or the run stopped right after the chown); restore it by hand if the \
-                 file is the one you expect",
-                    match (lost_mode, lost_cap) {
-                        (true, true) => "its setuid/setgid bits and capability,",
-                        (true, false) => "its setuid/setgid bits,",
-                        _ => "its capability,",
-                    }
-                )
-            });
-        let same_perms = cur.mode & 0o1777 == goal.mode & 0o1777;
-        let want = cur.mode & 0o7777
-            | if restore && same_perms {
-                goal.mode & 0o6000
-            } else {
-                0
-            };
+        let want = eff.mode & 0o7777;
         let mode =
-            (plain && want & 0o6000 != 0 && (chown || want != cur.mode & 0o7777)).then_some(want);
-        // A capability: its rootid judged like an id; the record's only where it was dropped.
+            (plain && want & SETID != 0 && (chown || want != cur.mode & 0o7777)).then_some(want);
+        // A capability: its rootid judged like an id.
         let rootid = |v: &[u8]| caps::decode(v).ok().map(|c| c.rootid);
         let cap_now = |c: &Vec<u8>| -> Result<Vec<u8>, (&'static str, String)> {
             let (Some(r), s, g) = (
@@ -718,10 +776,9 @@ impl<'a> ShiftVisitor<'a> {
                 .map(|v| v.unwrap_or_else(|| c.clone()))
                 .map_err(|e| ("decode capability", e.to_string()))
         };
-        let caps = match (&goal.caps, &cur.caps) {
-            (Some(g), None) if restore => Some(g.clone()),
-            (_, Some(c)) => Some(cap_now(c)?),
-            _ => None,
+        let caps = match &eff.caps {
+            Some(c) => Some(cap_now(c)?),
+            None => None,
         }
         .filter(|c| chown || Some(c) != cur.caps.as_ref());
         // An ACL: each entry judged like an id (an entry of the goal stays, one of the start
@@ -775,8 +832,8 @@ impl<'a> ShiftVisitor<'a> {
             acl_access: acl(&goal.acl_access, &start.acl_access, &cur.acl_access)?,
             acl_default: acl(&goal.acl_default, &start.acl_default, &cur.acl_default)?,
             record: None,
-            finished_mark: true,
-            unrestored,
+            step_plan: None,
+            tracked: false,
         })
     }
 
@@ -839,36 +896,44 @@ impl<'a> ShiftVisitor<'a> {
 
     fn apply(&self, dir: BorrowedFd<'_>, plan: &Plan) -> Result<(), (&'static str, Errno)> {
         let name = plan.name.as_deref();
-        // After each step on a tracked inode, its ctime then: proof, for a later run, that
-        // nobody changed it since.
-        let stepped = || {
-            if let (true, Some(j)) = (plan.finished_mark, self.journal) {
-                if let Ok(st) = sysfs::statx(dir, name) {
-                    let _ = j.mark_stepped(plan.key, st.ctime_ns);
-                }
+        // After each step of a step plan, a note (unsynced, never held up by a group commit):
+        // a later run that finds the inode at an earlier state of the plan knows that another
+        // process undid the step.
+        let noted = |step: Step| -> Result<(), (&'static str, Errno)> {
+            if let (true, Some(j)) = (plan.tracked, self.journal) {
+                j.note(plan.key, step).map_err(|e| {
+                    (
+                        "write journal",
+                        Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    )
+                })?;
             }
+            Ok(())
         };
         if plan.chown {
             crash_point();
             sysfs::chown(dir, name, plan.uid, plan.gid).map_err(|e| ("chown", e))?;
-            stepped();
+            noted(Step::Owner)?;
         }
         if let (Some(mode), Some(name)) = (plan.mode, name) {
             debug_assert!(!plan.symlink);
             crash_point();
             sysfs::chmod(dir, name, mode).map_err(|e| ("restore mode", e))?;
-            stepped();
+            noted(Step::Mode)?;
         }
-        let writes = [
-            (&plan.caps, caps::NAME, "write capability"),
+        if let Some(v) = &plan.caps {
+            crash_point();
+            xattr::set(dir, name, caps::NAME, v).map_err(|e| ("write capability", e))?;
+            noted(Step::Caps)?;
+        }
+        let acls = [
             (&plan.acl_access, acl::ACCESS, "write ACL"),
             (&plan.acl_default, acl::DEFAULT, "write default ACL"),
         ];
-        for (value, attr, op) in writes {
+        for (value, attr, op) in acls {
             if let Some(v) = value {
                 crash_point();
                 xattr::set(dir, name, attr, v).map_err(|e| (op, e))?;
-                stepped();
             }
         }
         Ok(())
@@ -888,14 +953,7 @@ impl<'a> ShiftVisitor<'a> {
             return;
         }
         match self.apply(dir, plan) {
-            Ok(()) => {
-                self.count(plan);
-                if let (true, Some(journal)) = (plan.finished_mark, self.journal) {
-                    if let Err(e) = journal.mark_done(plan.key) {
-                        self.error_msg(path_of(), "write journal", e.to_string());
-                    }
-                }
-            }
+            Ok(()) => self.count(plan),
             Err((op, e)) => self.error(path_of(), op, e),
         }
     }
@@ -978,9 +1036,9 @@ impl Visitor for ShiftVisitor<'_> {
     }
 
     fn finish(&self, dir: BorrowedFd<'_>, dir_path: &Path, batch: Vec<Plan>) {
-        let (recorded, now): (Vec<Plan>, Vec<Plan>) = batch
-            .into_iter()
-            .partition(|p| p.record.is_some() && !self.dry_run && self.journal.is_some());
+        let (recorded, now): (Vec<Plan>, Vec<Plan>) = batch.into_iter().partition(|p| {
+            (p.record.is_some() || p.step_plan.is_some()) && !self.dry_run && self.journal.is_some()
+        });
         for plan in &now {
             self.carry_out(dir, dir_path, plan);
         }
@@ -1003,6 +1061,9 @@ impl Visitor for ShiftVisitor<'_> {
             for p in &recorded {
                 if let Some((kind, o)) = &p.record {
                     group.text += &format_record(*kind, p.key, o);
+                }
+                if let Some(sp) = &p.step_plan {
+                    group.text += &format_plan(p.key, sp);
                 }
             }
             group.plans += recorded.len();

@@ -8,10 +8,14 @@ pub mod acl;
 pub mod caps;
 pub mod delegated;
 pub mod inode;
+pub mod losses;
 pub mod state;
+pub mod steps;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -23,7 +27,8 @@ use crate::report::Reporter;
 use crate::sys::fs as sysfs;
 use crate::tree::{walk, Tree};
 use inode::{Direction, InodeError, Outlier, Rules, ShiftVisitor};
-use state::{Found, Journal};
+use losses::{Ledger, Loss};
+use state::{Found, Journal, Plans};
 
 /// How a tree's ids are read: as host ids, or as a container's ids through its map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +143,19 @@ pub struct ShiftOptions {
     pub verbose: bool,
     /// Go ahead, from what the inodes hold, although a pending shift's journal cannot be used.
     pub force: bool,
+    /// Inodes of the tree's loss list whose loss the user accepts (paths as given).
+    pub accept_loss: Vec<PathBuf>,
+}
+
+/// A loss in the tree's list, as a run reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LostEntry {
+    #[serde(serialize_with = "crate::report::ser_path")]
+    pub path: PathBuf,
+    /// What was lost: "its setuid bit", "its file capability", …
+    pub what: String,
+    /// Found by this run (not in the list before).
+    pub new: bool,
 }
 
 /// The result of a shift, printed as text or JSON (`"schema": 2`, described in the README).
@@ -173,6 +191,14 @@ pub struct Summary {
     pub mounts_skipped: Vec<PathBuf>,
     pub error_count: u64,
     pub errors: Vec<InodeError>,
+    /// The tree's losses still standing: what the chown of an interrupted run took from files
+    /// changed since (exit 1 while any is listed).
+    pub lost: Vec<LostEntry>,
+    /// Losses of the list that the files hold again, that `--accept-loss` accepted, and whose
+    /// files are gone: cleared from the list.
+    pub losses_restored: u64,
+    pub losses_accepted: u64,
+    pub losses_gone: u64,
     pub warnings: Vec<String>,
     pub seconds: f64,
     pub inodes_per_second: f64,
@@ -203,6 +229,10 @@ impl Summary {
             mounts_skipped: Vec::new(),
             error_count: 0,
             errors: Vec::new(),
+            lost: Vec::new(),
+            losses_restored: 0,
+            losses_accepted: 0,
+            losses_gone: 0,
             warnings: Vec::new(),
             seconds: 0.0,
             inodes_per_second: 0.0,
@@ -223,7 +253,7 @@ impl Summary {
             return format!(
                 "{dir}: already shifted to '{}': {} inodes checked, nothing to do\n",
                 self.to, self.inodes
-            );
+            ) + &self.render_losses();
         }
         let how = if self.rolled_back {
             format!(
@@ -285,10 +315,39 @@ impl Summary {
                 self.error_count
             );
         }
+        out += &self.render_losses();
         out += &format!(
             "  {:.2} s, {:.0} inodes/s\n",
             self.seconds, self.inodes_per_second
         );
+        out
+    }
+
+    fn render_losses(&self) -> String {
+        use crate::report::escape_path;
+        let mut out = String::new();
+        let cleared = [
+            (self.losses_restored, "restored on disk"),
+            (self.losses_accepted, "accepted"),
+            (self.losses_gone, "whose files are gone"),
+        ];
+        for (n, how) in cleared.into_iter().filter(|(n, _)| *n > 0) {
+            out += &format!("  losses cleared from the list, {how}: {n}\n");
+        }
+        if !self.lost.is_empty() {
+            out += &format!(
+                "  {} files lost what the chown of an interrupted run took, because they were \
+                 changed before it could be written back (listed above); restore it by hand, or \
+                 accept the loss with --accept-loss PATH\n",
+                self.lost.len()
+            );
+            for l in self.lost.iter().take(20) {
+                out += &format!("    {}: {}\n", escape_path(&l.path), l.what);
+            }
+            if self.lost.len() > 20 {
+                out += &format!("    … and {} more\n", self.lost.len() - 20);
+            }
+        }
         out
     }
 }
@@ -509,7 +568,14 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
              through a free range instead; nothing was changed"
         )));
     }
+    let (known, unusable) = losses::read(&tree)?;
+    let accepted = accepted(&opts.accept_loss, &known)?;
+    if let Some(text) = unusable {
+        reporter.warning(&text);
+        summary.warnings.push(text);
+    }
     let begin = start(&tree, opts, overlap, reporter, &mut summary)?;
+    let ledger = Ledger::new((!opts.dry_run).then_some(&tree), known, accepted);
     // In a rollback the rules speak of the pending shift, TO → FROM undone.
     let pending_tr;
     let fwd = match begin.direction {
@@ -539,13 +605,14 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     }
     let pool = walk::pool(opts.threads)?;
     let empty = state::Records::new();
+    let no_plans = Plans::new();
     let namespace = crate::idmap::proc::current_map()?;
 
     // A read-only pass first where the run must know the whole tree before changing it:
     // --strict (outliers), or a record of TO that overlapping ranges cannot check inode by inode.
     let check_overlap = begin.verify_record && overlap;
     if opts.strict || (begin.journal.is_none() && check_overlap) {
-        let mut check = ShiftVisitor::new(rules, &empty, &empty, None, &Quiet);
+        let mut check = ShiftVisitor::new(rules, &empty, &empty, &no_plans, None, &ledger, &Quiet);
         check.namespace = namespace.clone();
         walk::walk(
             &pool,
@@ -586,6 +653,9 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
             summary.already_shifted = true;
             summary.inodes = s.inodes.load(Relaxed);
             summary.already_done = s.already_done.load(Relaxed);
+            let complete = s.errors.load(Relaxed) == 0;
+            drop(check);
+            settle_losses(ledger, complete, reporter, &mut summary)?;
             summary.seconds = started.elapsed().as_secs_f64();
             return Ok(summary);
         }
@@ -596,9 +666,9 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
         (None, true) => None,
         (None, false) => Some(Journal::create(&tree, &opts.from, &opts.to)?),
     };
-    let (forward, rollback) = journal
-        .as_ref()
-        .map_or((&empty, &empty), |j| (&j.forward, &j.rollback));
+    let (forward, rollback, plans) = journal.as_ref().map_or((&empty, &empty, &no_plans), |j| {
+        (&j.forward, &j.rollback, &j.plans)
+    });
     if begin.direction == Direction::Rollback && tree.stat.btime_ns.is_none() {
         return Err(Error::Refused(format!(
             "{dir}: this filesystem keeps no birth times, so files created since the shift \
@@ -606,7 +676,15 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
              shift instead; nothing was changed"
         )));
     }
-    let mut visitor = ShiftVisitor::new(rules, forward, rollback, journal.as_ref(), reporter);
+    let mut visitor = ShiftVisitor::new(
+        rules,
+        forward,
+        rollback,
+        plans,
+        journal.as_ref(),
+        &ledger,
+        reporter,
+    );
     visitor.born_since = journal.as_ref().map(|j| j.header.started);
     visitor.dry_run = opts.dry_run;
     visitor.verbose = opts.verbose;
@@ -655,6 +733,9 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     if begin.verify_record && summary.changed == 0 && summary.error_count == 0 {
         summary.already_shifted = true;
     }
+    // The loss list first: a crash before the journal is done leaves both, and the next run
+    // finds the same.
+    settle_losses(ledger, summary.error_count == 0, reporter, &mut summary)?;
     if let (Some(j), 0) = (journal, summary.error_count) {
         if !opts.dry_run {
             // The view now on disk: TO after a shift, FROM after a rollback. A completed
@@ -665,6 +746,63 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     summary.seconds = started.elapsed().as_secs_f64();
     summary.inodes_per_second = summary.inodes as f64 / summary.seconds.max(1e-9);
     Ok(summary)
+}
+
+/// The keys of the listed losses that `--accept-loss` names; a usage error for a path that is
+/// not there or has no loss listed.
+fn accepted(paths: &[PathBuf], known: &[Loss]) -> Result<HashSet<(u64, u64)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let shown = crate::report::escape_path(p);
+            let m = std::fs::symlink_metadata(p)
+                .map_err(|e| Error::Usage(format!("--accept-loss {shown}: {e}")))?;
+            let key = (m.dev(), m.ino());
+            if known.iter().any(|l| l.key == key) {
+                Ok(key)
+            } else {
+                Err(Error::Usage(format!(
+                    "--accept-loss {shown}: the tree's loss list has no loss of this file ({} \
+                     listed; `idshift status` shows them); nothing was changed",
+                    known.len()
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Ends the run's ledger: the loss list written, what stands reported (one line each) and put
+/// in the summary.
+fn settle_losses(
+    ledger: Ledger<'_>,
+    complete: bool,
+    reporter: &dyn Reporter,
+    summary: &mut Summary,
+) -> Result<()> {
+    let out = ledger.finish(complete)?;
+    for l in &out.lost {
+        let shown = crate::report::escape_path(&l.path);
+        reporter.inode_error(&InodeError {
+            path: l.path.clone(),
+            op: "lost",
+            errno: 0,
+            message: format!(
+                "{}, taken by the chown of an interrupted run, was not written back: the file \
+                 was changed before it could be (its mode, owner, content or capability); \
+                 restore it by hand, or accept the loss (--accept-loss {shown})",
+                l.lost
+            ),
+        });
+        summary.lost.push(LostEntry {
+            path: l.path.clone(),
+            what: l.lost.to_string(),
+            new: out.found.contains(&l.key),
+        });
+    }
+    summary.losses_restored = out.restored.len() as u64;
+    summary.losses_accepted = out.accepted.len() as u64;
+    summary.losses_gone = out.gone.len() as u64;
+    Ok(())
 }
 
 /// A reporter that reports nothing (read-only pre-scans).

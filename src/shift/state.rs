@@ -5,7 +5,10 @@
 //!   inode, birth time and a random id), the shift (FROM, TO) and the map recorded on DIR before
 //!   it began; then one record per inode whose change the disk alone could not finish or tell
 //!   apart afterwards, holding its identity and original owner, mode, capability and ACLs,
-//!   written and synced before the inode's first change;
+//!   written and synced before the inode's first change; for an inode whose chown takes what
+//!   later steps write back, the run's step plan (`p`, synced with the record, see
+//!   [`super::steps`]) and a note after each step (`s`, unsynced); `x` when a plan no longer
+//!   speaks for its inode (another process changed it: the loss is in the tree's loss list);
 //! - `user.idshift.pending` on DIR: the journal's random id (an identifier to compare, never a
 //!   path), where the filesystem has user xattrs;
 //! - `user.idshift.map` on DIR once a shift is complete: the view now on disk (a claim the shift
@@ -25,6 +28,7 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 
+use super::steps::{Held, Step, StepPlan};
 use super::View;
 use crate::error::{Error, Result};
 use crate::sys::{fs as sysfs, xattr};
@@ -32,7 +36,7 @@ use crate::tree::{Tree, TreeId};
 
 pub const MAP_XATTR: &CStr = c"user.idshift.map";
 pub const PENDING_XATTR: &CStr = c"user.idshift.pending";
-const MAGIC: &str = "idshift-journal 2";
+const MAGIC: &str = "idshift-journal 3";
 /// A journal larger than this is not read (records are ~60 bytes; this is millions of them).
 const MAX_JOURNAL: u64 = 1 << 30;
 /// The record xattr is small; anything larger is not ours.
@@ -40,6 +44,10 @@ const MAX_RECORD: usize = 4096;
 
 /// Journal records by inode `(dev, ino)`; the last record of an inode wins.
 pub type Records = HashMap<(u64, u64), Original>;
+
+/// The step plans in force, by inode `(dev, ino)`: the last `p` line of an inode, with the
+/// steps noted after it, unless an `x` line retired it.
+pub type Plans = HashMap<(u64, u64), StepPlan>;
 
 /// The state of an inode before a shift changed it, as the journal keeps it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,12 +61,6 @@ pub struct Original {
     pub caps: Option<Vec<u8>>,
     pub acl_access: Option<Vec<u8>>,
     pub acl_default: Option<Vec<u8>>,
-    /// The inode was finished after this record was taken (a `d DEV INO` line followed it).
-    pub done: bool,
-    /// The inode's ctime right after the last step a run took on it (`c DEV INO CTIME`): while
-    /// it is still that, nobody changed the inode since, and what that run's chown removed may
-    /// be restored from the record.
-    pub stepped: Option<i128>,
 }
 
 /// Which run wrote a record: the shift itself, or a rollback of it.
@@ -97,7 +99,11 @@ pub struct Journal {
     pub path: PathBuf,
     pub forward: Records,
     pub rollback: Records,
-    file: Mutex<File>,
+    pub plans: Plans,
+    file: File,
+    /// Appends are serialised by this lock for the length of one `write` only, never across a
+    /// sync: a note is never held up by another thread's group commit.
+    appending: Mutex<()>,
 }
 
 /// What lies beside a tree.
@@ -118,14 +124,14 @@ pub enum Found {
     Lost,
 }
 
-fn hex(v: &Option<Vec<u8>>) -> String {
+pub(super) fn hex(v: &Option<Vec<u8>>) -> String {
     match v {
         None => "-".into(),
         Some(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
     }
 }
 
-fn unhex(s: &str) -> Option<Option<Vec<u8>>> {
+pub(super) fn unhex(s: &str) -> Option<Option<Vec<u8>>> {
     if s == "-" {
         return Some(None);
     }
@@ -139,11 +145,11 @@ fn unhex(s: &str) -> Option<Option<Vec<u8>>> {
         .map(Some)
 }
 
-fn opt_num(v: Option<i128>) -> String {
+pub(super) fn opt_num(v: Option<i128>) -> String {
     v.map_or("-".into(), |n| n.to_string())
 }
 
-fn parse_opt_num(s: &str) -> Option<Option<i128>> {
+pub(super) fn parse_opt_num(s: &str) -> Option<Option<i128>> {
     if s == "-" {
         Some(None)
     } else {
@@ -171,7 +177,7 @@ pub fn format_record(kind: RecordKind, key: (u64, u64), o: &Original) -> String 
     )
 }
 
-fn parse_key(text: &str) -> Option<(u64, u64)> {
+pub(super) fn parse_key(text: &str) -> Option<(u64, u64)> {
     let (dev, ino) = text.split_once(' ')?;
     Some((dev.parse().ok()?, ino.parse().ok()?))
 }
@@ -197,9 +203,56 @@ fn parse_record(line: &str) -> Option<(RecordKind, (u64, u64), Original)> {
             caps: unhex(caps)?,
             acl_access: unhex(acl)?,
             acl_default: unhex(dacl)?,
-            done: false,
-            stepped: None,
         },
+    ))
+}
+
+fn format_held(h: &Held) -> String {
+    format!("{} {} {:o} {}", h.uid, h.gid, h.mode, hex(&h.caps))
+}
+
+fn parse_held(f: &[&str]) -> Option<Held> {
+    let [uid, gid, mode, caps] = f[..] else {
+        return None;
+    };
+    Some(Held {
+        uid: uid.parse().ok()?,
+        gid: gid.parse().ok()?,
+        mode: u32::from_str_radix(mode, 8)
+            .ok()
+            .filter(|m| m & !0o7777 == 0)?,
+        caps: unhex(caps)?,
+    })
+}
+
+/// A step plan: `p DEV INO BTIME SIZE MTIME  UID GID MODE CAPS  UID GID MODE CAPS` (base, end).
+pub fn format_plan(key: (u64, u64), p: &StepPlan) -> String {
+    format!(
+        "p {} {} {} {} {} {} {}\n",
+        key.0,
+        key.1,
+        opt_num(p.btime),
+        p.size,
+        p.mtime,
+        format_held(&p.base),
+        format_held(&p.end)
+    )
+}
+
+fn parse_plan(rest: &str) -> Option<((u64, u64), StepPlan)> {
+    let f: Vec<&str> = rest.split(' ').collect();
+    if f.len() != 13 {
+        return None;
+    }
+    Some((
+        (f[0].parse().ok()?, f[1].parse().ok()?),
+        StepPlan::new(
+            parse_opt_num(f[2])?,
+            f[3].parse().ok()?,
+            f[4].parse().ok()?,
+            parse_held(&f[5..9])?,
+            parse_held(&f[9..13])?,
+        ),
     ))
 }
 
@@ -218,7 +271,7 @@ fn format_header(h: &Header) -> String {
 }
 
 /// A parsed journal: its header, its records, and whether the shift completed.
-type Parsed = (Header, Records, Records, bool);
+type Parsed = (Header, Records, Records, Plans, bool);
 
 /// Parses a journal's text: its header and records, and a last `done` line once the shift
 /// completed. `Err` says what is wrong with it. A last line cut short by a crash is ignored
@@ -232,9 +285,9 @@ fn parse(text: &str) -> std::result::Result<Parsed, String> {
             .ok_or_else(|| format!("expected '{prefix}…', found '{}'", line.escape_debug()))
     };
     let magic = next("idshift-journal ")?;
-    if magic != "2" {
+    if magic != "3" {
         return Err(format!(
-            "it is a journal of format {magic}, not 2 (an older idshift's)"
+            "it is a journal of format {magic}, not 3 (another version of idshift's)"
         ));
     }
     let tree = next("tree ")?;
@@ -264,6 +317,7 @@ fn parse(text: &str) -> std::result::Result<Parsed, String> {
         started,
     };
     let (mut forward, mut rollback) = (Records::new(), Records::new());
+    let mut plans = Plans::new();
     let mut done = false;
     for line in lines {
         let Some(line) = line.strip_suffix('\n') else {
@@ -274,25 +328,23 @@ fn parse(text: &str) -> std::result::Result<Parsed, String> {
         if done {
             continue;
         }
-        if let Some(key) = line.strip_prefix("d ").and_then(parse_key) {
-            for records in [&mut forward, &mut rollback] {
-                if let Some(o) = records.get_mut(&key) {
-                    o.done = true;
-                }
+        let malformed = || format!("a line is malformed: '{}'", line.escape_debug());
+        if let Some(rest) = line.strip_prefix("p ") {
+            let (key, plan) = parse_plan(rest).ok_or_else(malformed)?;
+            plans.insert(key, plan);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("s ") {
+            let (key, step) = rest.rsplit_once(' ').ok_or_else(malformed)?;
+            let key = parse_key(key).ok_or_else(malformed)?;
+            let step = Step::parse(step).ok_or_else(malformed)?;
+            if let Some(plan) = plans.get_mut(&key) {
+                plan.note(step);
             }
             continue;
         }
-        if let Some((key, ctime)) = line.strip_prefix("c ").and_then(|rest| {
-            let (key, ctime) = rest.rsplit_once(' ')?;
-            Some((parse_key(key)?, ctime.parse::<i128>().ok()?))
-        }) {
-            // A run is at work on the inode again: not finished, last stepped then.
-            for records in [&mut forward, &mut rollback] {
-                if let Some(o) = records.get_mut(&key) {
-                    o.done = false;
-                    o.stepped = Some(ctime);
-                }
-            }
+        if let Some(rest) = line.strip_prefix("x ") {
+            plans.remove(&parse_key(rest).ok_or_else(malformed)?);
             continue;
         }
         match parse_record(line) {
@@ -301,7 +353,7 @@ fn parse(text: &str) -> std::result::Result<Parsed, String> {
             None => return Err(format!("a record is malformed: '{}'", line.escape_debug())),
         };
     }
-    Ok((header, forward, rollback, done))
+    Ok((header, forward, rollback, plans, done))
 }
 
 /// Why a journal file may not be trusted, from its status: `None` when idshift could have
@@ -342,52 +394,69 @@ fn pending_mark(root: BorrowedFd) -> std::result::Result<Option<Vec<u8>>, Errno>
     }
 }
 
+/// A file idshift keeps beside a tree, as found.
+pub(super) enum Beside {
+    Absent,
+    /// There, but not to be read: why.
+    Untrusted(String),
+    /// Read whole; the file is open for appending.
+    Read(File, Vec<u8>),
+}
+
+/// Reads `name` beside the tree if idshift could have written it itself (see [`untrusted`]) and
+/// it is at most `max` bytes; never follows a symlink, never blocks on a FIFO.
+pub(super) fn read_beside(tree: &Tree, name: &CStr, max: u64) -> Result<Beside> {
+    let path = || tree.beside(name);
+    let handle = match sysfs::open_path(tree.parent.as_fd(), name) {
+        Ok(h) => h,
+        Err(Errno::ENOENT) => return Ok(Beside::Absent),
+        Err(e) => return Err(Error::sys(format!("{}: open", path().display()), e)),
+    };
+    let st = sysfs::statx(handle.as_fd(), None)
+        .map_err(|e| Error::sys(format!("{}: stat", path().display()), e))?;
+    if let Some(why) = untrusted(&st, nix::unistd::geteuid().as_raw()) {
+        return Ok(Beside::Untrusted(why));
+    }
+    if st.size > max {
+        return Ok(Beside::Untrusted(format!(
+            "it is {} bytes, larger than any such file idshift writes",
+            st.size
+        )));
+    }
+    let mut file = match sysfs::reopen_rw(&handle) {
+        Ok(f) => f,
+        Err(e) => return Ok(Beside::Untrusted(format!("it cannot be opened: {e}"))),
+    };
+    let mut bytes = Vec::with_capacity(st.size as usize);
+    (&mut file)
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path(), e))?;
+    Ok(Beside::Read(file, bytes))
+}
+
 /// Looks beside the tree for an unfinished shift, reading only what can be trusted.
 pub fn find(tree: &Tree) -> Result<Found> {
     let name = tree.journal_name();
     let mark = pending_mark(tree.root.as_fd()).ok().flatten();
-    let handle = match sysfs::open_path(tree.parent.as_fd(), &name) {
-        Ok(h) => h,
-        Err(Errno::ENOENT) => {
+    let (file, bytes) = match read_beside(tree, &name, MAX_JOURNAL)? {
+        Beside::Absent => {
             return Ok(if mark.is_some() {
                 Found::Lost
             } else {
                 Found::Nothing
             })
         }
-        Err(e) => {
-            return Err(Error::sys(
-                format!("{}: open", tree.journal_path().display()),
-                e,
-            ))
+        // Whatever it claims, a journal we cannot trust may stand for this tree's pending
+        // shift.
+        Beside::Untrusted(why) => {
+            return Ok(Found::Unusable {
+                why,
+                maybe_ours: true,
+            })
         }
+        Beside::Read(file, bytes) => (file, bytes),
     };
-    let st = sysfs::statx(handle.as_fd(), None)
-        .map_err(|e| Error::sys(format!("{}: stat", tree.journal_path().display()), e))?;
-    let euid = nix::unistd::geteuid().as_raw();
-    // Whatever it claims, a journal we cannot trust may stand for this tree's pending shift.
-    let untrusted_because = |why: String| Found::Unusable {
-        why,
-        maybe_ours: true,
-    };
-    if let Some(why) = untrusted(&st, euid) {
-        return Ok(untrusted_because(why));
-    }
-    let size = st.size;
-    if size > MAX_JOURNAL {
-        return Ok(untrusted_because(format!(
-            "it is {size} bytes, larger than any journal idshift writes"
-        )));
-    }
-    let mut file = match sysfs::reopen_rw(&handle) {
-        Ok(f) => f,
-        Err(e) => return Ok(untrusted_because(format!("it cannot be opened: {e}"))),
-    };
-    let mut bytes = Vec::with_capacity(size as usize);
-    (&mut file)
-        .take(MAX_JOURNAL + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(tree.journal_path(), e))?;
     // A journal of ours that cannot be read speaks for this tree if the tree is marked.
     let unreadable = |why: String| Found::Unusable {
         why,
@@ -396,7 +465,7 @@ pub fn find(tree: &Tree) -> Result<Found> {
     let Ok(text) = String::from_utf8(bytes) else {
         return Ok(unreadable("it is not text".into()));
     };
-    let (header, forward, rollback, done) = match parse(&text) {
+    let (header, forward, rollback, plans, done) = match parse(&text) {
         Ok(p) => p,
         Err(why) => return Ok(unreadable(why)),
     };
@@ -435,7 +504,9 @@ pub fn find(tree: &Tree) -> Result<Found> {
         path: tree.journal_path(),
         forward,
         rollback,
-        file: Mutex::new(file),
+        plans,
+        file,
+        appending: Mutex::new(()),
     })))
 }
 
@@ -568,31 +639,37 @@ impl Journal {
             path,
             forward: Records::new(),
             rollback: Records::new(),
-            file: Mutex::new(file),
+            plans: Plans::new(),
+            file,
+            appending: Mutex::new(()),
         })
     }
 
-    /// Marks an inode finished (`d DEV INO`): from now on its record restores nothing it lost.
-    /// Not synced by itself (the next group commit's sync carries it): a crash that loses it
-    /// leaves only a record that still applies as before.
-    pub fn mark_done(&self, key: (u64, u64)) -> std::io::Result<()> {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(format!("d {} {}\n", key.0, key.1).as_bytes())
+    /// Appends `text` in one `write`, holding the lock for that write alone.
+    fn write(&self, text: &str) -> std::io::Result<()> {
+        let _one_at_a_time = self.appending.lock().unwrap_or_else(|e| e.into_inner());
+        (&self.file).write_all(text.as_bytes())
     }
 
-    /// Notes the inode's ctime right after a step on it (`c DEV INO CTIME`), unsynced like
-    /// [`Journal::mark_done`].
-    pub fn mark_stepped(&self, key: (u64, u64), ctime: i128) -> std::io::Result<()> {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(format!("c {} {} {ctime}\n", key.0, key.1).as_bytes())
+    /// Notes a step of the inode's plan done (`s DEV INO STEP`), unsynced: a crash that loses
+    /// the note leaves a plan on which the inode's state is still recognised.
+    pub fn note(&self, key: (u64, u64), step: Step) -> std::io::Result<()> {
+        super::crash_point();
+        self.write(&format!("s {} {} {}\n", key.0, key.1, step.name()))
+    }
+
+    /// Retires the inode's plan (`x DEV INO`): another process changed the inode, and what it
+    /// lost is in the tree's loss list. Unsynced: lost in a crash, the next run finds the same.
+    pub fn retire(&self, key: (u64, u64)) -> std::io::Result<()> {
+        super::crash_point();
+        self.write(&format!("x {} {}\n", key.0, key.1))
     }
 
     /// Appends records and makes them durable before the caller changes those inodes.
     pub fn append(&self, text: &str) -> std::io::Result<()> {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         super::crash_point();
-        f.write_all(text.as_bytes())?;
-        f.sync_data()
+        self.write(text)?;
+        self.file.sync_data()
     }
 
     /// Ends the run: records `done` on the tree (the view now on disk: TO after a shift, FROM
@@ -682,8 +759,6 @@ mod tests {
             caps: Some(vec![1, 0, 0, 2, 0xff]),
             acl_access: None,
             acl_default: Some(vec![2, 0, 0, 0]),
-            done: false,
-            stepped: None,
         };
         let line = format_record(RecordKind::Forward, (2049, 77), &o);
         assert_eq!(
@@ -736,25 +811,55 @@ mod tests {
             );
         }
         text += "r 1 3 - 0"; // torn
-        let (h2, fwd, back, done) = parse(&text).unwrap();
+        let (h2, fwd, back, plans, done) = parse(&text).unwrap();
         assert!(!done);
-        assert!(!fwd[&(1, 2)].done);
-        let marked = parse(&(text.clone().replace("r 1 3 - 0", "") + "d 1 2\n")).unwrap();
-        assert!(marked.1[&(1, 2)].done, "a d line marks the record done");
-        let again = format_record(RecordKind::Forward, (1, 2), &Original::default());
-        let superseded = parse(&(text.replace("r 1 3 - 0", "") + "d 1 2\n" + &again)).unwrap();
-        assert!(!superseded.1[&(1, 2)].done, "a later record is not done");
-        let stepped = parse(&(text.replace("r 1 3 - 0", "") + "d 1 2\nc 1 2 77\n")).unwrap();
-        let o = &stepped.1[&(1, 2)];
+        assert!(plans.is_empty());
+        // A step plan, its notes, and its retirement.
+        let base = Held {
+            uid: 100000,
+            gid: 100000,
+            mode: 0o4755,
+            caps: Some(vec![1, 2]),
+        };
+        let end = Held {
+            uid: 200000,
+            gid: 200000,
+            ..base.clone()
+        };
+        let plan = StepPlan::new(Some(5), 10, -3, base, end);
+        let line = format_plan((1, 2), &plan);
         assert_eq!(
-            (o.done, o.stepped),
-            (false, Some(77)),
-            "a later step reopens it"
+            line,
+            "p 1 2 5 10 -3 100000 100000 4755 0102 200000 200000 4755 0102\n"
         );
-        assert!(parse(&(format_header(&h) + "done\n")).unwrap().3);
+        let body = text.replace("r 1 3 - 0", "") + &line;
+        let parsed = parse(&body).unwrap().3;
+        assert_eq!(parsed[&(1, 2)], plan, "a plan round trips");
+        let noted = parse(&(body.clone() + "s 1 2 owner\ns 1 2 mode\n"))
+            .unwrap()
+            .3;
+        assert_eq!(noted[&(1, 2)].noted, 2, "two steps noted");
+        let noted = parse(&(body.clone() + "s 1 2 mode\ns 1 2 owner\n"))
+            .unwrap()
+            .3;
+        assert_eq!(noted[&(1, 2)].noted, 2, "a later note of an earlier step");
+        let again = parse(&(body.clone() + "s 1 2 owner\n" + &line)).unwrap().3;
+        assert_eq!(again[&(1, 2)].noted, 0, "a new plan starts over");
+        let retired = parse(&(body.clone() + "s 1 2 owner\nx 1 2\ns 1 2 mode\n")).unwrap();
+        assert!(retired.3.is_empty(), "retired; a later note has no plan");
+        for bad in [
+            "s 1 2 chmod\n",
+            "p 1 2 5 10\n",
+            "x 1\n",
+            "p 1 2 5 10 -3 1 1 99999 - 2 2 755 -\n",
+        ] {
+            let err = parse(&(body.clone() + bad)).unwrap_err();
+            assert!(err.contains("malformed"), "{bad:?}: {err}");
+        }
+        assert!(parse(&(format_header(&h) + "done\n")).unwrap().4);
         let resumed = format_header(&h) + "done\nr 1 2 - 0 0 0 - - -\n";
-        assert!(!parse(&resumed).unwrap().3, "resumed after done");
-        assert!(parse(&(resumed + "done\n")).unwrap().3);
+        assert!(!parse(&resumed).unwrap().4, "resumed after done");
+        assert!(parse(&(resumed + "done\n")).unwrap().4);
         assert_eq!(h2, h);
         assert_eq!(fwd.len(), 1);
         assert_eq!(fwd[&(1, 2)].uid, 9, "the last record wins");

@@ -602,7 +602,7 @@ impl<'a> ShiftVisitor<'a> {
             self.stats.already_done.fetch_add(1, Relaxed);
             return None;
         }
-        self.track(&mut plan, &now, continued, st);
+        self.track(&mut plan, &now, &eff, continued, st);
         plan.name = at.name.map(|n| n.to_owned());
         plan.key = key;
         plan.symlink = st.is_symlink();
@@ -636,7 +636,14 @@ impl<'a> ShiftVisitor<'a> {
     /// Decides how the plan's steps are journaled: a new step plan where its chown takes what
     /// a later step writes back (or where it would leave the inode otherwise than the plan in
     /// force), and notes after each step while a step plan is in force.
-    fn track(&self, plan: &mut Plan, now: &Held, continued: Option<&StepPlan>, st: &Stat) {
+    fn track(
+        &self,
+        plan: &mut Plan,
+        now: &Held,
+        eff: &Original,
+        continued: Option<&StepPlan>,
+        st: &Stat,
+    ) {
         if st.is_symlink() || st.is_dir() {
             return; // a chown takes nothing from them
         }
@@ -658,11 +665,16 @@ impl<'a> ShiftVisitor<'a> {
         let fresh =
             StepPlan::needed(now, &end) || (restores && continued.is_some_and(|p| p.end != end));
         if fresh {
+            let owed = Held {
+                mode: eff.mode & 0o7777,
+                caps: eff.caps.clone(),
+                ..now.clone()
+            };
             plan.step_plan = Some(StepPlan::new(
                 st.btime_ns,
-                st.size,
-                st.mtime_ns,
+                (st.size, st.mtime_ns),
                 now.clone(),
+                owed,
                 end,
             ));
         }

@@ -225,32 +225,37 @@ fn parse_held(f: &[&str]) -> Option<Held> {
     })
 }
 
-/// A step plan: `p DEV INO BTIME SIZE MTIME  UID GID MODE CAPS  UID GID MODE CAPS` (base, end).
+/// A step plan: `p DEV INO BTIME SIZE MTIME  UID GID MODE CAPS  UID GID MODE CAPS  MODE CAPS`
+/// (base, end, and the mode and capability owed at the base).
 pub fn format_plan(key: (u64, u64), p: &StepPlan) -> String {
     format!(
-        "p {} {} {} {} {} {} {}\n",
+        "p {} {} {} {} {} {} {} {:o} {}\n",
         key.0,
         key.1,
         opt_num(p.btime),
         p.size,
         p.mtime,
         format_held(&p.base),
-        format_held(&p.end)
+        format_held(&p.end),
+        p.owed.mode,
+        hex(&p.owed.caps)
     )
 }
 
 fn parse_plan(rest: &str) -> Option<((u64, u64), StepPlan)> {
     let f: Vec<&str> = rest.split(' ').collect();
-    if f.len() != 13 {
+    if f.len() != 15 {
         return None;
     }
+    let base = parse_held(&f[5..9])?;
+    let owed = parse_held(&[f[5], f[6], f[13], f[14]])?;
     Some((
         (f[0].parse().ok()?, f[1].parse().ok()?),
         StepPlan::new(
             parse_opt_num(f[2])?,
-            f[3].parse().ok()?,
-            f[4].parse().ok()?,
-            parse_held(&f[5..9])?,
+            (f[3].parse().ok()?, f[4].parse().ok()?),
+            base,
+            owed,
             parse_held(&f[9..13])?,
         ),
     ))
@@ -826,11 +831,15 @@ mod tests {
             gid: 200000,
             ..base.clone()
         };
-        let plan = StepPlan::new(Some(5), 10, -3, base, end);
+        let owed = Held {
+            mode: 0o6755,
+            ..base.clone()
+        };
+        let plan = StepPlan::new(Some(5), (10, -3), base, owed, end);
         let line = format_plan((1, 2), &plan);
         assert_eq!(
             line,
-            "p 1 2 5 10 -3 100000 100000 4755 0102 200000 200000 4755 0102\n"
+            "p 1 2 5 10 -3 100000 100000 4755 0102 200000 200000 4755 0102 6755 0102\n"
         );
         let body = text.replace("r 1 3 - 0", "") + &line;
         let parsed = parse(&body).unwrap().3;
@@ -851,7 +860,8 @@ mod tests {
             "s 1 2 chmod\n",
             "p 1 2 5 10\n",
             "x 1\n",
-            "p 1 2 5 10 -3 1 1 99999 - 2 2 755 -\n",
+            "p 1 2 5 10 -3 1 1 99999 - 2 2 755 - 755 -\n",
+            "p 1 2 5 10 -3 1 1 755 - 2 2 755 -\n",
         ] {
             let err = parse(&(body.clone() + bad)).unwrap_err();
             assert!(err.contains("malformed"), "{bad:?}: {err}");

@@ -3,8 +3,9 @@
 //! A chown of a non-directory takes its setuid bit (and its setgid bit when group-executable)
 //! and its file capability; the shift writes them back in the steps after it. Between the chown
 //! and those steps, what the inode lost exists only in the journal. Before such a chown, a run
-//! writes and syncs a [`StepPlan`]: the inode as it is (`base`), what the run leaves
-//! (`end`), and the size and mtime that none of the steps changes. After each step it notes the
+//! writes and syncs a [`StepPlan`]: the inode as it is (`base`), what it should hold there
+//! (`owed`: the base with what an earlier run's chown took and did not write back), what the
+//! run leaves (`end`), and the size and mtime that none of the steps changes. After each step it notes the
 //! step (unsynced). The states along the plan follow from `base` and `end` alone, so a later run
 //! can tell from what the inode holds whether anything but the plan's own steps touched it since —
 //! without relying on a note written after the step, which a crash can cut off:
@@ -113,18 +114,28 @@ pub struct StepPlan {
     pub size: u64,
     pub mtime: i128,
     pub base: Held,
+    /// The mode and capability the inode should hold at `base`: what an earlier run's chown
+    /// took from it, back (ids as `base`'s).
+    pub owed: Held,
     pub end: Held,
     /// How many of the plan's steps were noted as done (a prefix: they are taken in order).
     pub noted: usize,
 }
 
 impl StepPlan {
-    pub fn new(btime: Option<i128>, size: u64, mtime: i128, base: Held, end: Held) -> StepPlan {
+    pub fn new(
+        btime: Option<i128>,
+        (size, mtime): (u64, i128),
+        base: Held,
+        owed: Held,
+        end: Held,
+    ) -> StepPlan {
         StepPlan {
             btime,
             size,
             mtime,
             base,
+            owed,
             end,
             noted: 0,
         }
@@ -206,10 +217,10 @@ impl StepPlan {
             .map(|(i, _)| i)
     }
 
-    /// What an inode that holds `now` lost to this plan's chown, if anything changed it since
-    /// ([`position`](StepPlan::position) is `None`): what the chown took (it happened if it was
-    /// noted, or if the inode holds the end's ids) that no noted step wrote back, and that the
-    /// inode lacks now.
+    /// What an inode that holds `now` lost to a chown, if anything changed it since
+    /// ([`position`](StepPlan::position) is `None`) and the inode lacks it now: what this plan's
+    /// chown took (it happened if it was noted, or if the inode holds the end's ids) that no
+    /// noted step wrote back; before that chown, what an earlier run's chown took (`owed`).
     pub fn lost(&self, now: &Held) -> Lost {
         let steps = self.steps();
         let done = |step: Step| {
@@ -221,7 +232,14 @@ impl StepPlan {
         let chowned = steps.first().is_some_and(|(s, _)| *s == Step::Owner)
             && (done(Step::Owner) || (now.uid, now.gid) == (self.end.uid, self.end.gid));
         if !chowned {
-            return Lost::default();
+            let caps = match (&self.owed.caps, &self.base.caps, &now.caps) {
+                (Some(c), None, None) => Some(c.clone()),
+                _ => None,
+            };
+            return Lost {
+                bits: self.owed.mode & SETID & !self.base.mode & !now.mode,
+                caps,
+            };
         }
         let taken = self.end.mode & SETID & !after_chown(self.end.mode)[0];
         let bits = if done(Step::Mode) {
@@ -236,11 +254,15 @@ impl StepPlan {
         Lost { bits, caps }
     }
 
-    /// What an inode that holds `now` at `position` should hold once the plan is carried out:
-    /// what the chown took comes back from `end` once the chown is done.
+    /// What an inode that holds `now` at `position` should hold: what a chown took comes back,
+    /// from `owed` before the plan's chown, from `end` after it.
     pub fn effective(&self, position: usize, now: &Held) -> Held {
         if position == 0 {
-            now.clone()
+            Held {
+                mode: self.owed.mode,
+                caps: self.owed.caps.clone(),
+                ..now.clone()
+            }
         } else {
             Held {
                 mode: self.end.mode,
@@ -270,11 +292,12 @@ mod tests {
 
     /// A forward plan for a setuid file with a capability: 100000 → 200000.
     fn plan(mode: u32, caps: bool) -> StepPlan {
+        let base = held(100000, mode, caps);
         StepPlan::new(
             Some(1),
-            10,
-            7,
-            held(100000, mode, caps),
+            (10, 7),
+            base.clone(),
+            base,
             held(200000, mode, caps),
         )
     }
@@ -381,6 +404,29 @@ mod tests {
         assert_eq!(p.effective(1, &now), held(200000, 0o4755, true));
         let before = held(100000, 0o4755, true);
         assert_eq!(p.effective(0, &before), before);
+    }
+
+    // A rollback's plan for a file the shift had chowned but not finished: its base lacks what
+    // the shift's chown took; at position 0 that is still owed, and lost if others change it.
+    #[test]
+    fn what_an_earlier_chown_took_is_owed_before_this_plans_chown() {
+        let base = held(200000, 0o755, false);
+        let owed = held(200000, 0o4755, true);
+        let end = held(100000, 0o4755, true);
+        let p = StepPlan::new(Some(1), (10, 7), base.clone(), owed.clone(), end);
+        assert_eq!(p.position(&base, 10, 7), Some(0));
+        assert_eq!(p.effective(0, &base), owed, "killed before its chown");
+        assert_eq!(p.position(&held(100000, 0o755, false), 10, 7), Some(1));
+        let changed = held(200000, 0o700, false);
+        assert_eq!(p.position(&changed, 10, 7), None);
+        assert_eq!(
+            p.lost(&changed),
+            Lost {
+                bits: SETUID,
+                caps: Some(CAP.to_vec())
+            },
+            "a chmod before this plan's chown"
+        );
     }
 
     #[test]

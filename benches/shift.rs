@@ -5,13 +5,17 @@
 //! - `IDSHIFT_BENCH_INODES` (default 1000000): the size of the tree;
 //! - `IDSHIFT_BENCH_DIR` (default `/var/tmp/idshift-bench`): where trees are built and kept
 //!   (a tree of a given size is reused by later runs);
-//! - `IDSHIFT_BENCH_ROUNDS` (default 2): each case runs this many times, the best is kept.
+//! - `IDSHIFT_BENCH_ROUNDS` (default 2): each case runs this many times, the best is kept;
+//! - `IDSHIFT_BENCH_BEFORE`: another idshift (the build before a change), whose plain and
+//!   overlapping shifts are measured in the same run, with the ratios after / before.
 //!
 //! The tree has the shape `(dirs, files_per_dir)` ≈ (inodes / 20, 17): files of 0–4 KiB, one
 //! symlink and one hardlink per directory, a setuid file every 100 directories, a file
 //! capability every 500 and an ACL every 200. Every case shifts it into `b:0:100000:65536` and
 //! back, so the tree ends as it began:
 //! - `idshift` with all cores and with `--threads 1`;
+//! - `idshift` with overlapping ranges (host view → `b:0:7:65536`: every id it changes is also
+//!   one it could still have to change, so every changed inode is journaled first);
 //! - the baseline: a minimal parallel walker on the same threads that only does `fstatat` +
 //!   `fchownat` per inode (and `getdents` per directory) — the speed of light;
 //! - the floor: the same walker with the one `listxattrat` per inode that no tool keeping
@@ -338,20 +342,33 @@ fn main() {
             intact_tree(idshift, &root, inodes);
         };
     let nt = threads.to_string();
-    // `idshift shift` forward or back (-r) on `threads` threads.
-    let shift = |reverse: bool, threads: &str| {
+    // `BIN shift` into or back from (-r) `map` on `threads` threads.
+    let shift_by = |bin: &str, map: &str, reverse: bool, threads: &str| {
         let mut args = vec!["shift", r, map, "--progress", "never", "--threads", threads];
         if reverse {
             args.push("-r");
         }
-        run(Command::new(idshift).args(args));
+        run(Command::new(bin).args(args));
     };
-    measure(
-        &format!("idshift shift, {threads} threads"),
-        rounds,
-        &mut || shift(false, &nt),
-        &mut || shift(true, &nt),
-    );
+    let shift = |reverse: bool, threads: &str| shift_by(idshift, map, reverse, threads);
+    let overlapping = "b:0:7:65536";
+    let before = std::env::var("IDSHIFT_BENCH_BEFORE").ok();
+    let mut builds = vec![("", idshift)];
+    builds.extend(before.as_deref().map(|b| ("before: ", b)));
+    for (label, bin) in &builds {
+        measure(
+            &format!("{label}idshift shift, {threads} threads"),
+            rounds,
+            &mut || shift_by(bin, map, false, &nt),
+            &mut || shift_by(bin, map, true, &nt),
+        );
+        measure(
+            &format!("{label}idshift shift, overlapping, {threads} threads"),
+            rounds,
+            &mut || shift_by(bin, overlapping, false, &nt),
+            &mut || shift_by(bin, overlapping, true, &nt),
+        );
+    }
     let dst = base.join("mnt");
     std::fs::create_dir_all(&dst).unwrap();
     let d = dst.to_str().unwrap();
@@ -478,6 +495,20 @@ fn main() {
         get("idshift shift, --threads 1"),
         get(&format!("idshift shift, {threads}")),
     );
+    ratio(
+        "overlapping / plain ranges, all threads",
+        get(&format!("idshift shift, overlapping, {threads}")),
+        get(&format!("idshift shift, {threads}")),
+    );
+    if before.is_some() {
+        for case in ["idshift shift, ", "idshift shift, overlapping, "] {
+            ratio(
+                &format!("after / before: {case}{threads} threads"),
+                get(&format!("{case}{threads}")),
+                get(&format!("before: {case}{threads}")),
+            );
+        }
+    }
     if !have_fuidshift {
         println!("  fuidshift: not installed (apt-get install lxd-tools), skipped");
     }

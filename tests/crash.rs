@@ -75,6 +75,11 @@ fn main() -> std::process::ExitCode {
             Need::Root,
             Need::ScratchXattrs
         ),
+        trial!(
+            a_migrate_whose_rootfs_names_a_loss_still_moves_the_config,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
     ])
 }
 
@@ -693,4 +698,86 @@ fn accept_loss_of_a_file_with_no_loss_is_refused() {
     assert_one_error_line(&out, 2, "no loss of this file");
     assert_eq!(state(&root), before);
     assert!(!journal_of(&root).exists());
+}
+
+/// A container `c1` under a fresh LXCPATH: a config that maps 100000 and a rootfs of ten setuid
+/// files of its root.
+fn container_of_ten_setuid() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let lxcpath = tmp.path().join("lxc");
+    let dir = lxcpath.join("c1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rootfs = dir.join("rootfs");
+    make(&rootfs, true, 100000, 0o755);
+    for i in 0..10 {
+        make(&rootfs.join(format!("f{i}")), false, 100000, 0o4755);
+    }
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n\
+             lxc.rootfs.path = dir:{}\nlxc.uts.name = c1\n",
+            rootfs.display()
+        ),
+    )
+    .unwrap();
+    (tmp, lxcpath, rootfs)
+}
+
+// A migrate killed right after a file's chown, the file then changed by hand: the next migrate
+// finishes the rootfs, names the loss (exit 1) and still rewrites the config, so that the
+// container's config never stays behind its rootfs; later migrates name the loss until it is
+// accepted.
+fn a_migrate_whose_rootfs_names_a_loss_still_moves_the_config() {
+    let migrate = |lxcpath: &Path, extra: &[&str], crash: Option<u32>| {
+        let mut cmd = idshift(&["migrate", "c1", "-P"]);
+        cmd.arg(lxcpath)
+            .args(["--to", "200000", "--progress", "never"])
+            .args(extra);
+        if let Some(n) = crash {
+            cmd.env(CRASH, n.to_string());
+        }
+        run_limited(&mut cmd, LIMIT).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let config_names_200000 = |lxcpath: &Path| {
+        std::fs::read_to_string(lxcpath.join("c1/config"))
+            .unwrap()
+            .contains("u 0 200000 65536")
+    };
+    for n in 1..200 {
+        let (_t, lxcpath, rootfs) = container_of_ten_setuid();
+        let out = migrate(&lxcpath, &["--threads", "1"], Some(n));
+        assert_eq!(out.status.signal(), Some(9), "n={n}: {}", stderr(&out));
+        let Some(f) = (0..10)
+            .map(|i| rootfs.join(format!("f{i}")))
+            .find(|p| owner(p).0 == 200000 && mode(p) == 0o755)
+        else {
+            continue;
+        };
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let out = migrate(&lxcpath, &[], None);
+        assert_code(&out, 1);
+        assert!(
+            stderr(&out).contains("lost: its setuid bit"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            config_names_200000(&lxcpath),
+            "the config stayed behind its rootfs"
+        );
+        let out = migrate(&lxcpath, &[], None);
+        assert_code(&out, 1);
+        assert!(
+            stderr(&out).contains("lost: its setuid bit"),
+            "{}",
+            stderr(&out)
+        );
+        let out = migrate(&lxcpath, &["--accept-loss", f.to_str().unwrap()], None);
+        assert_code(&out, 0);
+        assert_code(&migrate(&lxcpath, &[], None), 0);
+        assert_eq!(mode(&f), 0o700);
+        return;
+    }
+    panic!("no kill point of the migrate left a file between its chown and its mode");
 }

@@ -171,7 +171,17 @@ pub fn run(args: MigrateArgs) -> Result<u8> {
             ));
             return Ok(code);
         }
-        Outcome::AlreadyNamed => format!("{config}: already names '{}'", m.to),
+        Outcome::AlreadyNamed => {
+            // Nothing to shift: the rootfs's loss list is still named (and accepted here).
+            let printer = report::Printer {
+                progress: report::Progress::Never,
+            };
+            let lost = crate::shift::listed_losses(&m.rootfs, &c.accept_loss, c.dry_run, &printer)?;
+            if !lost.is_empty() {
+                status.set(exit::FAILED);
+            }
+            format!("{config}: already names '{}'", m.to)
+        }
         Outcome::WouldName => format!("{config}: would name '{}' (now '{}')", m.to, m.from),
         Outcome::Renamed => format!("{config}: now names '{}' (was '{}')", m.to, m.from),
     };

@@ -771,6 +771,55 @@ fn accepted(paths: &[PathBuf], known: &[Loss]) -> Result<HashSet<(u64, u64)>> {
         .collect()
 }
 
+/// The tree's loss list where nothing walks the tree (a `migrate` whose config already names
+/// its rootfs's view): the losses `accept` names are cleared (unless `dry_run`), the others
+/// reported one line each and returned.
+pub fn listed_losses(
+    dir: &Path,
+    accept: &[PathBuf],
+    dry_run: bool,
+    reporter: &dyn Reporter,
+) -> Result<Vec<LostEntry>> {
+    let tree = Tree::open(dir)?;
+    let (known, unusable) = losses::read(&tree)?;
+    if let Some(text) = unusable {
+        reporter.warning(&text);
+    }
+    let accepted = accepted(accept, &known)?;
+    let (gone, kept): (Vec<Loss>, Vec<Loss>) =
+        known.into_iter().partition(|l| accepted.contains(&l.key));
+    if !gone.is_empty() && !dry_run {
+        tree.lock()?;
+        losses::write(&tree, &kept)?;
+    }
+    Ok(report_losses(&kept, &[], reporter))
+}
+
+/// Reports each standing loss (one line); `found`: the inodes whose loss this run found.
+fn report_losses(lost: &[Loss], found: &[(u64, u64)], reporter: &dyn Reporter) -> Vec<LostEntry> {
+    lost.iter()
+        .map(|l| {
+            let shown = crate::report::escape_path(&l.path);
+            reporter.inode_error(&InodeError {
+                path: l.path.clone(),
+                op: "lost",
+                errno: 0,
+                message: format!(
+                    "{}, taken by the chown of an interrupted run, was not written back: the \
+                     file was changed before it could be (its mode, owner, content or \
+                     capability); restore it by hand, or accept the loss (--accept-loss {shown})",
+                    l.lost
+                ),
+            });
+            LostEntry {
+                path: l.path.clone(),
+                what: l.lost.to_string(),
+                new: found.contains(&l.key),
+            }
+        })
+        .collect()
+}
+
 /// Ends the run's ledger: the loss list written, what stands reported (one line each) and put
 /// in the summary.
 fn settle_losses(
@@ -780,25 +829,7 @@ fn settle_losses(
     summary: &mut Summary,
 ) -> Result<()> {
     let out = ledger.finish(complete)?;
-    for l in &out.lost {
-        let shown = crate::report::escape_path(&l.path);
-        reporter.inode_error(&InodeError {
-            path: l.path.clone(),
-            op: "lost",
-            errno: 0,
-            message: format!(
-                "{}, taken by the chown of an interrupted run, was not written back: the file \
-                 was changed before it could be (its mode, owner, content or capability); \
-                 restore it by hand, or accept the loss (--accept-loss {shown})",
-                l.lost
-            ),
-        });
-        summary.lost.push(LostEntry {
-            path: l.path.clone(),
-            what: l.lost.to_string(),
-            new: out.found.contains(&l.key),
-        });
-    }
+    summary.lost = report_losses(&out.lost, &out.found, reporter);
     summary.losses_restored = out.restored.len() as u64;
     summary.losses_accepted = out.accepted.len() as u64;
     summary.losses_gone = out.gone.len() as u64;

@@ -392,9 +392,9 @@ pub fn scan(
         Found::Unusable { why, .. } => pending("unusable", None, None, Some(why)),
         Found::Lost => pending("lost", None, None, None),
     };
-    let (known, unusable) = losses::read(&tree)?;
-    if let Some(text) = unusable {
-        reporter.warning(&text);
+    let listed = losses::read(&tree)?;
+    if let Some(text) = &listed.unused {
+        reporter.warning(text);
     }
     let recorded = state::recorded(tree.root.as_fd());
     let record = match &recorded {
@@ -403,7 +403,7 @@ pub fn scan(
     };
     let scan = Scan {
         map,
-        ledger: Ledger::new(None, known, Default::default()),
+        ledger: Ledger::new(None, listed, Default::default()),
         record,
         reporter,
         acc: Mutex::new(Status {
@@ -421,7 +421,7 @@ pub fn scan(
     let pool = walk::pool(threads)?;
     walk::walk(&pool, tree.root.as_fd(), dir, cross_mounts, &scan)
         .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
-    let ledger = scan.ledger.finish(false)?;
+    let ledger = scan.ledger.finish()?;
     let mut status = scan.acc.into_inner().unwrap_or_else(|e| e.into_inner());
     let restored: Vec<_> = ledger.restored.iter().map(|l| l.key).collect();
     status.losses = ledger
@@ -434,6 +434,16 @@ pub fn scan(
             restored: restored.contains(&l.key),
         })
         .collect();
+    if let Some(why) = ledger.unaccounted {
+        status.losses.push(StatusLoss {
+            path: dir.to_path_buf(),
+            what: format!(
+                "setuid/setgid bits or capabilities the tree is marked with (user.idshift.losses), \
+                 but {why}"
+            ),
+            restored: false,
+        });
+    }
     status.outlier_ids = scan
         .outliers
         .into_inner()

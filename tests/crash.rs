@@ -80,6 +80,21 @@ fn main() -> std::process::ExitCode {
             Need::Root,
             Need::ScratchXattrs
         ),
+        trial!(
+            chmod_g_minus_s_after_the_crash_wins_on_setgid_without_group_exec,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            a_file_moved_out_before_the_resume_keeps_its_loss_listed,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
+        trial!(
+            a_renamed_copied_or_foreign_listed_tree_still_names_its_losses,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
     ])
 }
 
@@ -780,4 +795,114 @@ fn a_migrate_whose_rootfs_names_a_loss_still_moves_the_config() {
         return;
     }
     panic!("no kill point of the migrate left a file between its chown and its mode");
+}
+
+/// A tree with one loss listed: `f` (4755, its setuid bit taken by the chown of a killed run,
+/// then `chmod 0700`), after the resume that listed it. Returns the tree and `f`.
+fn tree_with_a_loss(args: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (t, root, f) = killed_after_a_chown(
+        &ten_setuid,
+        args,
+        &|p| owner(p).0 == 200000 && mode(p) == 0o755,
+        0,
+    );
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_code(&shift(&root, args), 1);
+    (t, root, f)
+}
+
+// A setgid file without group-exec keeps its bit through a chown: `chmod g-s` after the crash
+// is the administrator's, never undone (and the chown took nothing, so nothing is lost).
+fn chmod_g_minus_s_after_the_crash_wins_on_setgid_without_group_exec() {
+    let args = ["--from", FROM, "--to", TO, "--threads", "1"];
+    let tree = || {
+        let (t, root) = ten_setuid();
+        for i in 0..10 {
+            let p = root.join(format!("f{i}"));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2745)).unwrap();
+        }
+        (t, root)
+    };
+    let (_t, root, f) = killed_after_a_chown(&tree, &args, &|p| owner(p).0 == 200000, 0);
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o745)).unwrap();
+    assert_code(&shift(&root, &args), 0);
+    assert_eq!(mode(&f), 0o745, "the chmod g-s after the crash was undone");
+}
+
+// Killed after a file's chown; the file is moved out of the tree before the resume, which
+// therefore never sees it: what its step plan still owed is listed under its path (exit 1),
+// and stays listed while it is away and once it is back, until its bit is set again by hand.
+fn a_file_moved_out_before_the_resume_keeps_its_loss_listed() {
+    let args = ["--from", FROM, "--to", TO, "--threads", "1"];
+    let (t, root, f) = killed_after_a_chown(
+        &ten_setuid,
+        &args,
+        &|p| owner(p).0 == 200000 && mode(p) == 0o755,
+        0,
+    );
+    let away = t.path().join("away");
+    std::fs::rename(&f, &away).unwrap();
+    let name = f.display().to_string();
+    for run in 0..2 {
+        let out = shift(&root, &args);
+        assert_code(&out, 1);
+        assert!(
+            stderr(&out).contains(&format!("{name}: lost: its setuid bit")),
+            "run {run}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !journal_of(&root).exists(),
+            "run {run}: the shift stays pending"
+        );
+    }
+    std::fs::rename(&away, &f).unwrap();
+    assert_code(&shift(&root, &args), 1);
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    assert_code(&shift(&root, &args), 0);
+}
+
+// The loss list is found whatever happened to it: the tree renamed (its list now has another
+// name), copied with `cp -a`, or the list written by another user: the run still exits 1 and
+// says why, until the loss is accepted.
+fn a_renamed_copied_or_foreign_listed_tree_still_names_its_losses() {
+    let args = ["--from", FROM, "--to", TO, "--threads", "1"];
+    // Renamed: the tree's mark names a list that is not beside it under the new name.
+    let (t, root, _f) = tree_with_a_loss(&args);
+    let renamed = t.path().join("ct1");
+    std::fs::rename(&root, &renamed).unwrap();
+    let out = shift(&renamed, &args);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("user.idshift.losses"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        status_json(&renamed)["losses"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let out = shift(
+        &renamed,
+        &[&args[..], &["--accept-loss", renamed.to_str().unwrap()]].concat(),
+    );
+    assert_code(&out, 0);
+    assert_code(&shift(&renamed, &args), 0);
+    // Copied: the copy carries the mark, not the list.
+    let (t, root, _f) = tree_with_a_loss(&args);
+    let copy = t.path().join("copy");
+    let out = run_limited(Command::new("cp").arg("-a").arg(&root).arg(&copy), LIMIT).unwrap();
+    assert_code(&out, 0);
+    assert_code(&shift(&copy, &args), 1);
+    assert_code(&shift(&root, &args), 1);
+    // Written by another user: read all the same.
+    let (_t, root, f) = tree_with_a_loss(&args);
+    lchown(losses_of(&root), Some(1001), Some(1001)).unwrap();
+    let out = shift(&root, &args);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains(&format!("{}: lost", f.display())),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -297,6 +297,8 @@ pub struct ShiftVisitor<'a> {
     errors: Mutex<Vec<InodeError>>,
     mounts: Mutex<Vec<PathBuf>>,
     group: Mutex<Group>,
+    /// The inodes of `plans` the walk saw.
+    plans_seen: Mutex<HashSet<(u64, u64)>>,
 }
 
 /// How many per-inode errors are kept for the summary (all are counted and reported).
@@ -343,7 +345,18 @@ impl<'a> ShiftVisitor<'a> {
             errors: Mutex::new(Vec::new()),
             mounts: Mutex::new(Vec::new()),
             group: Mutex::new(Group::default()),
+            plans_seen: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The step plans in force whose inodes the walk did not see.
+    pub fn unseen_plans(&self) -> Vec<((u64, u64), &StepPlan)> {
+        let seen = self.plans_seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.plans
+            .iter()
+            .filter(|(key, _)| !seen.contains(key))
+            .map(|(key, plan)| (*key, plan))
+            .collect()
     }
 
     pub fn outliers(&self) -> Vec<Outlier> {
@@ -544,6 +557,12 @@ impl<'a> ShiftVisitor<'a> {
         self.ledger.check(key, st.btime_ns, &now);
         // A step plan in force: the inode is on it (what its chown took comes back), or another
         // process changed it since (the change wins; what was not written back is a loss).
+        if self.plans.contains_key(&key) {
+            self.plans_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key);
+        }
         let in_force = self.plans.get(&key).filter(|p| p.btime == st.btime_ns);
         let (eff, continued) = match in_force {
             Some(p) => match p.position(&now, st.size, st.mtime_ns) {
@@ -602,7 +621,7 @@ impl<'a> ShiftVisitor<'a> {
             self.stats.already_done.fetch_add(1, Relaxed);
             return None;
         }
-        self.track(&mut plan, &now, &eff, continued, st);
+        self.track(&mut plan, &now, &eff, continued, st, &at);
         plan.name = at.name.map(|n| n.to_owned());
         plan.key = key;
         plan.symlink = st.is_symlink();
@@ -643,6 +662,7 @@ impl<'a> ShiftVisitor<'a> {
         eff: &Original,
         continued: Option<&StepPlan>,
         st: &Stat,
+        at: &At<'_>,
     ) {
         if st.is_symlink() || st.is_dir() {
             return; // a chown takes nothing from them
@@ -651,7 +671,7 @@ impl<'a> ShiftVisitor<'a> {
             uid: plan.uid,
             gid: plan.gid,
             mode: plan.mode.unwrap_or(if plan.chown {
-                after_chown(now.mode)[0]
+                after_chown(now.mode)
             } else {
                 now.mode
             }),
@@ -670,13 +690,10 @@ impl<'a> ShiftVisitor<'a> {
                 caps: eff.caps.clone(),
                 ..now.clone()
             };
-            plan.step_plan = Some(StepPlan::new(
-                st.btime_ns,
-                (st.size, st.mtime_ns),
-                now.clone(),
-                owed,
-                end,
-            ));
+            let mut step_plan =
+                StepPlan::new(st.btime_ns, (st.size, st.mtime_ns), now.clone(), owed, end);
+            step_plan.path = at.path();
+            plan.step_plan = Some(step_plan);
         }
         plan.tracked = fresh || (restores && continued.is_some());
     }

@@ -1,10 +1,16 @@
 //! The tree's loss list: what the chown of an interrupted run took from an inode (setuid or
 //! setgid bits, a file capability) when another process changed the inode before a later run
 //! could write it back. The change wins, so nothing is written back; the loss is kept beside the
-//! tree (`PARENT/.NAME.idshift-losses`, read only where idshift could have written it itself,
-//! like the journal, and bound to the tree's identity) and every later shift and `status` name
-//! it, until the inode holds what it lost again (seen on disk) or the user accepts the loss
-//! (`--accept-loss PATH`).
+//! tree (`PARENT/.NAME.idshift-losses`, bound to the tree's identity) and every later shift and
+//! `status` name it, until the inode holds what it lost again (seen on disk) or the user accepts
+//! the loss (`--accept-loss PATH`). Nothing else clears it: not a walk that misses the file, not
+//! another user running the shift.
+//!
+//! The list can only add to what is reported, never grant anything, so it is read whoever wrote
+//! it. While it names a loss, the tree's root carries its random id (`user.idshift.losses`,
+//! where the filesystem keeps user xattrs): a tree so marked whose list is gone, or is another
+//! tree's (renamed, copied, the list removed), has losses no run can name, and every run says
+//! so (exit 1) until `--accept-loss DIR` accepts them.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -16,13 +22,15 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 
-use super::state::{self, hex, opt_num, parse_key, parse_opt_num, unhex, Beside};
+use super::state::{self, hex, opt_num, parse_opt_num, unhex, Beside, Trust};
 use super::steps::{Held, Lost};
 use crate::error::{Error, Result};
-use crate::sys::fs as sysfs;
+use crate::sys::{fs as sysfs, xattr};
 use crate::tree::{Tree, TreeId};
 
 const FORMAT: &str = "idshift-losses 1";
+/// On the tree's root while its list names a loss: the list's id.
+pub const MARK: &std::ffi::CStr = c"user.idshift.losses";
 /// A list larger than this is not read (a line is ~100 bytes).
 const MAX_LIST: u64 = 64 << 20;
 
@@ -55,12 +63,23 @@ pub fn path(tree: &Tree) -> PathBuf {
     tree.beside(&file_name(tree))
 }
 
-fn format(tree: TreeId, losses: &[Loss]) -> String {
+/// The list's header: the tree, the list's id and the id of the list it replaced (`-`: none
+/// the mark may still name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Header {
+    tree: TreeId,
+    id: String,
+    previous: String,
+}
+
+fn format(h: &Header, losses: &[Loss]) -> String {
     let mut text = format!(
-        "{FORMAT}\ntree {} {} {}\n",
-        tree.dev,
-        tree.ino,
-        opt_num(tree.btime)
+        "{FORMAT}\ntree {} {} {} {} {}\n",
+        h.tree.dev,
+        h.tree.ino,
+        opt_num(h.tree.btime),
+        h.id,
+        h.previous
     );
     for l in losses {
         text += &format!(
@@ -76,21 +95,27 @@ fn format(tree: TreeId, losses: &[Loss]) -> String {
     text
 }
 
-fn parse(text: &str) -> std::result::Result<(TreeId, Vec<Loss>), String> {
+fn parse(text: &str) -> std::result::Result<(Header, Vec<Loss>), String> {
     let mut lines = text.lines();
     if lines.next() != Some(FORMAT) {
         return Err(format!("it does not begin with '{FORMAT}'"));
     }
-    let tree = lines
+    let header = lines
         .next()
         .and_then(|l| l.strip_prefix("tree "))
         .and_then(|t| {
-            let (key, btime) = t.rsplit_once(' ')?;
-            let (dev, ino) = parse_key(key)?;
-            Some(TreeId {
-                dev,
-                ino,
-                btime: parse_opt_num(btime)?,
+            let f: Vec<&str> = t.split(' ').collect();
+            let [dev, ino, btime, id, previous] = f[..] else {
+                return None;
+            };
+            Some(Header {
+                tree: TreeId {
+                    dev: dev.parse().ok()?,
+                    ino: ino.parse().ok()?,
+                    btime: parse_opt_num(btime)?,
+                },
+                id: id.to_string(),
+                previous: previous.to_string(),
             })
         })
         .ok_or("its tree line is malformed")?;
@@ -115,46 +140,98 @@ fn parse(text: &str) -> std::result::Result<(TreeId, Vec<Loss>), String> {
         })
         .collect::<Option<Vec<Loss>>>()
         .ok_or("a line is malformed")?;
-    Ok((tree, losses))
+    Ok((header, losses))
 }
 
-/// The tree's loss list, and a warning when a file stands there that is not used.
-pub fn read(tree: &Tree) -> Result<(Vec<Loss>, Option<String>)> {
+/// The tree's loss list as a run finds it.
+#[derive(Clone, Debug, Default)]
+pub struct Listed {
+    pub losses: Vec<Loss>,
+    /// The tree is marked with losses that no usable list names: why.
+    pub unaccounted: Option<String>,
+    /// A list that stands there unused, on a tree not marked: why (a warning).
+    pub unused: Option<String>,
+    /// The list's id (the previous id of a list written next).
+    id: Option<String>,
+}
+
+/// Reads the tree's loss list and its mark.
+pub fn read(tree: &Tree) -> Result<Listed> {
     let shown = crate::report::escape_path(&path(tree));
-    let not_used = |why: String| Ok((Vec::new(), Some(format!("{shown}: not used: {why}"))));
-    let bytes = match state::read_beside(tree, &file_name(tree), MAX_LIST)? {
-        Beside::Absent => return Ok((Vec::new(), None)),
-        Beside::Untrusted(why) => return not_used(why),
-        Beside::Read(_, bytes) => bytes,
+    let mark = match xattr::get(tree.root.as_fd(), None, MARK) {
+        Ok(Some(m)) => Some(String::from_utf8_lossy(&m).into_owned()),
+        _ => None,
     };
-    let Ok(text) = String::from_utf8(bytes) else {
-        return not_used("it is not text".into());
+    let found = match state::read_beside(tree, &file_name(tree), MAX_LIST, Trust::Reports)? {
+        Beside::Absent => Err(ABSENT.to_string()),
+        Beside::Untrusted(why) => Err(format!("it is not used: {why}")),
+        Beside::Read(_, bytes) => String::from_utf8(bytes)
+            .map_err(|_| "it is not used: it is not text".to_string())
+            .and_then(|text| parse(&text).map_err(|why| format!("it is not used: {why}")))
+            .and_then(|(h, losses)| {
+                if h.tree == tree.id() {
+                    Ok((h, losses))
+                } else {
+                    Err("it belongs to another tree (the tree was replaced or copied)".into())
+                }
+            }),
     };
-    match parse(&text) {
-        Err(why) => not_used(why),
-        Ok((id, _)) if id != tree.id() => {
-            not_used("it belongs to another tree (the tree was replaced since)".into())
+    let mut listed = Listed::default();
+    match (found, mark) {
+        (Ok((h, losses)), mark) => {
+            let named = mark.as_ref().is_none_or(|m| *m == h.id || *m == h.previous);
+            if !named {
+                listed.unaccounted = Some(format!(
+                    "{shown} does not name every loss the tree is marked with"
+                ));
+            }
+            listed.losses = losses;
+            listed.id = Some(h.id);
         }
-        Ok((_, losses)) => Ok((losses, None)),
+        (Err(why), Some(_)) => listed.unaccounted = Some(format!("{shown}: {why}")),
+        (Err(why), None) if why == ABSENT => {}
+        (Err(why), None) => listed.unused = Some(format!("{shown}: {why}")),
     }
+    Ok(listed)
 }
 
-/// Writes the list durably (a new file renamed over the old one); removes it when empty.
-pub fn write(tree: &Tree, losses: &[Loss]) -> Result<()> {
-    let (name, parent) = (file_name(tree), tree.parent.as_fd());
+const ABSENT: &str = "it is not there (the tree was renamed or copied, or the list removed)";
+
+/// Writes the list durably (a new file renamed over the old one), then marks the tree with its
+/// id; an empty list: the mark removed, then the file. While the tree has `unaccounted` losses,
+/// its mark is left as it is (so they stay unaccounted).
+fn write(tree: &Tree, losses: &[Loss], previous: Option<&str>, unaccounted: bool) -> Result<()> {
+    let (name, parent, root) = (file_name(tree), tree.parent.as_fd(), tree.root.as_fd());
     let cannot = |action: &str, e: Errno| {
         Error::sys(
             format!("{}: {action}", crate::report::escape_path(&path(tree))),
             e,
         )
     };
+    let ok_unsupported = |r: std::result::Result<(), Errno>| match r {
+        Err(Errno::EOPNOTSUPP) | Err(Errno::ENODATA) => Ok(()),
+        other => other,
+    };
     super::crash_point();
     if losses.is_empty() {
+        if !unaccounted {
+            ok_unsupported(xattr::remove_self(root, MARK))
+                .and_then(|()| sysfs::fsync(root))
+                .map_err(|e| cannot("unmark the tree", e))?;
+        }
         return match sysfs::unlink(parent, &name) {
             Ok(()) | Err(Errno::ENOENT) => sysfs::fsync(parent).map_err(|e| cannot("sync", e)),
             Err(e) => Err(cannot("remove", e)),
         };
     }
+    let header = Header {
+        tree: tree.id(),
+        id: state::random_id()?,
+        previous: match (unaccounted, previous) {
+            (false, Some(p)) => p.to_string(),
+            _ => "-".into(),
+        },
+    };
     let mut tmp = name.as_bytes().to_vec();
     tmp.extend_from_slice(b".new");
     let tmp = CString::new(tmp).expect("no NUL");
@@ -164,7 +241,7 @@ pub fn write(tree: &Tree, losses: &[Loss]) -> Result<()> {
     }
     let mut file = sysfs::create_private(parent, &tmp).map_err(|e| cannot("create", e))?;
     let written = file
-        .write_all(format(tree.id(), losses).as_bytes())
+        .write_all(format(&header, losses).as_bytes())
         .and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = sysfs::unlink(parent, &tmp);
@@ -172,7 +249,14 @@ pub fn write(tree: &Tree, losses: &[Loss]) -> Result<()> {
     }
     nix::fcntl::renameat(parent, tmp.as_c_str(), parent, name.as_c_str())
         .map_err(|e| cannot("rename into place", e))?;
-    sysfs::fsync(parent).map_err(|e| cannot("sync", e))
+    sysfs::fsync(parent).map_err(|e| cannot("sync", e))?;
+    if unaccounted {
+        return Ok(());
+    }
+    super::crash_point();
+    ok_unsupported(xattr::set(root, None, MARK, header.id.as_bytes()))
+        .and_then(|()| sysfs::fsync(root))
+        .map_err(|e| cannot("mark the tree", e))
 }
 
 /// What a run made of the losses it knew and found.
@@ -186,8 +270,8 @@ pub struct Outcome {
     pub restored: Vec<Loss>,
     /// Accepted by `--accept-loss`.
     pub accepted: Vec<Loss>,
-    /// Not in the tree any more (a complete walk did not see the inode).
-    pub gone: Vec<Loss>,
+    /// The tree is marked with losses no usable list names (and they were not accepted): why.
+    pub unaccounted: Option<String>,
 }
 
 #[derive(Default)]
@@ -202,24 +286,33 @@ struct Seen {
 pub struct Ledger<'a> {
     tree: Option<&'a Tree>,
     known: HashMap<(u64, u64), Loss>,
-    accepted: HashSet<(u64, u64)>,
+    accepted: Accepted,
+    /// The losses the tree is marked with that no list names, unless accepted.
+    unaccounted: Option<String>,
+    /// The id of the list read (the previous id of the next one written).
+    id: Option<String>,
     seen: Mutex<Seen>,
 }
 
+/// What `--accept-loss` named: listed losses, and the tree's unaccounted ones.
+#[derive(Clone, Debug, Default)]
+pub struct Accepted {
+    pub keys: HashSet<(u64, u64)>,
+    pub unaccounted: bool,
+}
+
 impl<'a> Ledger<'a> {
-    /// `tree` is where found losses are written (`None`: a dry run writes nothing).
-    pub fn new(tree: Option<&'a Tree>, known: Vec<Loss>, accepted: HashSet<(u64, u64)>) -> Self {
+    /// `tree` is where found losses are written (`None`: a dry run, or `status`, writes
+    /// nothing).
+    pub fn new(tree: Option<&'a Tree>, listed: Listed, accepted: Accepted) -> Self {
         Ledger {
             tree,
-            known: known.into_iter().map(|l| (l.key, l)).collect(),
+            known: listed.losses.into_iter().map(|l| (l.key, l)).collect(),
+            unaccounted: listed.unaccounted.filter(|_| !accepted.unaccounted),
+            id: listed.id,
             accepted,
             seen: Mutex::new(Seen::default()),
         }
-    }
-
-    /// A ledger that knows of no loss and writes none (read-only passes).
-    pub fn empty() -> Ledger<'static> {
-        Ledger::new(None, Vec::new(), HashSet::new())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -249,7 +342,12 @@ impl<'a> Ledger<'a> {
         seen.found.retain(|l| l.key != loss.key);
         seen.found.push(loss);
         match self.tree {
-            Some(tree) => write(tree, &self.list(&seen)),
+            Some(tree) => write(
+                tree,
+                &self.list(&seen),
+                self.id.as_deref(),
+                self.unaccounted.is_some(),
+            ),
             None => Ok(()),
         }
     }
@@ -269,27 +367,27 @@ impl<'a> Ledger<'a> {
         list
     }
 
-    /// Ends the run: what became of each loss. `complete`: the walk saw every inode of the
-    /// tree, so a known loss it did not see is of an inode that is gone. Writes the list
-    /// (unless a dry run).
-    pub fn finish(self, complete: bool) -> Result<Outcome> {
+    /// Ends the run: what became of each loss; writes the list (unless a dry run) where it
+    /// changed.
+    pub fn finish(self) -> Result<Outcome> {
         let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
         let mut out = Outcome::default();
         let mut list = Vec::new();
         for l in self.list(&seen) {
-            if !seen.seen.contains(&l.key) && complete {
-                out.gone.push(l);
-            } else if self.accepted.contains(&l.key) && !seen.found.iter().any(|f| f.key == l.key) {
+            let found = seen.found.iter().any(|f| f.key == l.key);
+            if self.accepted.keys.contains(&l.key) && !found {
                 out.accepted.push(l);
             } else {
                 list.push(l);
             }
         }
-        if let Some(tree) = self.tree {
-            if !(list.is_empty() && self.known.is_empty() && seen.found.is_empty()) {
-                write(tree, &list)?;
-            }
+        let changed =
+            !(seen.found.is_empty() && seen.restored.is_empty() && out.accepted.is_empty())
+                || self.accepted.unaccounted;
+        if let (Some(tree), true) = (self.tree, changed) {
+            write(tree, &list, self.id.as_deref(), self.unaccounted.is_some())?;
         }
+        out.unaccounted = self.unaccounted;
         out.found = seen.found.iter().map(|l| l.key).collect();
         out.restored = seen.restored;
         out.lost = list;
@@ -303,10 +401,14 @@ mod tests {
 
     #[test]
     fn the_list_round_trips_and_refuses_what_it_did_not_write() {
-        let tree = TreeId {
-            dev: 2049,
-            ino: 12,
-            btime: Some(5),
+        let tree = Header {
+            tree: TreeId {
+                dev: 2049,
+                ino: 12,
+                btime: Some(5),
+            },
+            id: "0123456789abcdef0123456789abcdef".into(),
+            previous: "-".into(),
         };
         let losses = vec![Loss {
             key: (2049, 77),
@@ -317,13 +419,14 @@ mod tests {
             },
             path: PathBuf::from(std::ffi::OsStr::from_bytes(b"rootfs/usr/bin/a\nb\xff")),
         }];
-        let text = format(tree, &losses);
+        let text = format(&tree, &losses);
         assert_eq!(parse(&text).unwrap(), (tree, losses));
         for bad in [
             "idshift-losses 2\n",
-            "idshift-losses 1\ntree x 1 2\n",
-            "idshift-losses 1\ntree 1 2 -\nl 1 2 - 7777 - 61\n",
-            "idshift-losses 1\ntree 1 2 -\nl 1 2 - 4000 - 6\n",
+            "idshift-losses 1\ntree x 1 2 a -\n",
+            "idshift-losses 1\ntree 1 2 - a\n",
+            "idshift-losses 1\ntree 1 2 - a -\nl 1 2 - 7777 - 61\n",
+            "idshift-losses 1\ntree 1 2 - a -\nl 1 2 - 4000 - 6\n",
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -12,7 +12,6 @@ pub mod losses;
 pub mod state;
 pub mod steps;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -194,11 +193,10 @@ pub struct Summary {
     /// The tree's losses still standing: what the chown of an interrupted run took from files
     /// changed since (exit 1 while any is listed).
     pub lost: Vec<LostEntry>,
-    /// Losses of the list that the files hold again, that `--accept-loss` accepted, and whose
-    /// files are gone: cleared from the list.
+    /// Losses of the list that the files hold again, and that `--accept-loss` accepted:
+    /// cleared from the list.
     pub losses_restored: u64,
     pub losses_accepted: u64,
-    pub losses_gone: u64,
     pub warnings: Vec<String>,
     pub seconds: f64,
     pub inodes_per_second: f64,
@@ -232,7 +230,6 @@ impl Summary {
             lost: Vec::new(),
             losses_restored: 0,
             losses_accepted: 0,
-            losses_gone: 0,
             warnings: Vec::new(),
             seconds: 0.0,
             inodes_per_second: 0.0,
@@ -329,7 +326,6 @@ impl Summary {
         let cleared = [
             (self.losses_restored, "restored on disk"),
             (self.losses_accepted, "accepted"),
-            (self.losses_gone, "whose files are gone"),
         ];
         for (n, how) in cleared.into_iter().filter(|(n, _)| *n > 0) {
             out += &format!("  losses cleared from the list, {how}: {n}\n");
@@ -568,14 +564,14 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
              through a free range instead; nothing was changed"
         )));
     }
-    let (known, unusable) = losses::read(&tree)?;
-    let accepted = accepted(&opts.accept_loss, &known)?;
-    if let Some(text) = unusable {
-        reporter.warning(&text);
-        summary.warnings.push(text);
+    let listed = losses::read(&tree)?;
+    let accepted = accepted(&opts.accept_loss, &listed, &tree)?;
+    if let Some(text) = &listed.unused {
+        reporter.warning(text);
+        summary.warnings.push(text.clone());
     }
     let begin = start(&tree, opts, overlap, reporter, &mut summary)?;
-    let ledger = Ledger::new((!opts.dry_run).then_some(&tree), known, accepted);
+    let ledger = Ledger::new((!opts.dry_run).then_some(&tree), listed, accepted);
     // In a rollback the rules speak of the pending shift, TO → FROM undone.
     let pending_tr;
     let fwd = match begin.direction {
@@ -653,9 +649,10 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
             summary.already_shifted = true;
             summary.inodes = s.inodes.load(Relaxed);
             summary.already_done = s.already_done.load(Relaxed);
-            let complete = s.errors.load(Relaxed) == 0;
+            summary.error_count = s.errors.load(Relaxed);
+            summary.errors = check.errors();
             drop(check);
-            settle_losses(ledger, complete, reporter, &mut summary)?;
+            summary.settled(settle_losses(ledger, &opts.dir, reporter)?);
             summary.seconds = started.elapsed().as_secs_f64();
             return Ok(summary);
         }
@@ -720,6 +717,21 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     summary.outliers = visitor.outliers();
     summary.errors = visitor.errors();
     summary.mounts_skipped = visitor.mounts_skipped();
+    // A step plan of the pending shift whose inode this walk never saw (beyond a mount it did
+    // not cross, or moved out of the tree) ends with the journal: what it still owes is listed.
+    if summary.error_count == 0 && !opts.dry_run {
+        for (key, plan) in visitor.unseen_plans() {
+            let debt = plan.debt();
+            if !debt.is_empty() {
+                ledger.found(Loss {
+                    key,
+                    btime: plan.btime,
+                    lost: debt,
+                    path: plan.path.clone(),
+                })?;
+            }
+        }
+    }
     drop(visitor);
     if begin.verify_record && summary.changed > 0 {
         let text = format!(
@@ -735,7 +747,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     }
     // The loss list first: a crash before the journal is done leaves both, and the next run
     // finds the same.
-    settle_losses(ledger, summary.error_count == 0, reporter, &mut summary)?;
+    summary.settled(settle_losses(ledger, &opts.dir, reporter)?);
     if let (Some(j), 0) = (journal, summary.error_count) {
         if !opts.dry_run {
             // The view now on disk: TO after a shift, FROM after a rollback. A completed
@@ -748,27 +760,35 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     Ok(summary)
 }
 
-/// The keys of the listed losses that `--accept-loss` names; a usage error for a path that is
-/// not there or has no loss listed.
-fn accepted(paths: &[PathBuf], known: &[Loss]) -> Result<HashSet<(u64, u64)>> {
-    paths
-        .iter()
-        .map(|p| {
-            let shown = crate::report::escape_path(p);
-            let m = std::fs::symlink_metadata(p)
-                .map_err(|e| Error::Usage(format!("--accept-loss {shown}: {e}")))?;
-            let key = (m.dev(), m.ino());
-            if known.iter().any(|l| l.key == key) {
-                Ok(key)
-            } else {
-                Err(Error::Usage(format!(
-                    "--accept-loss {shown}: the tree's loss list has no loss of this file ({} \
-                     listed; `idshift status` shows them); nothing was changed",
-                    known.len()
-                )))
-            }
-        })
-        .collect()
+/// The listed losses that `--accept-loss` names: a file of the list (by its path, or by the path
+/// the list gives for it when it is gone), or the tree itself for the losses its mark says no
+/// list names. A usage error for anything else.
+fn accepted(paths: &[PathBuf], listed: &losses::Listed, tree: &Tree) -> Result<losses::Accepted> {
+    let mut accepted = losses::Accepted::default();
+    for p in paths {
+        let shown = crate::report::escape_path(p);
+        let key = match std::fs::symlink_metadata(p) {
+            Ok(m) => Some((m.dev(), m.ino())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::Usage(format!("--accept-loss {shown}: {e}"))),
+        };
+        let listed_as = |l: &&Loss| match key {
+            Some(key) => l.key == key,
+            None => l.path == *p,
+        };
+        if let Some(l) = listed.losses.iter().find(listed_as) {
+            accepted.keys.insert(l.key);
+        } else if key == Some((tree.stat.dev, tree.stat.ino)) && listed.unaccounted.is_some() {
+            accepted.unaccounted = true;
+        } else {
+            return Err(Error::Usage(format!(
+                "--accept-loss {shown}: the tree's loss list has no loss of this file ({} \
+                 listed; `idshift status` shows them); nothing was changed",
+                listed.losses.len()
+            )));
+        }
+    }
+    Ok(accepted)
 }
 
 /// The tree's loss list where nothing walks the tree (a `migrate` whose config already names
@@ -781,18 +801,16 @@ pub fn listed_losses(
     reporter: &dyn Reporter,
 ) -> Result<Vec<LostEntry>> {
     let tree = Tree::open(dir)?;
-    let (known, unusable) = losses::read(&tree)?;
-    if let Some(text) = unusable {
-        reporter.warning(&text);
+    let listed = losses::read(&tree)?;
+    if let Some(text) = &listed.unused {
+        reporter.warning(text);
     }
-    let accepted = accepted(accept, &known)?;
-    let (gone, kept): (Vec<Loss>, Vec<Loss>) =
-        known.into_iter().partition(|l| accepted.contains(&l.key));
-    if !gone.is_empty() && !dry_run {
+    let accepted = accepted(accept, &listed, &tree)?;
+    if !dry_run && !accept.is_empty() {
         tree.lock()?;
-        losses::write(&tree, &kept)?;
     }
-    Ok(report_losses(&kept, &[], reporter))
+    let ledger = Ledger::new((!dry_run).then_some(&tree), listed, accepted);
+    Ok(settle_losses(ledger, dir, reporter)?.lost)
 }
 
 /// Reports each standing loss (one line); `found`: the inodes whose loss this run found.
@@ -820,20 +838,51 @@ fn report_losses(lost: &[Loss], found: &[(u64, u64)], reporter: &dyn Reporter) -
         .collect()
 }
 
-/// Ends the run's ledger: the loss list written, what stands reported (one line each) and put
-/// in the summary.
-fn settle_losses(
-    ledger: Ledger<'_>,
-    complete: bool,
-    reporter: &dyn Reporter,
-    summary: &mut Summary,
-) -> Result<()> {
-    let out = ledger.finish(complete)?;
-    summary.lost = report_losses(&out.lost, &out.found, reporter);
-    summary.losses_restored = out.restored.len() as u64;
-    summary.losses_accepted = out.accepted.len() as u64;
-    summary.losses_gone = out.gone.len() as u64;
-    Ok(())
+/// What a run's ledger came to.
+struct Settled {
+    lost: Vec<LostEntry>,
+    restored: u64,
+    accepted: u64,
+}
+
+impl Summary {
+    fn settled(&mut self, s: Settled) {
+        self.lost = s.lost;
+        self.losses_restored = s.restored;
+        self.losses_accepted = s.accepted;
+    }
+}
+
+/// Ends the run's ledger of the tree `dir`: the loss list written, what stands reported (one
+/// line each).
+fn settle_losses(ledger: Ledger<'_>, dir: &Path, reporter: &dyn Reporter) -> Result<Settled> {
+    let out = ledger.finish()?;
+    let mut lost = report_losses(&out.lost, &out.found, reporter);
+    if let Some(why) = out.unaccounted {
+        let message = format!(
+            "the tree is marked (user.idshift.losses) with setuid/setgid bits or capabilities \
+             that interrupted runs' chowns took from files changed since, but {why}; check the \
+             tree's setuid files and capabilities (idshift status), then accept them \
+             (--accept-loss {})",
+            crate::report::escape_path(dir)
+        );
+        reporter.inode_error(&InodeError {
+            path: dir.to_path_buf(),
+            op: "lost",
+            errno: 0,
+            message: message.clone(),
+        });
+        lost.push(LostEntry {
+            path: dir.to_path_buf(),
+            what: message,
+            new: false,
+        });
+    }
+    Ok(Settled {
+        lost,
+        restored: out.restored.len() as u64,
+        accepted: out.accepted.len() as u64,
+    })
 }
 
 /// A reporter that reports nothing (read-only pre-scans).

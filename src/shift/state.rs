@@ -23,6 +23,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -225,11 +226,11 @@ fn parse_held(f: &[&str]) -> Option<Held> {
     })
 }
 
-/// A step plan: `p DEV INO BTIME SIZE MTIME  UID GID MODE CAPS  UID GID MODE CAPS  MODE CAPS`
-/// (base, end, and the mode and capability owed at the base).
+/// A step plan: `p DEV INO BTIME SIZE MTIME  UID GID MODE CAPS  UID GID MODE CAPS  MODE CAPS
+/// PATH` (base, end, the mode and capability owed at the base, and the path in hex).
 pub fn format_plan(key: (u64, u64), p: &StepPlan) -> String {
     format!(
-        "p {} {} {} {} {} {} {} {:o} {}\n",
+        "p {} {} {} {} {} {} {} {:o} {} {}\n",
         key.0,
         key.1,
         opt_num(p.btime),
@@ -238,27 +239,27 @@ pub fn format_plan(key: (u64, u64), p: &StepPlan) -> String {
         format_held(&p.base),
         format_held(&p.end),
         p.owed.mode,
-        hex(&p.owed.caps)
+        hex(&p.owed.caps),
+        hex(&Some(p.path.as_os_str().as_bytes().to_vec()))
     )
 }
 
 fn parse_plan(rest: &str) -> Option<((u64, u64), StepPlan)> {
     let f: Vec<&str> = rest.split(' ').collect();
-    if f.len() != 15 {
+    if f.len() != 16 {
         return None;
     }
     let base = parse_held(&f[5..9])?;
     let owed = parse_held(&[f[5], f[6], f[13], f[14]])?;
-    Some((
-        (f[0].parse().ok()?, f[1].parse().ok()?),
-        StepPlan::new(
-            parse_opt_num(f[2])?,
-            (f[3].parse().ok()?, f[4].parse().ok()?),
-            base,
-            owed,
-            parse_held(&f[9..13])?,
-        ),
-    ))
+    let mut plan = StepPlan::new(
+        parse_opt_num(f[2])?,
+        (f[3].parse().ok()?, f[4].parse().ok()?),
+        base,
+        owed,
+        parse_held(&f[9..13])?,
+    );
+    plan.path = std::path::PathBuf::from(std::ffi::OsString::from_vec(unhex(f[15])??));
+    Some(((f[0].parse().ok()?, f[1].parse().ok()?), plan))
 }
 
 fn format_header(h: &Header) -> String {
@@ -408,9 +409,20 @@ pub(super) enum Beside {
     Read(File, Vec<u8>),
 }
 
-/// Reads `name` beside the tree if idshift could have written it itself (see [`untrusted`]) and
-/// it is at most `max` bytes; never follows a symlink, never blocks on a FIFO.
-pub(super) fn read_beside(tree: &Tree, name: &CStr, max: u64) -> Result<Beside> {
+/// How far a file beside the tree must be trusted before it is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Trust {
+    /// It steers the run (the journal): only a file idshift could have written itself, as the
+    /// caller ([`untrusted`]); opened for appending.
+    Steers,
+    /// It can only add to what is reported (the loss list): any regular file, whoever wrote
+    /// it; opened read-only.
+    Reports,
+}
+
+/// Reads `name` beside the tree if it may be trusted as `trust` says and it is at most `max`
+/// bytes; never follows a symlink, never blocks on a FIFO.
+pub(super) fn read_beside(tree: &Tree, name: &CStr, max: u64, trust: Trust) -> Result<Beside> {
     let path = || tree.beside(name);
     let handle = match sysfs::open_path(tree.parent.as_fd(), name) {
         Ok(h) => h,
@@ -419,7 +431,11 @@ pub(super) fn read_beside(tree: &Tree, name: &CStr, max: u64) -> Result<Beside> 
     };
     let st = sysfs::statx(handle.as_fd(), None)
         .map_err(|e| Error::sys(format!("{}: stat", path().display()), e))?;
-    if let Some(why) = untrusted(&st, nix::unistd::geteuid().as_raw()) {
+    let why = match trust {
+        Trust::Steers => untrusted(&st, nix::unistd::geteuid().as_raw()),
+        Trust::Reports => (!st.is_regular()).then(|| "it is not a regular file".to_string()),
+    };
+    if let Some(why) = why {
         return Ok(Beside::Untrusted(why));
     }
     if st.size > max {
@@ -428,7 +444,18 @@ pub(super) fn read_beside(tree: &Tree, name: &CStr, max: u64) -> Result<Beside> 
             st.size
         )));
     }
-    let mut file = match sysfs::reopen_rw(&handle) {
+    let opened = match trust {
+        Trust::Steers => sysfs::reopen_rw(&handle).map_err(std::io::Error::from),
+        Trust::Reports => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let link = sysfs::proc_fd_path(&handle);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(std::ffi::OsStr::from_bytes(link.as_bytes()))
+        }
+    };
+    let mut file = match opened {
         Ok(f) => f,
         Err(e) => return Ok(Beside::Untrusted(format!("it cannot be opened: {e}"))),
     };
@@ -444,7 +471,7 @@ pub(super) fn read_beside(tree: &Tree, name: &CStr, max: u64) -> Result<Beside> 
 pub fn find(tree: &Tree) -> Result<Found> {
     let name = tree.journal_name();
     let mark = pending_mark(tree.root.as_fd()).ok().flatten();
-    let (file, bytes) = match read_beside(tree, &name, MAX_JOURNAL)? {
+    let (file, bytes) = match read_beside(tree, &name, MAX_JOURNAL, Trust::Steers)? {
         Beside::Absent => {
             return Ok(if mark.is_some() {
                 Found::Lost
@@ -573,8 +600,8 @@ fn now_ns() -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
-/// A random id for a new journal.
-fn random_id() -> Result<String> {
+/// A random id for a new journal or loss list.
+pub(super) fn random_id() -> Result<String> {
     let mut b = [0u8; 16];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -835,11 +862,12 @@ mod tests {
             mode: 0o6755,
             ..base.clone()
         };
-        let plan = StepPlan::new(Some(5), (10, -3), base, owed, end);
+        let mut plan = StepPlan::new(Some(5), (10, -3), base, owed, end);
+        plan.path = "r/a b".into();
         let line = format_plan((1, 2), &plan);
         assert_eq!(
             line,
-            "p 1 2 5 10 -3 100000 100000 4755 0102 200000 200000 4755 0102 6755 0102\n"
+            "p 1 2 5 10 -3 100000 100000 4755 0102 200000 200000 4755 0102 6755 0102 722f612062\n"
         );
         let body = text.replace("r 1 3 - 0", "") + &line;
         let parsed = parse(&body).unwrap().3;
@@ -860,8 +888,8 @@ mod tests {
             "s 1 2 chmod\n",
             "p 1 2 5 10\n",
             "x 1\n",
-            "p 1 2 5 10 -3 1 1 99999 - 2 2 755 - 755 -\n",
-            "p 1 2 5 10 -3 1 1 755 - 2 2 755 -\n",
+            "p 1 2 5 10 -3 1 1 99999 - 2 2 755 - 755 - 61\n",
+            "p 1 2 5 10 -3 1 1 755 - 2 2 755 - 755 -\n",
         ] {
             let err = parse(&(body.clone() + bad)).unwrap_err();
             assert!(err.contains("malformed"), "{bad:?}: {err}");

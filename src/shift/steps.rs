@@ -60,12 +60,12 @@ impl Step {
     }
 }
 
-/// The modes a chown can leave on a non-directory of mode `mode`: the setuid bit cleared, the
-/// setgid bit too when group-executable (Linux since 2.6); a filesystem that clears both is
-/// accepted as well.
-pub fn after_chown(mode: u32) -> [u32; 2] {
+/// The mode a chown leaves on a non-directory of mode `mode`: the setuid bit cleared, the setgid
+/// bit too when group-executable (Linux since 2.6). A filesystem that clears more leaves a
+/// state no plan passes through: a listed loss, never a bit given back over a `chmod g-s`.
+pub fn after_chown(mode: u32) -> u32 {
     let sgid = if mode & GROUP_EXEC != 0 { SETGID } else { 0 };
-    [mode & !SETUID & !sgid, mode & !SETID]
+    mode & !SETUID & !sgid
 }
 
 /// What a chown took from an inode that was never written back.
@@ -120,6 +120,8 @@ pub struct StepPlan {
     pub end: Held,
     /// How many of the plan's steps were noted as done (a prefix: they are taken in order).
     pub noted: usize,
+    /// Where the run saw the inode, for messages.
+    pub path: std::path::PathBuf,
 }
 
 impl StepPlan {
@@ -138,6 +140,7 @@ impl StepPlan {
             owed,
             end,
             noted: 0,
+            path: std::path::PathBuf::new(),
         }
     }
 
@@ -147,43 +150,26 @@ impl StepPlan {
         (base.uid, base.gid) != (end.uid, end.gid) && (end.mode & SETID != 0 || end.caps.is_some())
     }
 
-    /// The plan's steps, in order, each with the states the inode may hold after it (a chown
-    /// may leave one of two modes).
-    fn steps(&self) -> Vec<(Step, Vec<Held>)> {
+    /// The plan's steps, in order, each with the state the inode holds after it.
+    fn steps(&self) -> Vec<(Step, Held)> {
         let mut steps = Vec::new();
-        let mut states = vec![self.base.clone()];
-        if (self.base.uid, self.base.gid) != (self.end.uid, self.end.gid) {
-            let mut next: Vec<Held> = Vec::new();
-            for modes in states.iter().map(|s| after_chown(s.mode)) {
-                for mode in modes {
-                    let held = Held {
-                        uid: self.end.uid,
-                        gid: self.end.gid,
-                        mode,
-                        caps: None,
-                    };
-                    if !next.contains(&held) {
-                        next.push(held);
-                    }
-                }
-            }
-            states = next;
-            steps.push((Step::Owner, states.clone()));
+        let mut state = self.base.clone();
+        if (state.uid, state.gid) != (self.end.uid, self.end.gid) {
+            state = Held {
+                uid: self.end.uid,
+                gid: self.end.gid,
+                mode: after_chown(state.mode),
+                caps: None,
+            };
+            steps.push((Step::Owner, state.clone()));
         }
-        if states.iter().any(|s| s.mode != self.end.mode) {
-            states = states
-                .into_iter()
-                .map(|s| Held {
-                    mode: self.end.mode,
-                    ..s
-                })
-                .collect();
-            states.dedup();
-            steps.push((Step::Mode, states.clone()));
+        if state.mode != self.end.mode {
+            state.mode = self.end.mode;
+            steps.push((Step::Mode, state.clone()));
         }
-        if states.iter().any(|s| s.caps != self.end.caps) {
-            states = vec![self.end.clone()];
-            steps.push((Step::Caps, states.clone()));
+        if state.caps != self.end.caps {
+            state.caps = self.end.caps.clone();
+            steps.push((Step::Caps, state));
         }
         steps
     }
@@ -202,18 +188,11 @@ impl StepPlan {
         if (size, mtime) != (self.size, self.mtime) {
             return None;
         }
-        let steps = self.steps();
-        let mut candidates = vec![(0, vec![self.base.clone()])];
-        candidates.extend(
-            steps
-                .into_iter()
-                .enumerate()
-                .map(|(i, (_, states))| (i + 1, states)),
-        );
-        candidates
-            .into_iter()
-            .filter(|(i, _)| *i >= self.noted)
-            .find(|(_, states)| states.contains(now))
+        std::iter::once(self.base.clone())
+            .chain(self.steps().into_iter().map(|(_, state)| state))
+            .enumerate()
+            .skip(self.noted)
+            .find(|(_, state)| state == now)
             .map(|(i, _)| i)
     }
 
@@ -241,7 +220,7 @@ impl StepPlan {
                 caps,
             };
         }
-        let taken = self.end.mode & SETID & !after_chown(self.end.mode)[0];
+        let taken = self.end.mode & SETID & !after_chown(self.end.mode);
         let bits = if done(Step::Mode) {
             0
         } else {
@@ -252,6 +231,17 @@ impl StepPlan {
             _ => None,
         };
         Lost { bits, caps }
+    }
+
+    /// What the plan's chown took and no noted step wrote back, for an inode the run did not
+    /// see: everything the plan may still owe, as if the chown happened and nothing was kept.
+    pub fn debt(&self) -> Lost {
+        self.lost(&Held {
+            uid: self.end.uid,
+            gid: self.end.gid,
+            mode: 0,
+            caps: None,
+        })
     }
 
     /// What an inode that holds `now` at `position` should hold: what a chown took comes back,
@@ -304,14 +294,10 @@ mod tests {
 
     #[test]
     fn a_chown_clears_setuid_and_group_executable_setgid() {
-        assert_eq!(after_chown(0o4755), [0o755, 0o755]);
-        assert_eq!(after_chown(0o6755), [0o755, 0o755]);
-        assert_eq!(
-            after_chown(0o2745),
-            [0o2745, 0o745],
-            "setgid without g+x stays"
-        );
-        assert_eq!(after_chown(0o1777), [0o1777, 0o1777]);
+        assert_eq!(after_chown(0o4755), 0o755);
+        assert_eq!(after_chown(0o6755), 0o755);
+        assert_eq!(after_chown(0o2745), 0o2745, "setgid without g+x stays");
+        assert_eq!(after_chown(0o1777), 0o1777);
     }
 
     #[test]
@@ -434,8 +420,10 @@ mod tests {
         let p = plan(0o2745, false);
         let now = held(200000, 0o2745, false);
         assert_eq!(p.position(&now, 10, 7), Some(1));
-        // Both bits cleared (a filesystem that clears them all) is the plan's too.
-        assert_eq!(p.position(&held(200000, 0o745, false), 10, 7), Some(1));
+        // `chmod g-s` after the chown is a change, not a state of the plan.
+        let mut q = p.clone();
+        q.note(Step::Owner);
+        assert_eq!(q.position(&held(200000, 0o745, false), 10, 7), None);
     }
 
     #[test]

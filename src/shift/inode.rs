@@ -272,6 +272,14 @@ fn translate(
     })
 }
 
+/// The mode a plan writes back: `eff`'s setuid/setgid bits, after a chown (which clears them)
+/// or where the inode `cur` lacks them; never on a symlink or a directory.
+fn mode_step(eff: &Original, cur: &Original, chown: bool, st: &Stat) -> Option<u32> {
+    let want = eff.mode & 0o7777;
+    let plain = !st.is_symlink() && !st.is_dir();
+    (plain && want & SETID != 0 && (chown || want != cur.mode & 0o7777)).then_some(want)
+}
+
 /// Everything the shift visitor needs; counters and lists fill up as the walk goes.
 pub struct ShiftVisitor<'a> {
     pub rules: Rules<'a>,
@@ -557,13 +565,14 @@ impl<'a> ShiftVisitor<'a> {
         self.ledger.check(key, st.btime_ns, &now);
         // A step plan in force: the inode is on it (what its chown took comes back), or another
         // process changed it since (the change wins; what was not written back is a loss).
-        if self.plans.contains_key(&key) {
+        let planned_before = self.plans.get(&key);
+        if planned_before.is_some() {
             self.plans_seen
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key);
         }
-        let in_force = self.plans.get(&key).filter(|p| p.btime == st.btime_ns);
+        let in_force = planned_before.filter(|p| p.btime == st.btime_ns);
         let (eff, continued) = match in_force {
             Some(p) => match p.position(&now, st.size, st.mtime_ns) {
                 Some(position) => {
@@ -576,7 +585,7 @@ impl<'a> ShiftVisitor<'a> {
                     (eff, Some(p))
                 }
                 None => {
-                    if let Err(e) = self.lost(key, st, &at, p.lost(&now)) {
+                    if let Err(e) = self.record_loss(key, st, &at, p.lost(&now)) {
                         self.error_msg(at.path(), "record loss", format!("{e}; left unchanged"));
                         return None;
                     }
@@ -630,7 +639,7 @@ impl<'a> ShiftVisitor<'a> {
 
     /// Another process changed an inode after its plan's chown, before what the chown took was
     /// written back: the loss goes to the tree's list (durably, before the plan is retired).
-    fn lost(
+    fn record_loss(
         &self,
         key: (u64, u64),
         st: &Stat,
@@ -710,10 +719,7 @@ impl<'a> ShiftVisitor<'a> {
         self.judge(eff, at);
         let goal = translate(eff, &|k, id| self.rules.fresh(k, id))?;
         let chown = (goal.uid, goal.gid) != (cur.uid, cur.gid);
-        let plain = !st.is_symlink() && !st.is_dir();
-        let want = eff.mode & 0o7777;
-        let mode =
-            (plain && want & SETID != 0 && (chown || want != cur.mode & 0o7777)).then_some(want);
+        let mode = mode_step(eff, cur, chown, st);
         let caps = goal
             .caps
             .clone()
@@ -782,10 +788,7 @@ impl<'a> ShiftVisitor<'a> {
         let uid = one(IdKind::Uid, cur.uid, start.uid, goal.uid);
         let gid = one(IdKind::Gid, cur.gid, start.gid, goal.gid);
         let chown = (uid, gid) != (cur.uid, cur.gid);
-        let plain = !st.is_symlink() && !st.is_dir();
-        let want = eff.mode & 0o7777;
-        let mode =
-            (plain && want & SETID != 0 && (chown || want != cur.mode & 0o7777)).then_some(want);
+        let mode = mode_step(eff, cur, chown, st);
         // A capability: its rootid judged like an id.
         let rootid = |v: &[u8]| caps::decode(v).ok().map(|c| c.rootid);
         let cap_now = |c: &Vec<u8>| -> Result<Vec<u8>, (&'static str, String)> {

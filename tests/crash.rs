@@ -472,11 +472,21 @@ fn a_rollback_killed_at_every_step_twice() {
 
 /// Ten `4755` files of container root; returns the tree.
 fn ten_setuid() -> (tempfile::TempDir, PathBuf) {
+    ten_files(0o4755, false)
+}
+
+/// Ten files of container root of mode `mode`, each with a v3 capability if `cap`.
+fn ten_files(mode: u32, cap: bool) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("rootfs");
     make(&root, true, 100000, 0o755);
     for i in 0..10 {
-        make(&root.join(format!("f{i}")), false, 100000, 0o4755);
+        let f = root.join(format!("f{i}"));
+        make(&f, false, 100000, mode);
+        if cap {
+            set_xattr(&f, caps::NAME, &cap_v3(100000));
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
     }
     (tmp, root)
 }
@@ -516,17 +526,27 @@ fn killed_after_a_chown(
     panic!("no kill point left a file half-done");
 }
 
+/// Ten setuid files, killed (the `after`th time one is) right after a file's chown, before its
+/// mode step: that file at TO's ids without its setuid bit.
+fn killed_after_a_setuid_chown(args: &[&str], after: u32) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let half_done = |p: &Path| owner(p).0 == 200000 && mode(p) == 0o755;
+    killed_after_a_chown(&ten_setuid, args, &half_done, after)
+}
+
+/// The run exited 1 and named `what` of `file` as lost.
+#[track_caller]
+fn assert_names_loss(out: &Output, file: &Path, what: &str, when: &str) {
+    assert_code(out, 1);
+    let want = format!("{}: lost: {what}", file.display());
+    assert!(stderr(out).contains(&want), "{when}: {}", stderr(out));
+}
+
 // The reproduction: killed right after a file's chown, before the note that follows it,
 // then the same command, and once more: exit 0, every file 4755, nothing reported.
 fn killed_between_the_chown_and_its_note() {
     let args = ["--from", FROM, "--to", TO, "--threads", "1"];
     for after in 0..3 {
-        let (_t, root, f) = killed_after_a_chown(
-            &ten_setuid,
-            &args,
-            &|p| owner(p).0 == 200000 && mode(p) == 0o755,
-            after,
-        );
+        let (_t, root, f) = killed_after_a_setuid_chown(&args, after);
         for again in 0..2 {
             let out = shift(&root, &args);
             assert_code(&out, 0);
@@ -566,22 +586,12 @@ fn status_losses(root: &Path) -> Vec<String> {
 // is set again by hand; then it is cleared and runs exit 0.
 fn a_chmod_after_the_crash_wins_and_the_loss_stays_until_restored() {
     let args = ["--from", FROM, "--to", TO, "--threads", "1"];
-    let (_t, root, f) = killed_after_a_chown(
-        &ten_setuid,
-        &args,
-        &|p| owner(p).0 == 200000 && mode(p) == 0o755,
-        0,
-    );
+    let (_t, root, f) = killed_after_a_setuid_chown(&args, 0);
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o700)).unwrap();
     let name = f.display().to_string();
     for run in 0..3 {
         let out = shift(&root, &args);
-        assert_code(&out, 1);
-        assert!(
-            stderr(&out).contains(&format!("{name}: lost: its setuid bit")),
-            "run {run}: {}",
-            stderr(&out)
-        );
+        assert_names_loss(&out, &f, "its setuid bit", &format!("run {run}"));
         assert_eq!(mode(&f), 0o700, "run {run}: the chmod after the crash lost");
         assert_eq!(status_losses(&root), vec![name.clone()], "run {run}");
     }
@@ -611,27 +621,14 @@ fn a_chmod_after_the_crash_wins_and_the_loss_stays_until_restored() {
 // through every later run — a different shift too — until `--accept-loss` names the file.
 fn a_write_after_the_crash_wins_and_the_loss_stays_until_accepted() {
     let args = ["--from", FROM, "--to", TO, "--threads", "1"];
-    let tree = || {
-        let (t, root) = ten_setuid();
-        for i in 0..10 {
-            let p = root.join(format!("f{i}"));
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-            set_xattr(&p, caps::NAME, &cap_v3(100000));
-        }
-        (t, root)
-    };
+    let tree = || ten_files(0o755, true);
     let has_cap = |p: &Path| get_xattr(p, caps::NAME).is_some();
     let (_t, root, f) =
         killed_after_a_chown(&tree, &args, &|p| owner(p).0 == 200000 && !has_cap(p), 1);
     std::fs::write(&f, b"#!/bin/sh\nexec id\n").unwrap();
     let name = f.display().to_string();
     let out = shift(&root, &args);
-    assert_code(&out, 1);
-    assert!(
-        stderr(&out).contains(&format!("{name}: lost: its file capability")),
-        "{}",
-        stderr(&out)
-    );
+    assert_names_loss(&out, &f, "its file capability", "the resume");
     assert!(
         !has_cap(&f),
         "the capability came back onto rewritten content"
@@ -668,15 +665,7 @@ fn a_write_after_the_crash_wins_and_the_loss_stays_until_accepted() {
 // by the chown and not written back, is a loss.
 fn a_setcap_after_the_crash_wins_and_nothing_is_lost() {
     let args = ["--from", FROM, "--to", TO, "--threads", "1"];
-    let tree = || {
-        let (t, root) = ten_setuid();
-        for i in 0..10 {
-            let p = root.join(format!("f{i}"));
-            set_xattr(&p, caps::NAME, &cap_v3(100000));
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o4755)).unwrap();
-        }
-        (t, root)
-    };
+    let tree = || ten_files(0o4755, true);
     let (_t, root, f) = killed_after_a_chown(
         &tree,
         &args,
@@ -771,23 +760,13 @@ fn a_migrate_whose_rootfs_names_a_loss_still_moves_the_config() {
         };
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o700)).unwrap();
         let out = migrate(&lxcpath, &[], None);
-        assert_code(&out, 1);
-        assert!(
-            stderr(&out).contains("lost: its setuid bit"),
-            "{}",
-            stderr(&out)
-        );
+        assert_names_loss(&out, &f, "its setuid bit", "a migrate");
         assert!(
             config_names_200000(&lxcpath),
             "the config stayed behind its rootfs"
         );
         let out = migrate(&lxcpath, &[], None);
-        assert_code(&out, 1);
-        assert!(
-            stderr(&out).contains("lost: its setuid bit"),
-            "{}",
-            stderr(&out)
-        );
+        assert_names_loss(&out, &f, "its setuid bit", "a migrate");
         let out = migrate(&lxcpath, &["--accept-loss", f.to_str().unwrap()], None);
         assert_code(&out, 0);
         assert_code(&migrate(&lxcpath, &[], None), 0);
@@ -800,12 +779,7 @@ fn a_migrate_whose_rootfs_names_a_loss_still_moves_the_config() {
 /// A tree with one loss listed: `f` (4755, its setuid bit taken by the chown of a killed run,
 /// then `chmod 0700`), after the resume that listed it. Returns the tree and `f`.
 fn tree_with_a_loss(args: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let (t, root, f) = killed_after_a_chown(
-        &ten_setuid,
-        args,
-        &|p| owner(p).0 == 200000 && mode(p) == 0o755,
-        0,
-    );
+    let (t, root, f) = killed_after_a_setuid_chown(args, 0);
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_code(&shift(&root, args), 1);
     (t, root, f)
@@ -815,14 +789,7 @@ fn tree_with_a_loss(args: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
 // is the administrator's, never undone (and the chown took nothing, so nothing is lost).
 fn chmod_g_minus_s_after_the_crash_wins_on_setgid_without_group_exec() {
     let args = ["--from", FROM, "--to", TO, "--threads", "1"];
-    let tree = || {
-        let (t, root) = ten_setuid();
-        for i in 0..10 {
-            let p = root.join(format!("f{i}"));
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2745)).unwrap();
-        }
-        (t, root)
-    };
+    let tree = || ten_files(0o2745, false);
     let (_t, root, f) = killed_after_a_chown(&tree, &args, &|p| owner(p).0 == 200000, 0);
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o745)).unwrap();
     assert_code(&shift(&root, &args), 0);
@@ -834,23 +801,12 @@ fn chmod_g_minus_s_after_the_crash_wins_on_setgid_without_group_exec() {
 // and stays listed while it is away and once it is back, until its bit is set again by hand.
 fn a_file_moved_out_before_the_resume_keeps_its_loss_listed() {
     let args = ["--from", FROM, "--to", TO, "--threads", "1"];
-    let (t, root, f) = killed_after_a_chown(
-        &ten_setuid,
-        &args,
-        &|p| owner(p).0 == 200000 && mode(p) == 0o755,
-        0,
-    );
+    let (t, root, f) = killed_after_a_setuid_chown(&args, 0);
     let away = t.path().join("away");
     std::fs::rename(&f, &away).unwrap();
-    let name = f.display().to_string();
     for run in 0..2 {
         let out = shift(&root, &args);
-        assert_code(&out, 1);
-        assert!(
-            stderr(&out).contains(&format!("{name}: lost: its setuid bit")),
-            "run {run}: {}",
-            stderr(&out)
-        );
+        assert_names_loss(&out, &f, "its setuid bit", &format!("run {run}"));
         assert!(
             !journal_of(&root).exists(),
             "run {run}: the shift stays pending"

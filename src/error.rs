@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 
 use crate::idmap::MapError;
+use crate::report::escape_path;
 
 /// Everything that can go wrong, with enough context to name the thing and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -14,14 +15,14 @@ pub enum Error {
     #[error(transparent)]
     Map(#[from] MapError),
     /// A malformed line in a file (`/etc/subuid`, an LXC config).
-    #[error("{}:{line}: {reason}", path.display())]
+    #[error("{}:{line}: {reason}", escape_path(path))]
     Syntax {
         path: PathBuf,
         line: usize,
         reason: String,
     },
     /// A file that could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", escape_path(path))]
     Io { path: PathBuf, source: io::Error },
     /// Input the user can fix: an unknown container, no map at all, an option that does not fit.
     #[error("{0}")]
@@ -38,7 +39,10 @@ pub enum Error {
     Refused(String),
     /// The journal beside a tree, or the tree's pending mark, could not be written: the shift
     /// did not begin.
-    #[error("{}: cannot {action} ({source}); nothing was changed", path.display())]
+    #[error(
+        "{}: cannot {action} ({source}); nothing was changed",
+        escape_path(path)
+    )]
     Journal {
         path: PathBuf,
         action: &'static str,
@@ -55,7 +59,7 @@ pub enum Error {
     #[error("{what}: {source}")]
     Derived { what: String, source: MapError },
     /// Data read from a file that its format does not allow.
-    #[error("{}: {reason}", path.display())]
+    #[error("{}: {reason}", escape_path(path))]
     Corrupt { path: PathBuf, reason: String },
     /// A program that could not be started.
     #[error("cannot run {program}: {source}")]
@@ -74,13 +78,16 @@ pub enum Error {
     #[error("the namespace child: {0}")]
     Child(String),
     /// newuidmap or newgidmap is not installed, and an unprivileged caller needs it.
-    #[error("{} not found: an unprivileged user needs it to map {kind}s (install the 'uidmap' package)", program.display())]
+    #[error(
+        "{} not found: an unprivileged user needs it to map {kind}s (install the 'uidmap' package)",
+        escape_path(program)
+    )]
     HelperMissing {
         program: PathBuf,
         kind: &'static str,
     },
     /// newuidmap or newgidmap refused to write the map.
-    #[error("{} refused the map ({status}){}", program.display(), detail(.message))]
+    #[error("{} refused the map ({status}){}", escape_path(program), detail(.message))]
     MapRefused {
         program: PathBuf,
         status: String,

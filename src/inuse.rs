@@ -94,7 +94,9 @@ pub fn lxc_running(lxcpath: &Path, name: &str) -> Option<String> {
     }
     let monitor = format!(
         "[lxc monitor] {} {name}",
-        lxcpath.display().to_string().trim_end_matches('/')
+        crate::report::escape_path(lxcpath)
+            .to_string()
+            .trim_end_matches('/')
     );
     for (pid, proc_dir) in processes() {
         // The monitor's title replaces its argv[0] (the first NUL-separated field).

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::idmap::lxc::{rewrite_idmap, with_rootfs_idmap, without_idmap, LxcConfig};
 use crate::idmap::subid::{SubIdFiles, User};
 use crate::idmap::{IdKind, IdMap, IdMapEntry, BLOCK};
+use crate::report::escape_path;
 use crate::shift::{self, state, View};
 
 /// Where the container goes.
@@ -79,8 +80,8 @@ pub fn prepare(name: &str, lxcpath: &Path, target: &Target) -> Result<Migration>
     if !rootfs.is_dir() {
         return Err(Error::Usage(format!(
             "container '{name}': its rootfs {} is missing (lxc.rootfs.path in {})",
-            rootfs.display(),
-            config.path.display()
+            escape_path(&rootfs),
+            escape_path(&config.path)
         )));
     }
     let idmapped = config.rootfs_idmapped();
@@ -294,7 +295,7 @@ pub fn default_config_warning(m: &Migration) -> Option<String> {
             "container '{}': the new map '{to}' shares host ids with '{map}', the map {} gives \
              new containers: edit its lxc.idmap lines before the next lxc-create",
             m.name,
-            path.display()
+            escape_path(&path)
         )
     })
 }

@@ -11,6 +11,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap};
+use crate::report::escape_path;
 use crate::sys;
 pub use crate::sys::mount::Setuid;
 use crate::userns::{self, Mapper};
@@ -83,9 +84,8 @@ fn mountinfo() -> Result<Vec<MountInfo>> {
 /// The mount `path` is on, by the mount id `statx` reports.
 fn mount_of(path: &Path, mounts: &[MountInfo]) -> Result<MountInfo> {
     let c = cstring(path)?;
-    let fd = sys::fs::open_dir(None, &c).map_err(|e| Error::sys(path.display().to_string(), e))?;
-    let st =
-        sys::fs::statx(fd.as_fd(), None).map_err(|e| Error::sys(path.display().to_string(), e))?;
+    let fd = sys::fs::open_dir(None, &c).map_err(|e| Error::sys(escape_path(path), e))?;
+    let st = sys::fs::statx(fd.as_fd(), None).map_err(|e| Error::sys(escape_path(path), e))?;
     mounts
         .iter()
         .find(|m| m.id == st.mnt_id)
@@ -97,8 +97,12 @@ fn mount_of(path: &Path, mounts: &[MountInfo]) -> Result<MountInfo> {
 }
 
 fn cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Usage(format!("{}: the path contains a NUL byte", path.display())))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        Error::Usage(format!(
+            "{}: the path contains a NUL byte",
+            escape_path(path)
+        ))
+    })
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -147,7 +151,7 @@ pub fn mount(map: &IdMap, src: &Path, dst: &Path, opts: MountOptions) -> Result<
         if !meta.is_dir() {
             return Err(Error::Usage(format!(
                 "{}: {what} must be a directory (not a symlink)",
-                path.display()
+                escape_path(path)
             )));
         }
     }
@@ -156,12 +160,12 @@ pub fn mount(map: &IdMap, src: &Path, dst: &Path, opts: MountOptions) -> Result<
     let dst_real = dst.canonicalize().map_err(|e| Error::io(dst, e))?;
     let target = sys::fs::open_dir_no_symlinks(&cstring(&dst_real)?).map_err(|e| {
         Error::sys(
-            format!("{}: changed while it was checked", dst.display()),
+            format!("{}: changed while it was checked", escape_path(dst)),
             e,
         )
     })?;
     let tree = sys::mount::open_tree_clone(&cstring(src)?, opts.recursive)
-        .map_err(|e| Error::sys(format!("{}: cannot clone the mount", src.display()), e))?;
+        .map_err(|e| Error::sys(format!("{}: cannot clone the mount", escape_path(src)), e))?;
     let userns = userns::namespace_fd(map, &Mapper::default())?;
     if let Err(errno) =
         sys::mount::set_idmap(tree.as_fd(), userns.as_fd(), opts.recursive, opts.setuid)
@@ -171,14 +175,14 @@ pub fn mount(map: &IdMap, src: &Path, dst: &Path, opts: MountOptions) -> Result<
     let dst_c = cstring(&dst_real)?;
     sys::mount::attach_to(tree.as_fd(), target.as_fd()).map_err(|e| {
         Error::sys(
-            format!("{}: cannot attach the idmapped mount", dst.display()),
+            format!("{}: cannot attach the idmapped mount", escape_path(dst)),
             e,
         )
     })?;
     // The tree fd now is the root of the attached mount. An unrecorded mount is one `umount`
     // would refuse: take it down again rather than leave it.
     if let Err(err) = sys::mount::mount_id(tree.as_fd())
-        .map_err(|e| Error::sys(format!("{}: statx", dst.display()), e))
+        .map_err(|e| Error::sys(format!("{}: statx", escape_path(dst)), e))
         .and_then(|id| Record::new(id, src, dst, map).write())
     {
         let _ = sys::mount::detach(&dst_c);
@@ -205,12 +209,12 @@ fn root_warning(map: &IdMap, dst: &Path, setuid: Setuid) -> Option<String> {
         Setuid::Ignored => format!(
             "the map shows {what}: setuid files owned by container root appear setuid root at {}; \
              it is mounted nosuid, so they run without privilege (--suid would honour them)",
-            dst.display()
+            escape_path(dst)
         ),
         Setuid::Honoured => format!(
             "the map shows {what}: setuid files owned by container root appear setuid root at {}, \
              and --suid honours them: anyone who can reach them runs them as host root",
-            dst.display()
+            escape_path(dst)
         ),
     })
 }
@@ -242,8 +246,8 @@ impl Record {
                 "root {}:{}\nsrc {}\ndst {}\nmap {map}\n",
                 id.dev,
                 id.ino,
-                src.display(),
-                dst.display()
+                escape_path(src),
+                escape_path(dst)
             ),
         }
     }
@@ -283,7 +287,7 @@ impl Record {
 pub fn probe(map: &IdMap, dir: &Path) -> Result<()> {
     require_root("an idmapped mount")?;
     let tree = sys::mount::open_tree_clone(&cstring(dir)?, false)
-        .map_err(|e| Error::sys(format!("{}: cannot clone the mount", dir.display()), e))?;
+        .map_err(|e| Error::sys(format!("{}: cannot clone the mount", escape_path(dir)), e))?;
     let userns = userns::namespace_fd(map, &Mapper::default())?;
     sys::mount::set_idmap(tree.as_fd(), userns.as_fd(), false, Setuid::Ignored)
         .map_err(|errno| refusal(dir, false, errno))
@@ -312,13 +316,13 @@ fn refusal(src: &Path, recursive: bool, errno: Errno) -> Error {
     };
     match errno {
         Errno::EINVAL | Errno::EPERM | Errno::EOPNOTSUPP => Error::Unsupported {
-            what: src.display().to_string(),
+            what: escape_path(src),
             why: format!(
                 "the kernel does not support idmapped mounts on this filesystem ({types}): {errno}"
             ),
         },
         _ => Error::sys(
-            format!("{}: cannot idmap the mount ({types})", src.display()),
+            format!("{}: cannot idmap the mount ({types})", escape_path(src)),
             errno,
         ),
     }
@@ -343,33 +347,32 @@ pub fn umount(dst: &Path, ownership: Ownership) -> Result<()> {
     let Some(m) = mounts.iter().rev().find(|m| m.mount_point == target) else {
         return Err(Error::Usage(format!(
             "{}: not a mount point",
-            dst.display()
+            escape_path(dst)
         )));
     };
     if !m.is_idmapped() {
         return Err(Error::Usage(format!(
             "{}: not an idmapped mount ({} mounted {}); use umount(8)",
-            dst.display(),
+            escape_path(dst),
             m.fs_type,
             m.options
         )));
     }
     let target_c = cstring(&target)?;
     // The mount on top at DST: the root of the mount that `umount2` detaches.
-    let root =
-        sys::fs::open_dir(None, &target_c).map_err(|e| Error::sys(dst.display().to_string(), e))?;
+    let root = sys::fs::open_dir(None, &target_c).map_err(|e| Error::sys(escape_path(dst), e))?;
     let id = sys::mount::mount_id(root.as_fd())
-        .map_err(|e| Error::sys(format!("{}: statx", dst.display()), e))?;
+        .map_err(|e| Error::sys(format!("{}: statx", escape_path(dst)), e))?;
     drop(root);
     if ownership == Ownership::Checked && !Record::exists_for(id) {
         return Err(Error::Refused(format!(
             "{}: an idmapped mount that idshift did not make (no record in {RECORDS}; LXC, \
              Incus or systemd-nspawn may own it); --force removes it anyway",
-            dst.display()
+            escape_path(dst)
         )));
     }
     sys::mount::detach(&target_c)
-        .map_err(|e| Error::sys(format!("{}: cannot unmount", dst.display()), e))?;
+        .map_err(|e| Error::sys(format!("{}: cannot unmount", escape_path(dst)), e))?;
     Record::remove(id);
     Ok(())
 }

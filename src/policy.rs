@@ -18,6 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::idmap::subid::{SubIdFiles, User};
 use crate::idmap::{IdKind, IdMap};
+use crate::report::escape_path;
 use crate::shift::View;
 
 /// What root is about to act on.
@@ -139,7 +140,7 @@ pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<Strin
                         "{which} map '{map}' names host {}s {r}, not delegated to {} in {}",
                         kind.name(),
                         user.name,
-                        files.path(kind).display()
+                        escape_path(files.path(kind))
                     ));
                 }
             }
@@ -151,8 +152,8 @@ pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<Strin
         if !real.starts_with(&base) {
             out.push(format!(
                 "its rootfs {} lies outside {}",
-                real.display(),
-                base.display()
+                escape_path(&real),
+                escape_path(&base)
             ));
         }
     }
@@ -162,8 +163,8 @@ pub fn reasons(s: &Subject, user: &User, files: &SubIdFiles) -> Result<Vec<Strin
         if let Some(link) = controlled_symlink_by(p, &theirs) {
             out.push(format!(
                 "{} is reached through {}, a symlink {} controls",
-                p.display(),
-                link.display(),
+                escape_path(p),
+                escape_path(&link),
                 user.name
             ));
         }

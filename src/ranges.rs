@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::idmap::lxc::LxcConfig;
 use crate::idmap::subid::{SubIdFiles, User};
 use crate::idmap::{ByKind, IdKind, IdMap, IdRange, BLOCK};
+use crate::report::escape_path;
 
 /// A container under the lxcpath and what its map takes from the host.
 #[derive(Clone, Debug, Serialize)]
@@ -52,7 +53,7 @@ pub fn default_config_of(uid: u32) -> Option<DefaultConfig> {
 impl DefaultConfig {
     /// `  new containers (PATH): MAP`, or why it has none.
     pub fn line(&self) -> String {
-        let path = crate::report::escape_path(&self.path);
+        let path = escape_path(&self.path);
         match (&self.map, &self.error) {
             (Some(m), _) => format!("  new containers ({path}): {m}\n"),
             (None, e) => format!(
@@ -364,10 +365,7 @@ impl Ranges {
             list(&self.subuid),
             list(&self.subgid)
         );
-        out += &format!(
-            "  containers under {}:",
-            crate::report::escape_path(&self.lxcpath)
-        );
+        out += &format!("  containers under {}:", escape_path(&self.lxcpath));
         if self.containers.is_empty() {
             out += " none\n";
         } else {
@@ -401,13 +399,13 @@ impl Ranges {
             out += &format!(
                 "  also delegated to {} ({} line {}): host {}s {shared} (never picked as free)\n",
                 o.owner,
-                crate::report::escape_path(&o.file),
+                escape_path(&o.file),
                 o.line,
                 o.shared.kind
             );
         }
         if let Some(d) = &self.default_config {
-            let path = crate::report::escape_path(&d.path);
+            let path = escape_path(&d.path);
             match (&d.map, &d.error) {
                 (Some(m), _) => out += &format!("  new containers ({path}): {m}\n"),
                 (None, e) => {

@@ -47,7 +47,9 @@ pub enum Progress {
     Never,
 }
 
-/// A path as text: UTF-8 as it is, other bytes as `\xNN`, `\` as `\\`.
+/// A path as text: UTF-8 as it is, but control characters (C0, DEL, C1: a name a container
+/// wrote must not forge a line or move a terminal's cursor) and bytes that are not UTF-8 as
+/// `\xNN` (each byte), `\` as `\\`. The same in text and JSON.
 pub fn escape_path(path: &Path) -> String {
     escape_bytes(path.as_os_str().as_encoded_bytes())
 }
@@ -76,10 +78,14 @@ pub fn escape_bytes(mut bytes: &[u8]) -> String {
 
 fn push_escaped(out: &mut String, s: &str) {
     for c in s.chars() {
-        if c == '\\' {
-            out.push_str("\\\\");
-        } else {
-            out.push(c);
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            }
+            c => out.push(c),
         }
     }
 }
@@ -330,6 +336,28 @@ mod tests {
         );
         assert_eq!(p(b"\xe2\x82"), "\\xe2\\x82", "a cut-short sequence");
         assert_eq!(p(b"\xc3\xa9\xc3"), "\u{e9}\\xc3");
+    }
+
+    #[test]
+    fn paths_escape_control_characters_as_their_bytes() {
+        let p = |b: &[u8]| escape_path(Path::new(std::ffi::OsStr::from_bytes(b)));
+        assert_eq!(p(b"a\nb"), "a\\x0ab", "a newline cannot forge a line");
+        assert_eq!(
+            p(b"esc\x1b[31m"),
+            "esc\\x1b[31m",
+            "no escape sequence reaches a terminal"
+        );
+        assert_eq!(p(b"\t\r\x7f"), "\\x09\\x0d\\x7f", "C0 and DEL");
+        assert_eq!(
+            p("\u{9b}2J".as_bytes()),
+            "\\xc2\\x9b2J",
+            "C1 (CSI) as its UTF-8 bytes"
+        );
+        assert_eq!(
+            p("\u{a0}\u{e9}".as_bytes()),
+            "\u{a0}\u{e9}",
+            "printable stays"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap, IdMapEntry, BLOCK};
+use crate::report::escape_path;
 use crate::report::Reporter;
 use crate::shift::losses::{self, Ledger};
 use crate::shift::state::{self, Found};
@@ -420,7 +421,7 @@ pub fn scan(
     };
     let pool = walk::pool(threads)?;
     walk::walk(&pool, tree.root.as_fd(), dir, cross_mounts, &scan)
-        .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
+        .map_err(|e| Error::sys(format!("{}: stat", escape_path(dir)), e))?;
     let ledger = scan.ledger.finish()?;
     let mut status = scan.acc.into_inner().unwrap_or_else(|e| e.into_inner());
     let restored: Vec<_> = ledger.restored.iter().map(|l| l.key).collect();
@@ -526,7 +527,7 @@ impl fmt::Display for Apparent {
 impl Pending {
     /// The text of `unfinished shift:`.
     fn describe(&self) -> String {
-        let journal = crate::report::escape_path(&self.journal);
+        let journal = escape_path(&self.journal);
         let shift = match (&self.from, &self.to) {
             (Some(from), Some(to)) => format!("from '{from}' to '{to}'"),
             _ => String::new(),
@@ -557,7 +558,7 @@ impl Status {
     pub fn render(&self) -> String {
         let mut out = format!(
             "{}: {} inodes ({} directories, {} files, {} symlinks, {} other)\n",
-            crate::report::escape_path(&self.dir),
+            escape_path(&self.dir),
             self.inodes,
             self.directories,
             self.files,
@@ -652,7 +653,7 @@ impl Status {
         for l in &self.losses {
             out += &format!(
                 "  lost by an interrupted shift: {}: {}{}\n",
-                crate::report::escape_path(&l.path),
+                escape_path(&l.path),
                 l.what,
                 if l.restored {
                     " (restored since; the next shift clears it)"
@@ -662,10 +663,7 @@ impl Status {
             );
         }
         for m in &self.mounts_skipped {
-            out += &format!(
-                "  mount point not scanned: {}\n",
-                crate::report::escape_path(m)
-            );
+            out += &format!("  mount point not scanned: {}\n", escape_path(m));
         }
         if self.errors > 0 {
             out += &format!(

@@ -75,6 +75,11 @@ fn main() -> std::process::ExitCode {
             Need::Root,
             Need::ScratchXattrs
         ),
+        trial!(
+            names_with_control_characters_never_reach_the_terminal_raw,
+            Need::Root,
+            Need::ScratchXattrs
+        ),
         trial!(strict_shifts_every_inode_of_a_nested_tree, Need::Root),
         trial!(
             two_concurrent_identical_runs_with_overlapping_ranges,
@@ -883,6 +888,53 @@ fn non_utf8_paths_are_escaped_in_json() {
     if let Err(e) = json(&st) {
         c.check(false, || e);
     }
+    c.done();
+}
+
+// A container names files to forge a line ("a\nidshift: ...") or to send escape sequences to
+// root's terminal (ESC, a C1 CSI): `shift -v`, the outlier examples, the errors and `status`
+// print them as `\xNN`, the same in text and JSON.
+fn names_with_control_characters_never_reach_the_terminal_raw() {
+    let (_tmp, root) = sample();
+    let forged = b"etc/ok\nidshift: all 0 inodes restored".as_slice();
+    let names: [&[u8]; 3] = [forged, b"etc/esc\x1b[2J\x07", "etc/csi\u{9b}31m".as_bytes()];
+    // Two are shifted (`-v` lines), one is an outlier (the summary's example).
+    for (name, owner) in names.into_iter().zip([(0, 0), (7, 7), (70001, 70001)]) {
+        make_file(&root.join(OsStr::from_bytes(name)), owner, 0o644);
+    }
+    let raw = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
+    let mut c = Checks::default();
+    let out = shift(&root, &[MAP, "-v"]);
+    c.code(&out, 0, "shift -v");
+    let (text, err) = (stdout(&out), stderr(&out));
+    c.check(!raw(&text) && !raw(&err), || {
+        format!("a control character printed raw:\n{text}{err}")
+    });
+    c.check(
+        !text
+            .lines()
+            .chain(err.lines())
+            .any(|l| l.starts_with("idshift: all 0")),
+        || format!("a file name forged a line:\n{text}"),
+    );
+    c.check(
+        text.contains("etc/ok\\x0aidshift: all 0 inodes restored"),
+        || format!("the newline is not shown as \\x0a:\n{text}"),
+    );
+    c.check(
+        text.contains("etc/esc\\x1b[2J\\x07") && text.contains("etc/csi\\xc2\\x9b31m"),
+        || format!("ESC, BEL and C1 are not shown as \\xNN:\n{text}"),
+    );
+    let json = run_ok(&mut shift_cmd(&root, &["-r", MAP, "--json"]));
+    c.code(&json, 0, "shift -r --json");
+    // JSON escapes the escape's backslash once more: the outlier's example, `etc/csi\xc2\x9b31m`.
+    c.check(stdout(&json).contains(r#"etc/csi\\xc2\\x9b31m""#), || {
+        format!("JSON does not carry the same escape: {}", stdout(&json))
+    });
+    let st = run_ok(&mut status_cmd(&root, &["--map", MAP]));
+    c.check(!raw(&stdout(&st)), || {
+        format!("status printed a control character: {}", stdout(&st))
+    });
     c.done();
 }
 

@@ -45,7 +45,7 @@ fn set_xattr(path: &Path, name: &CStr, value: &[u8]) -> Result<()> {
         .expect("no NUL");
     xattr::set(parent.as_fd(), Some(&file), name, value).map_err(|e| {
         Error::sys(
-            format!("{}: set {}", path.display(), name.to_string_lossy()),
+            format!("{}: set {}", escape_path(path), name.to_string_lossy()),
             e,
         )
     })
@@ -168,7 +168,7 @@ fn run_program(program: &Path, args: &[&str], dir: Option<&Path>) -> Result<()> 
         cmd.current_dir(dir);
     }
     let out = cmd.output().map_err(|source| Error::Spawn {
-        program: program.display().to_string(),
+        program: escape_path(program),
         source,
     })?;
     report::out(&String::from_utf8_lossy(&out.stdout));
@@ -176,7 +176,7 @@ fn run_program(program: &Path, args: &[&str], dir: Option<&Path>) -> Result<()> 
         Ok(())
     } else {
         Err(Error::Program {
-            program: program.display().to_string(),
+            program: escape_path(program),
             status: out.status.to_string(),
             stderr: String::new(), // already shown
         })
@@ -234,7 +234,7 @@ fn read_xattr(path: &Path, name: &CStr) -> Result<Option<Vec<u8>>> {
         .expect("no NUL");
     xattr::get(parent.as_fd(), Some(&file), name).map_err(|e| {
         Error::sys(
-            format!("{}: get {}", path.display(), name.to_string_lossy()),
+            format!("{}: get {}", escape_path(path), name.to_string_lossy()),
             e,
         )
     })
@@ -366,7 +366,7 @@ pub fn run(keep: bool) -> Result<()> {
         passwd.gid()
     ));
 
-    let listing = format!("id; cd {}; ls -ln usr/bin home/alice", root.display());
+    let listing = format!("id; cd {}; ls -ln usr/bin home/alice", escape_path(&root));
     heading(&format!(
         "idshift exec -m {MAP} -- sh -c '…'   (as container root)"
     ));

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::spec::parse_number;
 use super::{IdMap, MapSpec, SpecKind};
 use crate::error::{Error, Result};
+use crate::report::escape_path;
 
 /// How deep `lxc.include` may nest (LXC itself has no limit but a loop; a chain this long is a
 /// mistake).
@@ -270,7 +271,7 @@ impl LxcConfig {
                 let names: Vec<String> = chain
                     .iter()
                     .chain(std::iter::once(&real))
-                    .map(|p| p.display().to_string())
+                    .map(|p| escape_path(p))
                     .collect();
                 return Err(here(format!(
                     "lxc.include loop (or deeper than {MAX_INCLUDE_DEPTH}): {}",
@@ -278,7 +279,7 @@ impl LxcConfig {
                 )));
             }
             let text = super::read_config_bytes(&file)?
-                .ok_or_else(|| here(format!("lxc.include {}: no such file", file.display())))?;
+                .ok_or_else(|| here(format!("lxc.include {}: no such file", escape_path(&file))))?;
             chain.push(real);
             self.apply(&text, &file, Some(chain))?;
             chain.pop();
@@ -310,7 +311,7 @@ impl LxcConfig {
             Some(text) => LxcConfig::load(&text, &path),
             None => Err(Error::Usage(format!(
                 "container '{name}' not found: no {}",
-                path.display()
+                escape_path(&path)
             ))),
         }
     }
@@ -320,11 +321,11 @@ impl LxcConfig {
         if self.idmap.is_empty() {
             return Err(Error::Usage(format!(
                 "{}: no lxc.idmap lines (not an unprivileged container?)",
-                self.path.display()
+                escape_path(&self.path)
             )));
         }
         IdMap::from_specs(self.idmap.iter().map(|(_, spec)| spec))
-            .map_err(|e| Error::Usage(format!("{}: {e}", self.path.display())))
+            .map_err(|e| Error::Usage(format!("{}: {e}", escape_path(&self.path))))
     }
 }
 

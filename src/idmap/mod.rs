@@ -510,7 +510,9 @@ pub const MAX_CONFIG: u64 = 4 << 20;
 /// Reads a config file as UTF-8 text (an OCI `config.json`), bounded as
 /// [`read_config_bytes`] reads it. `Ok(None)` when it does not exist.
 pub fn read_config(path: &std::path::Path) -> crate::error::Result<Option<String>> {
-    let bad = |why: &str| crate::error::Error::Usage(format!("{}: {why}", path.display()));
+    let bad = |why: &str| {
+        crate::error::Error::Usage(format!("{}: {why}", crate::report::escape_path(path)))
+    };
     match read_config_bytes(path)? {
         None => Ok(None),
         Some(bytes) => String::from_utf8(bytes)
@@ -526,7 +528,9 @@ pub fn read_config(path: &std::path::Path) -> crate::error::Result<Option<String
 pub fn read_config_bytes(path: &std::path::Path) -> crate::error::Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let bad = |why: &str| crate::error::Error::Usage(format!("{}: {why}", path.display()));
+    let bad = |why: &str| {
+        crate::error::Error::Usage(format!("{}: {why}", crate::report::escape_path(path)))
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
@@ -567,7 +571,11 @@ mod tests {
             (tmp.path(), "not a regular file"),
         ] {
             let err = read_config(path).unwrap_err().to_string();
-            assert!(err.contains(want), "{}: {err}", path.display());
+            assert!(
+                err.contains(want),
+                "{}: {err}",
+                crate::report::escape_path(path)
+            );
         }
         let big = tmp.path().join("big");
         std::fs::write(&big, vec![b'#'; MAX_CONFIG as usize + 1]).unwrap();

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{IdKind, IdMap, IdMapEntry};
 use crate::error::{Error, Result};
+use crate::report::escape_path;
 
 #[derive(Deserialize)]
 struct Spec {
@@ -49,17 +50,17 @@ pub fn parse(text: &str, path: &Path) -> Result<IdMap> {
         for m in list {
             entries.push(
                 IdMapEntry::new(kind, m.container_id, m.host_id, m.size)
-                    .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?,
+                    .map_err(|e| Error::Usage(format!("{}: {e}", escape_path(path))))?,
             );
         }
     }
     if entries.is_empty() {
         return Err(Error::Usage(format!(
             "{}: no linux.uidMappings or linux.gidMappings",
-            path.display()
+            escape_path(path)
         )));
     }
-    IdMap::new(entries).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
+    IdMap::new(entries).map_err(|e| Error::Usage(format!("{}: {e}", escape_path(path))))
 }
 
 /// Reads and parses a config.json file.

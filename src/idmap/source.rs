@@ -42,7 +42,7 @@ impl Source {
                      --container or --lxc-config",
                     super::lxc::default_config_path(user.uid).map_or_else(
                         || "~/.config/lxc/default.conf".into(),
-                        |p| p.display().to_string()
+                        |p| crate::report::escape_path(&p)
                     )
                 ))),
             },

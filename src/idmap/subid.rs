@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use super::spec::parse_number;
 use super::{ByKind, IdKind, IdMap, IdMapEntry, IdRange};
 use crate::error::{Error, Result};
+use crate::report::escape_path;
 
 pub const SUBUID: &str = "/etc/subuid";
 pub const SUBGID: &str = "/etc/subgid";
@@ -135,7 +136,7 @@ impl Malformed {
     pub fn warning(&self) -> String {
         format!(
             "{}:{}: skipped a malformed line of another user ('{}': {})",
-            self.path.display(),
+            escape_path(&self.path),
             self.line,
             self.text,
             self.reason
@@ -315,7 +316,7 @@ impl SubIdFiles {
                         "the {} ranges of {} in {} add up to more than 4294967295 ids",
                         kind.name(),
                         user.name,
-                        self.path(kind).display()
+                        escape_path(self.path(kind))
                     ))
                 })?;
             }
@@ -325,8 +326,8 @@ impl SubIdFiles {
                 "no subordinate ids for user {} (uid {}) in {} or {}; give a map with -m",
                 user.name,
                 user.uid,
-                self.paths.uid.display(),
-                self.paths.gid.display()
+                escape_path(&self.paths.uid),
+                escape_path(&self.paths.gid)
             )));
         }
         Ok(IdMap::new(entries)?)

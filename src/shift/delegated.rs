@@ -39,7 +39,7 @@ pub fn namespace_map(
                          `idshift ranges`); nothing was changed",
                         kind.name(),
                         user.name,
-                        files.path(kind).display()
+                        crate::report::escape_path(files.path(kind))
                     )));
                 }
             }

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::idmap::{IdKind, IdMap, MapError};
+use crate::report::escape_path;
 use crate::report::Reporter;
 use crate::sys::fs as sysfs;
 use crate::tree::{walk, Tree};
@@ -376,7 +377,7 @@ pub(crate) fn crash_point() {}
 /// The two commands that end a pending shift `from` → `to` of `dir`: finishing it, and rolling
 /// it back.
 pub fn ways_out(dir: &Path, from: &View, to: &View) -> (String, String) {
-    let dir = crate::report::escape_path(dir);
+    let dir = escape_path(dir);
     let cmd = |a: &View, b: &View| match (a, b) {
         (View::Host, View::Map(m)) => format!("idshift shift {dir} {m}"),
         (View::Map(m), View::Host) => format!("idshift shift -r {dir} {m}"),
@@ -405,8 +406,8 @@ fn start(
     reporter: &dyn Reporter,
     summary: &mut Summary,
 ) -> Result<Start> {
-    let dir = crate::report::escape_path(&opts.dir);
-    let journal_path = crate::report::escape_path(&tree.journal_path());
+    let dir = escape_path(&opts.dir);
+    let journal_path = escape_path(&tree.journal_path());
     let mut warn = |text: String| {
         reporter.warning(&text);
         summary.warnings.push(text);
@@ -498,7 +499,7 @@ fn start(
                 let aside = state::set_aside(tree)?;
                 warn(format!(
                     "{journal_path}: not used: {why}; moved aside to {}",
-                    crate::report::escape_path(&aside)
+                    escape_path(&aside)
                 ));
             }
         }
@@ -555,7 +556,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
     tree.lock()?;
     sysfs::raise_nofile_limit();
     let mut summary = Summary::new(opts);
-    let dir = crate::report::escape_path(&opts.dir);
+    let dir = escape_path(&opts.dir);
     let overlap = tr.overlaps();
     if overlap && tree.stat.btime_ns.is_none() {
         return Err(Error::Refused(format!(
@@ -766,7 +767,7 @@ pub fn run(opts: &ShiftOptions, reporter: &dyn Reporter) -> Result<Summary> {
 fn accepted(paths: &[PathBuf], listed: &losses::Listed, tree: &Tree) -> Result<losses::Accepted> {
     let mut accepted = losses::Accepted::default();
     for p in paths {
-        let shown = crate::report::escape_path(p);
+        let shown = escape_path(p);
         let key = match std::fs::symlink_metadata(p) {
             Ok(m) => Some((m.dev(), m.ino())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -817,7 +818,7 @@ pub fn listed_losses(
 fn report_losses(lost: &[Loss], found: &[(u64, u64)], reporter: &dyn Reporter) -> Vec<LostEntry> {
     lost.iter()
         .map(|l| {
-            let shown = crate::report::escape_path(&l.path);
+            let shown = escape_path(&l.path);
             reporter.inode_error(&InodeError {
                 path: l.path.clone(),
                 op: "lost",
@@ -864,7 +865,7 @@ fn settle_losses(ledger: Ledger<'_>, dir: &Path, reporter: &dyn Reporter) -> Res
              that interrupted runs' chowns took from files changed since, but {why}; check the \
              tree's setuid files and capabilities (idshift status), then accept them \
              (--accept-loss {})",
-            crate::report::escape_path(dir)
+            escape_path(dir)
         );
         reporter.inode_error(&InodeError {
             path: dir.to_path_buf(),

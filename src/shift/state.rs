@@ -32,6 +32,7 @@ use nix::errno::Errno;
 use super::steps::{Held, Step, StepPlan};
 use super::View;
 use crate::error::{Error, Result};
+use crate::report::escape_path;
 use crate::sys::{fs as sysfs, xattr};
 use crate::tree::{Tree, TreeId};
 
@@ -427,10 +428,10 @@ pub(super) fn read_beside(tree: &Tree, name: &CStr, max: u64, trust: Trust) -> R
     let handle = match sysfs::open_path(tree.parent.as_fd(), name) {
         Ok(h) => h,
         Err(Errno::ENOENT) => return Ok(Beside::Absent),
-        Err(e) => return Err(Error::sys(format!("{}: open", path().display()), e)),
+        Err(e) => return Err(Error::sys(format!("{}: open", escape_path(&path())), e)),
     };
     let st = sysfs::statx(handle.as_fd(), None)
-        .map_err(|e| Error::sys(format!("{}: stat", path().display()), e))?;
+        .map_err(|e| Error::sys(format!("{}: stat", escape_path(&path())), e))?;
     let why = match trust {
         Trust::Steers => untrusted(&st, nix::unistd::geteuid().as_raw()),
         Trust::Reports => (!st.is_regular()).then(|| "it is not a regular file".to_string()),
@@ -565,7 +566,7 @@ pub fn set_aside(tree: &Tree) -> Result<PathBuf> {
             Err(Errno::EEXIST) => continue,
             Err(e) => {
                 return Err(Error::sys(
-                    format!("{}: moving it aside", tree.journal_path().display()),
+                    format!("{}: moving it aside", escape_path(&tree.journal_path())),
                     e,
                 ))
             }
@@ -588,7 +589,7 @@ pub fn remove(tree: &Tree) -> Result<()> {
     }
     super::crash_point();
     sysfs::unlink(tree.parent.as_fd(), &tree.journal_name())
-        .map_err(|e| Error::sys(format!("{}: remove", tree.journal_path().display()), e))?;
+        .map_err(|e| Error::sys(format!("{}: remove", escape_path(&tree.journal_path())), e))?;
     let _ = sysfs::fsync(tree.parent.as_fd());
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
+use crate::report::escape_path;
 use crate::sys::fs::{self as sysfs, Stat};
 
 /// The identity of a tree: its root's device, inode and birth time.
@@ -40,7 +41,7 @@ fn split(dir: &Path) -> Result<(PathBuf, CString)> {
     if bytes.contains(&0) {
         return Err(Error::Usage(format!(
             "{}: path contains a NUL byte",
-            dir.display()
+            escape_path(dir)
         )));
     }
     // A trailing slash would make the kernel follow a symlink in the last component: strip it
@@ -61,7 +62,7 @@ fn split(dir: &Path) -> Result<(PathBuf, CString)> {
         return Err(Error::Usage(format!(
             "{}: give the directory by its own name (not '.', '..' or a filesystem root): the \
              journal goes beside it",
-            dir.display()
+            escape_path(dir)
         )));
     }
     Ok((
@@ -79,14 +80,14 @@ impl Tree {
         let c = CString::new(parent_path.as_os_str().as_bytes()).expect("no NUL");
         let parent = sysfs::open_dir_following(&c).map_err(|e| match e {
             Errno::ENOENT | Errno::ENOTDIR => {
-                Error::Usage(format!("{}: no such directory", dir.display()))
+                Error::Usage(format!("{}: no such directory", escape_path(dir)))
             }
-            e => Error::sys(format!("{}: open", parent_path.display()), e),
+            e => Error::sys(format!("{}: open", escape_path(&parent_path)), e),
         })?;
         let symlink = || {
             Error::Usage(format!(
                 "{}: is a symlink; refusing to follow it (give the real directory)",
-                dir.display()
+                escape_path(dir)
             ))
         };
         let root = match sysfs::open_dir(Some(parent.as_fd()), &name) {
@@ -94,23 +95,23 @@ impl Tree {
             Err(Errno::ELOOP) => return Err(symlink()),
             Err(Errno::ENOTDIR) => {
                 let st = sysfs::statx(parent.as_fd(), Some(&name))
-                    .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
+                    .map_err(|e| Error::sys(format!("{}: stat", escape_path(dir)), e))?;
                 return Err(if st.is_symlink() {
                     symlink()
                 } else {
-                    Error::Usage(format!("{}: not a directory", dir.display()))
+                    Error::Usage(format!("{}: not a directory", escape_path(dir)))
                 });
             }
             Err(Errno::ENOENT) => {
                 return Err(Error::Usage(format!(
                     "{}: no such directory",
-                    dir.display()
+                    escape_path(dir)
                 )))
             }
-            Err(e) => return Err(Error::sys(format!("{}: open", dir.display()), e)),
+            Err(e) => return Err(Error::sys(format!("{}: open", escape_path(dir)), e)),
         };
         let stat = sysfs::statx(root.as_fd(), None)
-            .map_err(|e| Error::sys(format!("{}: stat", dir.display()), e))?;
+            .map_err(|e| Error::sys(format!("{}: stat", escape_path(dir)), e))?;
         Ok(Tree {
             path: dir.to_path_buf(),
             parent,
@@ -155,14 +156,14 @@ impl Tree {
             match sysfs::try_lock_exclusive(self.root.as_fd()) {
                 Ok(()) => return Ok(()),
                 Err(Errno::EWOULDBLOCK) => {}
-                Err(e) => return Err(Error::sys(format!("{}: lock", self.path.display()), e)),
+                Err(e) => return Err(Error::sys(format!("{}: lock", escape_path(&self.path)), e)),
             }
             if let Some(pid) = lock_holder(self.stat.dev, self.stat.ino) {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 return Err(Error::Refused(format!(
                     "{}: another idshift run (process {pid}, {}) is working on this tree; wait \
                      for it to finish, then run again",
-                    self.path.display(),
+                    escape_path(&self.path),
                     comm.trim()
                 )));
             }
@@ -171,7 +172,7 @@ impl Tree {
         Err(Error::Refused(format!(
             "{}: another idshift run holds this tree's lock; wait for it to finish, then run \
              again",
-            self.path.display()
+            escape_path(&self.path)
         )))
     }
 }

@@ -407,11 +407,11 @@ mod tests {
         }
 
         fn error(&self, path: PathBuf, op: &'static str, errno: Errno) {
-            panic!("{}: {op}: {errno}", path.display());
+            panic!("{}: {op}: {errno}", crate::report::escape_path(&path));
         }
 
         fn mount_skipped(&self, path: PathBuf) {
-            panic!("{}: mount", path.display());
+            panic!("{}: mount", crate::report::escape_path(&path));
         }
 
         fn changed(&self, path: PathBuf) {

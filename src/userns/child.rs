@@ -302,7 +302,7 @@ impl Describe {
         let rootfs = || {
             self.rootfs
                 .as_ref()
-                .map(|p| p.display().to_string())
+                .map(|p| crate::report::escape_path(p))
                 .unwrap_or_default()
         };
         let what = match stage {

@@ -293,7 +293,7 @@ mod tests {
             err,
             format!(
                 "{} refused the map (exit status 1): newuidmap: uid range [0-1) -> [5-6) not allowed",
-                fake.display()
+                crate::report::escape_path(&fake)
             )
         );
     }

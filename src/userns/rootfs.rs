@@ -63,7 +63,7 @@ impl RootfsPlan {
         if !meta.is_dir() {
             return Err(Error::Usage(format!(
                 "{}: --rootfs must be a directory (not a symlink)",
-                dir.display()
+                crate::report::escape_path(dir)
             )));
         }
         let home = if owner.0 == 0 { "/root" } else { "/" };

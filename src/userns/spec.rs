@@ -63,7 +63,7 @@ impl ExecSpec {
                 if self.map.to_host(kind, 0).is_none() {
                     return Err(Error::Usage(format!(
                         "--rootfs {}: the map must map {} 0 (container root), and '{}' does not",
-                        dir.display(),
+                        crate::report::escape_path(dir),
                         kind.name(),
                         self.map
                     )));

@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
@@ -22,7 +21,7 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 
-use super::state::{self, hex, opt_num, parse_opt_num, unhex, Beside, Trust};
+use super::state::{self, hex, opt_num, parse_opt_num, unhex, Beside, Place, Trust};
 use super::steps::{Held, Lost};
 use crate::error::{Error, Result};
 use crate::sys::{fs as sysfs, xattr};
@@ -232,24 +231,13 @@ fn write(tree: &Tree, losses: &[Loss], previous: Option<&str>, unaccounted: bool
             _ => "-".into(),
         },
     };
-    let mut tmp = name.as_bytes().to_vec();
-    tmp.extend_from_slice(b".new");
-    let tmp = CString::new(tmp).expect("no NUL");
-    match sysfs::unlink(parent, &tmp) {
-        Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(cannot("clear the way", e)),
-    }
-    let mut file = sysfs::create_private(parent, &tmp).map_err(|e| cannot("create", e))?;
-    let written = file
-        .write_all(format(&header, losses).as_bytes())
-        .and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        let _ = sysfs::unlink(parent, &tmp);
-        return Err(Error::io(path(tree), e));
-    }
-    nix::fcntl::renameat(parent, tmp.as_c_str(), parent, name.as_c_str())
-        .map_err(|e| cannot("rename into place", e))?;
-    sysfs::fsync(parent).map_err(|e| cannot("sync", e))?;
+    state::write_beside(
+        tree,
+        &name,
+        format(&header, losses).as_bytes(),
+        Place::Replace,
+    )
+    .map_err(|(_, e)| Error::io(path(tree), e))?;
     if unaccounted {
         return Ok(());
     }

@@ -601,6 +601,59 @@ fn now_ns() -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
+/// Where a file written beside the tree may go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// Only where nothing is (a journal: never over another run's).
+    New,
+    /// Over what is there (a loss list replaced by its next version).
+    Replace,
+}
+
+/// The stage at which [`write_beside`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    ClearTheWay,
+    Create,
+    Write,
+}
+
+/// Writes `text` beside the tree as `name`, whole or not at all: into a new private file under
+/// a temporary name, synced, renamed into place, the directory synced. Returns the file, open
+/// for appending; on failure the stage and the error, with nothing left behind.
+pub(super) fn write_beside(
+    tree: &Tree,
+    name: &CStr,
+    text: &[u8],
+    place: Place,
+) -> std::result::Result<File, (Stage, std::io::Error)> {
+    let parent = tree.parent.as_fd();
+    let mut tmp = name.to_bytes().to_vec();
+    tmp.extend_from_slice(b".new");
+    let tmp = CString::new(tmp).expect("no NUL");
+    match sysfs::unlink(parent, &tmp) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err((Stage::ClearTheWay, e.into())),
+    }
+    let mut file = sysfs::create_private(parent, &tmp).map_err(|e| (Stage::Create, e.into()))?;
+    let written = file
+        .write_all(text)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            match place {
+                Place::New => sysfs::rename_noreplace(parent, &tmp, name),
+                Place::Replace => nix::fcntl::renameat(parent, tmp.as_c_str(), parent, name),
+            }
+            .map_err(Into::into)
+        })
+        .and_then(|()| sysfs::fsync(parent).map_err(Into::into));
+    if let Err(e) = written {
+        let _ = sysfs::unlink(parent, &tmp);
+        return Err((Stage::Write, e));
+    }
+    Ok(file)
+}
+
 /// A random id for a new journal or loss list.
 pub(super) fn random_id() -> Result<String> {
     let mut b = [0u8; 16];
@@ -629,29 +682,17 @@ impl Journal {
             action,
             source,
         };
-        // Written whole under a temporary name, then renamed into place: a journal is either
-        // absent or has its whole header.
-        let mut tmp_name = name.as_bytes().to_vec();
-        tmp_name.extend_from_slice(b".new");
-        let tmp_name = CString::new(tmp_name).expect("no NUL");
-        match sysfs::unlink(tree.parent.as_fd(), &tmp_name) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(e) => return Err(cannot("clear the way for the journal", e.into())),
-        }
+        // A journal is either absent or has its whole header.
         super::crash_point();
-        let mut file = sysfs::create_private(tree.parent.as_fd(), &tmp_name)
-            .map_err(|e| cannot("create the journal", e.into()))?;
-        let written = file
-            .write_all(format_header(&header).as_bytes())
-            .and_then(|()| file.sync_all())
-            .and_then(|()| {
-                sysfs::rename_noreplace(tree.parent.as_fd(), &tmp_name, &name).map_err(Into::into)
-            })
-            .and_then(|()| sysfs::fsync(tree.parent.as_fd()).map_err(Into::into));
-        if let Err(e) = written {
-            let _ = sysfs::unlink(tree.parent.as_fd(), &tmp_name);
-            return Err(cannot("write the journal", e));
-        }
+        let file = write_beside(tree, &name, format_header(&header).as_bytes(), Place::New)
+            .map_err(|(stage, e)| {
+                let action = match stage {
+                    Stage::ClearTheWay => "clear the way for the journal",
+                    Stage::Create => "create the journal",
+                    Stage::Write => "write the journal",
+                };
+                cannot(action, e)
+            })?;
         super::crash_point();
         let marked = match xattr::set(tree.root.as_fd(), None, PENDING_XATTR, header.id.as_bytes())
         {

@@ -308,7 +308,7 @@ impl<'a> Ledger<'a> {
     }
 
     /// The known loss of this inode, if any.
-    pub fn known(&self, key: (u64, u64), btime: Option<i128>) -> Option<&Loss> {
+    fn known(&self, key: (u64, u64), btime: Option<i128>) -> Option<&Loss> {
         self.known.get(&key).filter(|l| l.is_of(key, btime))
     }
 
